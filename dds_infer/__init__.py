@@ -1,0 +1,29 @@
+"""dds_infer: data-driven stellar models (Green et al. 2021) in JAX/NumPyro.
+
+Train the stellar-model emulator on spectroscopic x photometric x Gaia
+catalogues, and infer (Teff, logg, [Fe/H]), distance modulus and reddening
+from photometry with the emulator as a differentiable likelihood.
+"""
+
+__version__ = "0.1.0"
+
+from .passbands import GREEN2020, BandSet, Passband, get_bandset, register_bandset  # noqa: E402
+from .catalog import CatalogError, StarCatalog  # noqa: E402
+from .emulator import Emulator, StellarModelNet, init_emulator  # noqa: E402
+from .bundle import load_bundle, save_bundle  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "GREEN2020",
+    "BandSet",
+    "Passband",
+    "get_bandset",
+    "register_bandset",
+    "CatalogError",
+    "StarCatalog",
+    "Emulator",
+    "StellarModelNet",
+    "init_emulator",
+    "load_bundle",
+    "save_bundle",
+]

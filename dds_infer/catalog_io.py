@@ -1,0 +1,397 @@
+"""Reading and writing :class:`~dds_infer.catalog.StarCatalog` tables.
+
+* :func:`read_green2020_h5` reads the Green et al. (2021) test-data layout.
+* :func:`read_table` reads any table astropy can (FITS, HDF5, Parquet, CSV,
+  ECSV, VOTable) or an in-memory astropy Table / pandas DataFrame, through a
+  ``column_map`` (see :func:`read_table`).
+* :func:`write_table` / :func:`catalog_to_table` write one column per band
+  (``mag_<band>``, ``mag_err_<band>``, ...) readable back with
+  :func:`default_column_map`.
+
+All readers call :func:`~dds_infer.catalog.validate`; problems in the column
+map (unknown bands, absent columns, unpaired keys) are all reported at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.table import Table
+
+from .catalog import LABEL_NAMES, CatalogError, StarCatalog
+from .passbands import GREEN2020, BandSet, UnknownBandError
+
+__all__ = [
+    "read_green2020_h5",
+    "read_table",
+    "write_table",
+    "catalog_to_table",
+    "table_to_catalog",
+    "default_column_map",
+    "COLUMN_MAP_KEYS",
+]
+
+_SCALAR_KEYS = ("parallax", "parallax_err", "teff", "logg", "feh", "teff_err", "logg_err",
+                "feh_err", "E_prior", "E_prior_err", "l", "b", "ra", "dec", "id")
+COLUMN_MAP_KEYS = ("mag", "mag_err", "cov") + _SCALAR_KEYS
+_COV_PAIRS = tuple((i, j) for i in range(3) for j in range(i, 3))
+_FORMATS = {
+    ".fits": "fits", ".fit": "fits", ".fts": "fits", ".fits.gz": "fits", ".fit.gz": "fits",
+    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
+    ".parquet": "parquet", ".pq": "parquet",
+    ".csv": "ascii.csv", ".ecsv": "ascii.ecsv",
+    ".vot": "votable", ".votable": "votable", ".xml": "votable",
+    ".txt": "ascii", ".dat": "ascii",
+}
+_PARALLAX_UNITS = {"mas": u.mas, "arcsec": u.arcsec, "as": u.arcsec}
+
+
+def _format_for(path: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        return fmt
+    name = path.name.lower()
+    for ext in sorted(_FORMATS, key=len, reverse=True):
+        if name.endswith(ext):
+            return _FORMATS[ext]
+    raise CatalogError(f"cannot tell the table format of {str(path)!r} from its extension; "
+                       f"pass format= (one of {sorted(set(_FORMATS.values()))})")
+
+
+def read_green2020_h5(path, *, require_labels: bool = True,
+                      require_reddening_prior: bool = True) -> StarCatalog:
+    """Read the Green et al. (2021) test-data HDF5 (dataset ``data``).
+
+    theta/theta_cov = atm_param/atm_param_cov, E_prior/E_prior_err = r/r_err,
+    ids = row index. ``meta`` holds ``source``, ``atm_source``, ``r_source``
+    (str arrays) and ``r_fit``/``r_var`` when present.
+    """
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        d = f["data"][:]
+        meta: dict[str, Any] = {"source": str(path), "format": "green2020_h5"}
+        for k in ("atm_source", "r_source"):
+            if k in d.dtype.names:
+                meta[k] = d[k].astype(str)
+        for k in ("r_fit", "r_var"):
+            if k in f:
+                meta[k] = np.asarray(f[k][:], dtype=np.float64)
+    return StarCatalog.from_arrays(
+        d["mag"], d["mag_err"], d["parallax"], d["parallax_err"], GREEN2020,
+        theta=d["atm_param"], theta_cov=d["atm_param_cov"], E_prior=d["r"],
+        E_prior_err=d["r_err"], ids=np.arange(len(d)), meta=meta,
+        require_labels=require_labels, require_reddening_prior=require_reddening_prior)
+
+
+def default_column_map(bands: BandSet = GREEN2020, columns=None) -> dict:
+    """The column map matching :func:`catalog_to_table`'s column names.
+
+    With ``columns`` (names present in a table) bands whose ``mag_<band>`` is
+    absent and optional blocks (labels, cov, reddening prior, l/b, id) whose
+    columns are absent are left out; a missing parallax maps to None.
+    """
+    cmap: dict[str, Any] = {
+        "mag": {b: f"mag_{b}" for b in bands.names},
+        "mag_err": {b: f"mag_err_{b}" for b in bands.names},
+        "parallax": "parallax", "parallax_err": "parallax_err",
+        "teff": "teff", "logg": "logg", "feh": "feh",
+        "cov": {f"{LABEL_NAMES[i]}_{LABEL_NAMES[j]}": f"cov_{LABEL_NAMES[i]}_{LABEL_NAMES[j]}"
+                for i, j in _COV_PAIRS},
+        "E_prior": "E_prior", "E_prior_err": "E_prior_err",
+        "l": "l", "b": "b", "id": "id",
+    }
+    if columns is None:
+        return cmap
+    have = set(columns)
+    cmap["mag"] = {b: c for b, c in cmap["mag"].items() if c in have}
+    cmap["mag_err"] = {b: c for b, c in cmap["mag_err"].items() if cmap["mag"].get(b)}
+    if "parallax" not in have:
+        cmap["parallax"] = cmap["parallax_err"] = None
+    for block in (("teff", "logg", "feh"), ("E_prior", "E_prior_err"), ("l", "b"), ("id",)):
+        if block[0] not in have:
+            for k in block:
+                cmap.pop(k)
+    if "teff" not in cmap or not all(c in have for c in cmap["cov"].values()):
+        cmap.pop("cov")
+    else:  # lower-triangle columns, written only for non-symmetric covariances
+        for i, j in _COV_PAIRS:
+            key = f"{LABEL_NAMES[j]}_{LABEL_NAMES[i]}"
+            if i != j and f"cov_{key}" in have:
+                cmap["cov"][key] = f"cov_{key}"
+    return cmap
+
+
+def _load(source, fmt, read_kwargs) -> tuple[Table, str]:
+    if isinstance(source, Table):
+        return source, "<astropy Table>"
+    pd = sys.modules.get("pandas")  # a DataFrame implies pandas is imported
+    if pd is not None and isinstance(source, pd.DataFrame):
+        return Table.from_pandas(source), "<pandas DataFrame>"
+    path = Path(source)
+    if not path.exists():
+        raise CatalogError(f"table file not found: {str(path)!r}")
+    return Table.read(path, format=_format_for(path, fmt), **read_kwargs), str(path)
+
+
+def _values(table: Table, name: str, key: str, problems: list, unit=None) -> np.ndarray:
+    """Float64 values of a column, masked -> NaN, converted to ``unit`` if it has one.
+
+    On a problem (appended to ``problems``) returns all-NaN so reading can go on
+    collecting problems; the caller raises before building the catalogue.
+    """
+    col = table[name]
+    nan = np.full(len(table), np.nan)
+    if col.ndim != 1:
+        problems.append(f"[{key}] column {name!r} has shape {col.shape}, expected one value per row")
+        return nan
+    try:
+        vals = np.ma.asarray(col).astype(np.float64).filled(np.nan)
+    except (TypeError, ValueError):
+        problems.append(f"[{key}] column {name!r} is not numeric (dtype {col.dtype})")
+        return nan
+    if unit is not None and getattr(col, "unit", None) is not None:
+        try:
+            vals = vals * col.unit.to(unit)
+        except u.UnitConversionError:
+            problems.append(f"[{key}] column {name!r} has unit {col.unit}, not convertible to {unit}")
+            return nan
+    return vals
+
+
+def _parallax_unit(parallax_unit) -> u.UnitBase:
+    if isinstance(parallax_unit, str) and parallax_unit.lower() in _PARALLAX_UNITS:
+        return _PARALLAX_UNITS[parallax_unit.lower()]
+    try:
+        unit = u.Unit(parallax_unit)
+        unit.to(u.mas)
+        return unit
+    except (ValueError, TypeError, u.UnitConversionError):
+        raise CatalogError(f"parallax_unit={parallax_unit!r} is not an angle unit; use 'mas' or 'arcsec'") from None
+
+
+def _check_map(cmap: Mapping, colnames, bands: BandSet, require_labels: bool) -> tuple[list, dict, dict]:
+    """Structural problems of a column map; returns (problems, mag idx->col, err idx->col)."""
+    problems: list[str] = []
+    have = set(colnames)
+    avail = f"available columns: {', '.join(colnames)}"
+    unknown_keys = [k for k in cmap if k not in COLUMN_MAP_KEYS]
+    if unknown_keys:
+        problems.append(f"[column_map] unknown key(s) {unknown_keys}; allowed: {', '.join(COLUMN_MAP_KEYS)}")
+    resolved = {}
+    for key in ("mag", "mag_err"):
+        sub = cmap.get(key) or {}
+        if not isinstance(sub, Mapping):
+            problems.append(f"[column_map {key!r}] must be a dict band -> column, got {type(sub).__name__}")
+            sub = {}
+        try:
+            idx = bands.resolve(list(sub))
+        except UnknownBandError as e:
+            problems.append(f"[column_map {key!r}] {e}")
+            idx = [bands.index(b) if _known(bands, b) else None for b in sub]
+        out: dict[int, str] = {}
+        for (b, col), i in zip(sub.items(), idx):
+            if i is None:
+                continue
+            if i in out:
+                problems.append(f"[column_map {key!r}] band {bands.names[i]} given twice ({b!r})")
+            out[i] = col
+        resolved[key] = out
+    mags, errs = resolved["mag"], resolved["mag_err"]
+    if not mags:
+        problems.append("[mag] column_map has no photometry: give 'mag': {band: column, ...}")
+    for i in sorted(set(mags) - set(errs)):
+        problems.append(f"[mag_err] no error column for band {bands.names[i]}")
+    for i in sorted(set(errs) - set(mags)):
+        problems.append(f"[mag] error column given but no magnitude column for band {bands.names[i]}")
+    if "parallax" not in cmap:
+        problems.append("[parallax] column_map has no 'parallax' key (use 'parallax': None if there are none)")
+    pairs = [("parallax", "parallax_err"), ("E_prior", "E_prior_err"), ("l", "b"), ("ra", "dec")]
+    for a, b in pairs:
+        if (cmap.get(a) is None) != (cmap.get(b) is None):
+            given, absent = (a, b) if cmap.get(a) is not None else (b, a)
+            problems.append(f"[{absent}] column_map gives {given!r} but not {absent!r}")
+    labels = [k for k in LABEL_NAMES if cmap.get(k) is not None]
+    cov = cmap.get("cov") or {}
+    if labels or require_labels:
+        for k in LABEL_NAMES:
+            if cmap.get(k) is None:
+                problems.append(f"[{k}] label column missing from column_map"
+                                + (" (labels required)" if require_labels else ""))
+            elif cmap.get(f"{k}_err") is None and f"{k}_{k}" not in cov:
+                problems.append(f"[{k}_err] no error for label {k}: give '{k}_err' or cov '{k}_{k}'")
+    for pk in cov:
+        if _cov_pair(pk) is None:
+            problems.append(f"[cov] unknown covariance key {pk!r}; use e.g. 'teff_logg'")
+    referenced = [(f"mag {bands.names[i]}", c) for i, c in mags.items()]
+    referenced += [(f"mag_err {bands.names[i]}", c) for i, c in errs.items()]
+    referenced += [(k, cmap[k]) for k in _SCALAR_KEYS if cmap.get(k) is not None]
+    referenced += [(f"cov {k}", c) for k, c in cov.items()]
+    for key, col in referenced:
+        if col not in have:
+            problems.append(f"[{key}] column {col!r} not in table; {avail}")
+    return problems, mags, errs
+
+
+def _known(bands: BandSet, name: str) -> bool:
+    try:
+        bands.index(name)
+        return True
+    except UnknownBandError:
+        return False
+
+
+def _cov_pair(key: str):
+    """'teff_logg' -> (0, 1); None if malformed."""
+    parts = key.split("_")
+    if len(parts) != 2 or not all(p in LABEL_NAMES for p in parts):
+        return None
+    return LABEL_NAMES.index(parts[0]), LABEL_NAMES.index(parts[1])
+
+
+def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet = GREEN2020, *,
+               format: str | None = None, require_labels: bool = False,
+               require_reddening_prior: bool = False, parallax_unit="mas",
+               **read_kwargs) -> StarCatalog:
+    """Read a table into a validated :class:`StarCatalog`.
+
+    ``column_map`` keys (values are column names):
+      ``mag``/``mag_err``: {band name or alias: column}; bands of ``bands``
+      not listed are missing (NaN). ``parallax``, ``parallax_err`` (key
+      required; ``None`` = no parallaxes). Optional: ``teff``, ``logg``,
+      ``feh`` with ``teff_err``... and/or ``cov`` {"teff_logg": column, ...}
+      (entries override the diagonal from *_err; absent off-diagonals are 0;
+      'a_b' fills both [a,b] and [b,a] unless 'b_a' is also given);
+      ``E_prior``, ``E_prior_err``; ``l``, ``b`` (deg) or ``ra``, ``dec``
+      (ICRS deg, converted to Galactic); ``id``.
+    ``column_map=None`` uses :func:`default_column_map` for the table's columns.
+    Masked values become NaN. Parallaxes: columns with astropy units are
+    converted to mas; unitless ones are taken in ``parallax_unit`` ("mas",
+    "arcsec"/"as" or any astropy angle unit). ``read_kwargs`` go to
+    ``Table.read`` (e.g. ``hdu=``, ``path=``).
+    """
+    table, source = _load(path_or_table, format, read_kwargs)
+    if column_map is None:
+        column_map = default_column_map(bands, table.colnames)
+    problems, mags, errs = _check_map(column_map, table.colnames, bands, require_labels)
+    if problems:
+        raise CatalogError(f"column map problems ({len(problems)}):\n  - " + "\n  - ".join(problems),
+                           problems)
+    n, nb = len(table), len(bands)
+    col = lambda key, unit=None: _values(table, column_map[key], key, problems, unit)  # noqa: E731
+    mag = np.full((n, nb), np.nan)
+    mag_err = np.full((n, nb), np.nan)
+    for i, c in mags.items():
+        mag[:, i] = _values(table, c, f"mag {bands.names[i]}", problems)
+    for i, c in errs.items():
+        mag_err[:, i] = _values(table, c, f"mag_err {bands.names[i]}", problems)
+    plx_unit = _parallax_unit(parallax_unit)
+    plx = plx_err = np.full(n, np.nan)
+    if column_map.get("parallax") is not None:
+        plx, plx_err = (_plx(table, column_map[k], k, plx_unit, problems) for k in ("parallax", "parallax_err"))
+    kw: dict[str, Any] = {}
+    if column_map.get("teff") is not None:
+        theta = np.stack([col(k, u.K if k == "teff" else None) for k in LABEL_NAMES], axis=1)
+        cov = np.zeros((n, 3, 3))
+        for j, k in enumerate(LABEL_NAMES):
+            if column_map.get(f"{k}_err") is not None:
+                cov[:, j, j] = col(f"{k}_err", u.K if k == "teff" else None) ** 2
+        cov_map = column_map.get("cov") or {}
+        given = {_cov_pair(pk) for pk in cov_map}
+        for pk, c in cov_map.items():  # 'a_b' fills [a,b] and, unless 'b_a' is given, [b,a]
+            i, j = _cov_pair(pk)
+            v = _values(table, c, f"cov {pk}", problems)
+            cov[:, i, j] = v
+            if (j, i) not in given:
+                cov[:, j, i] = v
+        kw.update(theta=theta, theta_cov=cov)
+    if column_map.get("E_prior") is not None:
+        kw.update(E_prior=col("E_prior"), E_prior_err=col("E_prior_err"))
+    if column_map.get("l") is not None:
+        kw.update(l=col("l", u.deg), b=col("b", u.deg))
+    elif column_map.get("ra") is not None:
+        kw.update(_radec_to_lb(col("ra", u.deg), col("dec", u.deg)))
+    if column_map.get("id") is not None:
+        ids = np.asarray(table[column_map["id"]])
+        kw["ids"] = ids.astype(str) if ids.dtype.kind == "S" else ids
+    if problems:
+        raise CatalogError(f"column problems ({len(problems)}):\n  - " + "\n  - ".join(problems), problems)
+    meta = {"source": source, "format": format, "column_map": _plain(column_map),
+            "parallax_unit": str(plx_unit)}
+    return StarCatalog.from_arrays(mag, mag_err, plx, plx_err, bands, meta=meta,
+                                   require_labels=require_labels,
+                                   require_reddening_prior=require_reddening_prior, **kw)
+
+
+def _plx(table, name, key, unit, problems):
+    if getattr(table[name], "unit", None) is not None:
+        return _values(table, name, key, problems, u.mas)
+    return _values(table, name, key, problems) * unit.to(u.mas)
+
+
+def _radec_to_lb(ra, dec) -> dict:
+    l, b = np.full(ra.shape, np.nan), np.full(ra.shape, np.nan)
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    if ok.any():
+        g = SkyCoord(ra=ra[ok] * u.deg, dec=dec[ok] * u.deg, frame="icrs").galactic
+        l[ok], b[ok] = g.l.deg, g.b.deg
+    return {"l": l, "b": b}
+
+
+def _plain(cmap: Mapping) -> dict:
+    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in cmap.items()}
+
+
+def table_to_catalog(table, bands: BandSet = GREEN2020, **kwargs) -> StarCatalog:
+    """:func:`read_table` on an in-memory table with the default column map."""
+    return read_table(table, None, bands, **kwargs)
+
+
+def catalog_to_table(catalog: StarCatalog) -> Table:
+    """One column per quantity: ``mag_<band>``, ``mag_err_<band>``, ``parallax`` [mas],
+    ``teff`` [K], ``logg``, ``feh``, ``*_err``, ``cov_<a>_<b>``, ``E_prior``,
+    ``E_prior_err``, ``l``/``b`` [deg], ``id`` (optional blocks only when present)."""
+    t = Table(meta={"BANDSET": catalog.bands.name})
+    if catalog.ids is not None:
+        t["id"] = catalog.ids
+    for j, b in enumerate(catalog.bands.names):
+        t[f"mag_{b}"] = catalog.mag[:, j]
+        t[f"mag_err_{b}"] = catalog.mag_err[:, j]
+    t["parallax"] = catalog.parallax * u.mas
+    t["parallax_err"] = catalog.parallax_err * u.mas
+    if catalog.theta is not None:
+        for j, k in enumerate(LABEL_NAMES):
+            t[k] = catalog.theta[:, j] * (u.K if k == "teff" else 1)
+        for j, k in enumerate(LABEL_NAMES):
+            t[f"{k}_err"] = np.sqrt(catalog.theta_cov[:, j, j]) * (u.K if k == "teff" else 1)
+        c = catalog.theta_cov
+        asym = not np.array_equal(c, np.swapaxes(c, 1, 2), equal_nan=True)
+        for i, j in _COV_PAIRS:  # lower triangle too if the input is not exactly symmetric
+            t[f"cov_{LABEL_NAMES[i]}_{LABEL_NAMES[j]}"] = c[:, i, j]
+        for i, j in _COV_PAIRS if asym else ():
+            if i != j:
+                t[f"cov_{LABEL_NAMES[j]}_{LABEL_NAMES[i]}"] = c[:, j, i]
+    if catalog.E_prior is not None:
+        t["E_prior"] = catalog.E_prior
+        t["E_prior_err"] = catalog.E_prior_err
+    if catalog.l is not None:
+        t["l"] = catalog.l * u.deg
+        t["b"] = catalog.b * u.deg
+    return t
+
+
+def write_table(catalog: StarCatalog, path, *, format: str | None = None,
+                overwrite: bool = True) -> Path:
+    """Write :func:`catalog_to_table` to ``path`` (format from the extension:
+    Parquet, FITS, HDF5, CSV, ECSV, VOTable); returns the path."""
+    path = Path(path)
+    fmt = _format_for(path, format)
+    kwargs: dict[str, Any] = {"overwrite": overwrite}
+    if fmt == "hdf5":
+        kwargs.update(path="catalog", serialize_meta=True)
+    catalog_to_table(catalog).write(path, format=fmt, **kwargs)
+    return path
