@@ -1,0 +1,1 @@
+"""Sub-commands of the ``dds-infer`` CLI (each module exposes ``register``)."""
