@@ -1,0 +1,94 @@
+"""Train on the 70% split of the shared Green2020 real stars and compare with the published network.
+
+Both models are evaluated on the same 10% test split (catalogue's prior
+reddening, paper §4 convention, dof = modelled entries - 1).
+
+    python bench/train_real.py [--json] [--iterations 20 --epochs 25] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def anchor_dir() -> Path:
+    return Path(os.environ.get("DDS_ANCHOR_DIR", REPO / ".." / "shared" / "anchors" / "green2020")).resolve()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="bundle directory to keep (default: temporary)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    from dds_infer.catalog_io import read_green2020_h5
+    from dds_infer.evaluate import evaluate_catalog
+    from dds_infer.keras_import import import_keras_model
+    from dds_infer.train import TrainConfig, train
+    from dds_infer.train_io import save_training_bundle
+
+    a = anchor_dir()
+    cat = read_green2020_h5(a / "green2020_test_data_small.h5")
+    pub = import_keras_model(a / "green2020_nn_model.h5", a / "green2020_theta_normalization.json",
+                             density_path=a / "green2020_input_density.h5")
+    kw = {"batch_size": args.batch_size} if args.batch_size else {}
+    cfg = TrainConfig(iterations=args.iterations, epochs=args.epochs, seed=args.seed, progress=not args.json, **kw)
+    t0 = time.perf_counter()
+    emu, hist = train(cat, cfg)
+    seconds = time.perf_counter() - t0
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp()) / "bundle"
+    save_training_bundle(emu, hist, out, catalog_path=a / "green2020_test_data_small.h5")
+
+    test = cat.subset(hist["split"]["test"])
+    res = {}
+    for name, model in (("new", emu), ("published", pub)):
+        for red in ("prior", "fit"):
+            r = evaluate_catalog(model, test, reddening=red)
+            res[f"{name}_{red}"] = r.summary
+    R_new = np.asarray(emu.reddening_vector(test.theta)).mean(axis=0)
+    R_pub = np.asarray(pub.reddening_vector(test.theta)).mean(axis=0)
+    last = hist["epochs"][-1]
+    bands = list(cat.bands.names)
+    out_json = {
+        "n_train": int(hist["split"]["train"].size),
+        "n_test": int(test.n_stars),
+        "iterations": cfg.iterations, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "chi2_dof_mean_new": res["new_prior"]["chi2_dof_mean"],
+        "chi2_dof_mean_published": res["published_prior"]["chi2_dof_mean"],
+        "outlier_frac_new": res["new_prior"]["outlier_frac"],
+        "outlier_frac_published": res["published_prior"]["outlier_frac"],
+        "chi2_dof_mean_new_fitE": res["new_fit"]["chi2_dof_mean"],
+        "chi2_dof_mean_published_fitE": res["published_fit"]["chi2_dof_mean"],
+        "train_loss": last["train_loss"], "val_loss": last["val_loss"],
+        "train_val_loss_gap": abs(last["val_loss"] - last["train_loss"]) / last["train_loss"],
+        "R_mean_new": dict(zip(bands, map(float, R_new))),
+        "R_mean_published": dict(zip(bands, map(float, R_pub))),
+        "R_rel_diff": dict(zip(bands, map(float, (R_new - R_pub) / R_pub))),
+        "final_outlier_frac_train": hist["iterations"][-1]["outlier_frac_train"],
+        "bundle": str(out),
+        "seconds": seconds,
+    }
+    if args.json:
+        print(json.dumps(out_json, indent=2))
+    else:
+        for k, v in out_json.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
