@@ -1,0 +1,70 @@
+"""``dds-infer train``: train the emulator on a labelled catalogue (Green et al. 2021, §4)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the stellar-model emulator with the paper's iterative chi^2 procedure",
+        description="Train an emulator on a catalogue with spectroscopic labels, parallaxes and "
+        "prior reddenings (Green et al. 2021, section 4) and write it as a bundle. "
+        "A checkpoint is written after every iteration (default <out>.ckpt/); --resume continues it.",
+    )
+    p.add_argument("--catalog", required=True, help="catalogue (Green2020 HDF5 or a table)")
+    p.add_argument("--columns", default=None, help="JSON file with the column map for generic tables")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--iterations", type=int, default=20, help="outer iterations (covariance/E refresh)")
+    p.add_argument("--epochs", type=int, default=25, help="epochs per iteration")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (x e^-1/5 per iteration)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights and batch order")
+    p.add_argument("--hidden", default="32,32", help="hidden layer widths, comma separated")
+    p.add_argument("--max-stars", type=int, default=None, help="use only the first N catalogue rows")
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default <out>.ckpt)")
+    p.add_argument("--resume", action="store_true", help="continue from the last finished iteration")
+    p.add_argument("--stop-after", type=int, default=None, help="stop after this many iterations (resumable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dataclasses import replace
+
+    from ..cli import emit_json
+    from ..train import TrainConfig, train
+    from ..train_io import save_training_bundle
+    from ._common import read_catalog
+
+    try:
+        hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
+    except ValueError:
+        raise ValueError(f"--hidden must be comma-separated integers, got {args.hidden!r}") from None
+    if not hidden or min(hidden) <= 0:
+        raise ValueError(f"--hidden needs positive widths, got {args.hidden!r}")
+    cat = read_catalog(args.catalog, args.columns, require_labels=True, require_reddening_prior=True)
+    ckpt = args.checkpoint_dir or f"{str(args.out).rstrip('/')}.ckpt"
+    cfg = replace(TrainConfig(), iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size,
+                  lr=args.lr, seed=args.seed, hidden=hidden, max_stars=args.max_stars, checkpoint_dir=ckpt,
+                  resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    emu, hist = train(cat, cfg)
+    out = save_training_bundle(emu, hist, args.out, catalog_path=args.catalog)
+    last_it = hist["iterations"][-1] if hist["iterations"] else {}
+    summary = {
+        "out": str(out), "checkpoint_dir": ckpt,
+        "n_stars": hist["n_stars"], "n_train": int(hist["split"]["train"].size),
+        "n_validation": int(hist["split"]["validation"].size), "n_test": int(hist["split"]["test"].size),
+        "iterations_done": len(hist["iterations"]), "iterations": cfg.iterations, "epochs": cfg.epochs,
+        "final_train_loss": last_it.get("train_loss"), "final_val_loss": last_it.get("val_loss"),
+        "final_chi2_threshold": last_it.get("chi2_threshold"),
+        "final_outlier_frac_train": last_it.get("outlier_frac_train"),
+    }
+    if args.json:
+        emit_json(summary)
+        return 0
+    print(f"trained on {summary['n_train']} stars ({summary['n_validation']} validation, "
+          f"{summary['n_test']} test held out); {summary['iterations_done']}/{cfg.iterations} iterations")
+    print(f"final loss: train {summary['final_train_loss']:.4f}, validation {summary['final_val_loss']:.4f}")
+    print(f"bundle: {out}")
+    return 0
