@@ -149,7 +149,8 @@ class EvaluationResult:
 
 def evaluate_catalog(emu: Emulator, cat: StarCatalog, *, reddening: str = "prior",
                      min_parallax_snr: float = 5.0, parallax_zero_point: float = 0.0,
-                     chi2_cut: float = 5.0, n_fitted: int = 1, batch_size: int = 65536) -> EvaluationResult:
+                     chi2_cut: float = 5.0, n_fitted: int = 1, batch_size: int = 65536,
+                     progress: bool = False) -> EvaluationResult:
     """χ²/dof and z-scores of ``cat`` under ``emu`` (paper §4 test-set figures).
 
     reddening: "prior" uses the catalogue's (Ê, σ_E); "fit" first re-estimates
@@ -170,9 +171,12 @@ def evaluate_catalog(emu: Emulator, cat: StarCatalog, *, reddening: str = "prior
         raise CatalogError("evaluation needs a reddening prior: columns E_prior, E_prior_err are absent")
     if tuple(cat.bands.names) != tuple(emu.bands.names):
         raise CatalogError(f"catalogue bands {cat.bands.names} differ from the model's {emu.bands.names}")
+    from tqdm.auto import tqdm
+
     n = cat.n_stars
     out = {k: [] for k in ("chi2", "dof", "z", "E", "E_err")}
-    for s in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    for s in tqdm(starts, desc="evaluate", unit="batch", disable=not progress or len(starts) < 2):
         sub = cat.subset(np.arange(s, min(n, s + batch_size)))
         phot = prepare_photometry(sub, min_parallax_snr=min_parallax_snr, parallax_zero_point=parallax_zero_point)
         th = jnp.asarray(sub.theta, dtype=jnp.float32)

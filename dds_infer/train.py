@@ -52,7 +52,7 @@ class TrainConfig:
 
     iterations: int = 20
     epochs: int = 25
-    batch_size: int = 128
+    batch_size: int = 32  # the Keras default (the paper does not state one)
     lr: float = 1e-3
     lr_decay: float = math.exp(-1.0 / 5.0)
     seed: int = 0

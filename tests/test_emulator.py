@@ -133,3 +133,35 @@ def test_import_rejects_non_keras_file(tmp_path):
         f.create_dataset("a", data=[1])
     with pytest.raises(KerasImportError):
         import_keras_model(p, {"theta_med": [0, 0, 0], "theta_std": [1, 1, 1]})
+
+
+@pytest.mark.slow
+def test_emulator_inside_numpyro_nuts(published):
+    """The emulator is a differentiable likelihood inside a NumPyro model (Eq. 2)."""
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    true_theta = jnp.array([5200.0, 4.5, -0.1])
+    true_mu, true_E = 9.0, 0.25
+    sigma = 0.02
+    m_obs = published.predict_apparent(true_theta, true_mu, true_E)
+    plx_obs = 10 ** ((10 - true_mu) / 5)  # mas
+
+    def model(m, plx):
+        x = numpyro.sample("x", dist.Normal(jnp.zeros(3), 1.0).to_event(1))  # normalised θ
+        mu = numpyro.sample("mu", dist.Uniform(5.0, 15.0))
+        E = numpyro.sample("E", dist.Uniform(0.0, 2.0))
+        pred = published.predict_x(x, E) + mu
+        numpyro.sample("m", dist.Normal(pred, sigma).to_event(1), obs=m)
+        numpyro.sample("plx", dist.Normal(10 ** ((10 - mu) / 5), 0.02), obs=plx)
+
+    mcmc = MCMC(NUTS(model), num_warmup=100, num_samples=100, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), m_obs, plx_obs)
+    s = mcmc.get_samples()
+    assert np.all(np.isfinite(np.asarray(s["mu"])))
+    # 13 noiseless bands + a 1.3% parallax pin the reddening, distance and Teff
+    assert abs(float(jnp.median(s["E"])) - true_E) < 0.1
+    assert abs(float(jnp.median(s["mu"])) - true_mu) < 0.1
+    teff = np.asarray(published.denormalize(s["x"]))[:, 0]
+    assert abs(np.median(teff) - 5200.0) < 300

@@ -38,7 +38,7 @@ def run(args) -> int:
     cat = read_catalog(args.catalog, args.columns, require_labels=True, require_reddening_prior=True)
     res = evaluate_catalog(emu, cat, reddening=args.reddening, min_parallax_snr=args.min_parallax_snr,
                            parallax_zero_point=args.parallax_zp, chi2_cut=args.chi2_cut,
-                           n_fitted=args.n_fitted)
+                           n_fitted=args.n_fitted, progress=True)
     summary = dict(res.summary)
     if args.out:
         df = pd.DataFrame({"id": cat.star_ids(), "chi2": res.chi2, "n_modelled": res.n_modelled,

@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--iterations", type=int, default=20, help="outer iterations (covariance/E refresh)")
     p.add_argument("--epochs", type=int, default=25, help="epochs per iteration")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (x e^-1/5 per iteration)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights and batch order")
     p.add_argument("--hidden", default="32,32", help="hidden layer widths, comma separated")
