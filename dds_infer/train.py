@@ -294,7 +294,7 @@ def _progress(cfg: TrainConfig, start: int):
         return None
     import sys
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     total = cfg.iterations * cfg.epochs
     return tqdm(total=total, initial=start * cfg.epochs, desc="train", unit="epoch", file=sys.stderr,
