@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from dds_infer.catalog_io import read_green2020_h5
     from dds_infer.evaluate import evaluate_catalog
     from dds_infer.keras_import import import_keras_model
-    from dds_infer.train import TrainConfig, train
+    from dds_infer.training import TrainConfig, train
     from dds_infer.train_io import save_training_bundle
 
     a = anchor_dir()

@@ -11,6 +11,8 @@ from .passbands import GREEN2020, BandSet, Passband, get_bandset, register_bands
 from .catalog import CatalogError, StarCatalog  # noqa: E402
 from .emulator import Emulator, StellarModelNet, init_emulator  # noqa: E402
 from .bundle import load_bundle, save_bundle  # noqa: E402
+from .evaluate import evaluate_catalog  # noqa: E402
+from .training import TrainConfig, train  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -26,4 +28,7 @@ __all__ = [
     "init_emulator",
     "load_bundle",
     "save_bundle",
+    "evaluate_catalog",
+    "TrainConfig",
+    "train",
 ]

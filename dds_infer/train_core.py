@@ -154,18 +154,18 @@ def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, ph
     n = int(np.shape(theta)[0])
     chunk = int(min(chunk_size, max(256, -(-n // 256) * 256)))
     n_pad = -(-n // chunk) * chunk
-    args = (theta, theta_cov, E_prior, E_prior_err, phot)
+    # Slice on the host and wait for each chunk: long chains of queued async
+    # CPU dispatches can deadlock jaxlib (jax-ml/jax#25861, seen here at 1e5 stars).
+    args = jax.tree_util.tree_map(np.asarray, (theta, theta_cov, E_prior, E_prior_err, phot))
 
     def padded(a):
-        a = jnp.asarray(a)
         if n_pad == n:
             return a
-        fill = jnp.broadcast_to(a[:1], (n_pad - n,) + a.shape[1:])
-        return jnp.concatenate([a, fill])
+        return np.concatenate([a, np.broadcast_to(a[:1], (n_pad - n,) + a.shape[1:])])
 
     args = jax.tree_util.tree_map(padded, args)
     outs = []
     for s in range(0, n_pad, chunk):
         sl = jax.tree_util.tree_map(lambda a: a[s:s + chunk], args)
-        outs.append(_refresh_chunk(emu, *sl, first=first))
-    return tuple(jnp.concatenate([o[k] for o in outs])[:n] for k in range(5))
+        outs.append(jax.device_get(jax.block_until_ready(_refresh_chunk(emu, *sl, first=first))))
+    return tuple(jnp.asarray(np.concatenate([o[k] for o in outs])[:n]) for k in range(5))

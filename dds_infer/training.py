@@ -266,7 +266,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         bar.close()
 
     emu = emu.replace(params=params).with_domain(density_from_samples(theta_tr)).with_provenance(
-        source="trained by dds_infer.train (Green et al. 2021 iterative chi^2 procedure)",
+        source="trained by dds_infer.training (Green et al. 2021 iterative chi^2 procedure)",
         catalog=str(catalog.meta.get("source", "")), n_stars=n, n_train=int(n_tr),
         iterations_done=len(history["iterations"]), seed=cfg.seed)
     history = dict(history)

@@ -10,7 +10,7 @@ import pytest
 
 from dds_infer.bundle import load_bundle
 from dds_infer.catalog_io import read_green2020_h5
-from dds_infer.train import TrainConfig, chi2_threshold, learning_rate, split_indices, train
+from dds_infer.training import TrainConfig, chi2_threshold, learning_rate, split_indices, train
 from dds_infer.train_core import StarBatchData, make_eval_fn, star_loss
 from dds_infer.train_io import save_training_bundle
 

@@ -33,7 +33,7 @@ def run(args) -> int:
     from dataclasses import replace
 
     from ..cli import emit_json
-    from ..train import TrainConfig, train
+    from ..training import TrainConfig, train
     from ..train_io import save_training_bundle
     from ._common import read_catalog
 
