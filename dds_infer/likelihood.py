@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
+
+from .smallmat import cholesky, solve_lower, solve_lower_vec
 
 __all__ = [
     "colour_transform_matrix",
@@ -139,9 +140,9 @@ def whitening_matrix(cov_c, mask):
     ‖W r‖² = rᵀ C_c⁻¹ r. Rows of unmodelled entries are zero.
     """
     c = mask_covariance(cov_c, mask)
-    k = jnp.linalg.cholesky(c)
+    k = cholesky(c)
     eye = jnp.broadcast_to(jnp.eye(c.shape[-1], dtype=c.dtype), c.shape)
-    w = solve_triangular(k, eye, lower=True)
+    w = solve_lower(k, eye)
     return w * mask.astype(c.dtype)[:, :, None]
 
 
@@ -152,8 +153,8 @@ def chi2_colours(resid, cov_c, mask):
     Returns (chi2, dof), each shape (N,).
     """
     r = jnp.where(mask, resid, 0.0)
-    k = jnp.linalg.cholesky(mask_covariance(cov_c, mask))
-    y = solve_triangular(k, r[..., None], lower=True)[..., 0]
+    k = cholesky(mask_covariance(cov_c, mask))
+    y = solve_lower_vec(k, r)
     return jnp.sum(y**2, axis=-1), jnp.sum(mask, axis=-1)
 
 
@@ -172,9 +173,9 @@ def reddening_update(resid0, cov_c, mask, R, E_prior, E_prior_err, *, clip: bool
     """
     br = jnp.where(mask, apply_colour_transform(R), 0.0)
     r0 = jnp.where(mask, resid0, 0.0)
-    k = jnp.linalg.cholesky(mask_covariance(cov_c, mask))
-    wbr = solve_triangular(k, br[..., None], lower=True)[..., 0]
-    wr = solve_triangular(k, r0[..., None], lower=True)[..., 0]
+    k = cholesky(mask_covariance(cov_c, mask))
+    wbr = solve_lower_vec(k, br)
+    wr = solve_lower_vec(k, r0)
     prec = 1.0 / E_prior_err**2 + jnp.sum(wbr * wbr, axis=-1)
     var = 1.0 / prec
     e = var * (E_prior / E_prior_err**2 + jnp.sum(wbr * wr, axis=-1))

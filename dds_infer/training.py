@@ -52,6 +52,7 @@ class TrainConfig:
 
     iterations: int = 20
     epochs: int = 25
+    epochs_first: int | None = None  # epochs of iteration 1 (None: ``epochs``)
     batch_size: int = 32  # the Keras default (the paper does not state one)
     lr: float = 1e-3
     lr_decay: float = math.exp(-1.0 / 5.0)
@@ -81,7 +82,7 @@ class TrainConfig:
 
 
 # Fields that must agree between a checkpoint and the config resuming it.
-_RESUME_KEYS = ("epochs", "batch_size", "lr", "lr_decay", "seed", "hidden", "split", "l2_hidden",
+_RESUME_KEYS = ("epochs", "epochs_first", "batch_size", "lr", "lr_decay", "seed", "hidden", "split", "l2_hidden",
                 "l1_reddening", "chi2_start", "chi2_end", "chi2_end_iteration", "max_sigma_E_first",
                 "n_fitted", "min_parallax_snr", "max_stars")
 
@@ -225,7 +226,8 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
                              weight=jnp.asarray(include, dtype=jnp.float32))
         d_tr = jax.tree_util.tree_map(lambda a: a[:n_tr], data)
         d_va = jax.tree_util.tree_map(lambda a: a[n_tr:], data)
-        for ep in range(cfg.epochs):
+        n_epochs = cfg.epochs_first if (it == 0 and cfg.epochs_first is not None) else cfg.epochs
+        for ep in range(n_epochs):
             key = jax.random.fold_in(jax.random.fold_in(root_key, it), ep)
             params, opt_state, running = epoch_fn(params, opt_state, key, d_tr)
             rec = {"iteration": it + 1, "epoch": ep + 1, "lr": lr, "batch_loss": float(running),
@@ -248,8 +250,8 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
             "outlier_frac_val": float(out[n_tr:][usable[n_tr:]].mean()),
             "n_fit_train": int(include[:n_tr].sum()), "n_fit_val": int(include[n_tr:].sum()),
             "median_abs_dE": float(np.median(dE)) if dE.size else float("nan"),
-            "train_loss": history["epochs"][-1]["train_loss"] if cfg.epochs else float("nan"),
-            "val_loss": history["epochs"][-1]["val_loss"] if cfg.epochs else float("nan"),
+            "train_loss": history["epochs"][-1]["train_loss"] if n_epochs else float("nan"),
+            "val_loss": history["epochs"][-1]["val_loss"] if n_epochs else float("nan"),
             "seconds": time.perf_counter() - t0,
         })
         if ckpt is not None:
@@ -296,6 +298,8 @@ def _progress(cfg: TrainConfig, start: int):
 
     from tqdm import tqdm
 
-    total = cfg.iterations * cfg.epochs
-    return tqdm(total=total, initial=start * cfg.epochs, desc="train", unit="epoch", file=sys.stderr,
+    first = cfg.epochs if cfg.epochs_first is None else cfg.epochs_first
+    total = first + (cfg.iterations - 1) * cfg.epochs
+    done = 0 if start == 0 else first + (start - 1) * cfg.epochs
+    return tqdm(total=total, initial=done, desc="train", unit="epoch", file=sys.stderr,
                 dynamic_ncols=True, leave=False)

@@ -165,3 +165,10 @@ def test_cli_train_writes_bundle_and_resumes(anchor_dir, tmp_path, capsys):
     assert s["iterations_done"] == 2 and s["n_train"] == 210
     assert load_bundle(out).hidden == (32, 32)
     assert main(["train", "--catalog", str(cat), "--out", str(out), "--hidden", "a,b"]) == 2
+
+
+def test_epochs_first_sets_iteration_one_length(real_cat):
+    cfg = replace(TINY, iterations=2, epochs=2, epochs_first=5)
+    _, h = train(real_cat, cfg)
+    per_it = [sum(1 for e in h["epochs"] if e["iteration"] == k) for k in (1, 2)]
+    assert per_it == [5, 2]
