@@ -11,19 +11,12 @@ wall time (``--no-full`` skips it and reports the extrapolation only).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def anchor_dir() -> Path:
-    return Path(os.environ.get("DDS_ANCHOR_DIR", REPO / ".." / "shared" / "anchors" / "green2020")).resolve()
+from _common import anchor_dir, report
 
 
 def resampled_catalog(cat, n: int, seed: int = 0):
@@ -117,11 +110,7 @@ def main(argv=None) -> int:
                                f"+ {cfg.iterations + 1} refreshes + first-call compile") if extrapolated else
                               f"dds_infer.training.train, default {cfg.iterations} x {cfg.epochs} schedule, end to end",
     }
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        for k, v in out.items():
-            print(f"{k}: {v}")
+    report(out, args.json)
     return 0
 
 

@@ -9,8 +9,6 @@ reddening, paper §4 convention, dof = modelled entries - 1).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
@@ -18,11 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def anchor_dir() -> Path:
-    return Path(os.environ.get("DDS_ANCHOR_DIR", REPO / ".." / "shared" / "anchors" / "green2020")).resolve()
+from _common import anchor_dir, report
 
 
 def main(argv=None) -> int:
@@ -82,11 +76,7 @@ def main(argv=None) -> int:
         "bundle": str(out),
         "seconds": seconds,
     }
-    if args.json:
-        print(json.dumps(out_json, indent=2))
-    else:
-        for k, v in out_json.items():
-            print(f"{k}: {v}")
+    report(out_json, args.json)
     return 0
 
 

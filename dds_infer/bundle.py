@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import h5py
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
@@ -102,7 +103,7 @@ def save_bundle(emu: Emulator, out_dir: str | Path, *, extras: dict[str, str | P
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        params_np = {"params": _to_numpy(emu.params)}
+        params_np = {"params": jax.tree_util.tree_map(np.asarray, emu.params)}
         (tmp / WEIGHTS).write_bytes(serialization.msgpack_serialize(params_np))
         if emu.domain is not None:
             with h5py.File(tmp / DOMAIN, "w") as f:
@@ -134,12 +135,6 @@ def save_bundle(emu: Emulator, out_dir: str | Path, *, extras: dict[str, str | P
     return out_dir
 
 
-def _to_numpy(tree):
-    if isinstance(tree, dict):
-        return {k: _to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)
-
-
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     mpath = path / MANIFEST
@@ -163,11 +158,9 @@ def load_bundle(path: str | Path) -> Emulator:
     arch = man["architecture"]
     hidden = tuple(int(h) for h in arch["hidden"])
     raw = serialization.msgpack_restore((path / man["files"]["weights"]).read_bytes())
-    params = _to_jnp(raw["params"])
+    params = jax.tree_util.tree_map(jnp.asarray, raw["params"])
     # check the stored tree matches the architecture in the manifest
     net = StellarModelNet(n_bands=len(bands), hidden=hidden)
-    import jax
-
     ref = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, 3))))["params"]
     got_shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape), params)
     ref_shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape), ref)
@@ -195,8 +188,3 @@ def load_bundle(path: str | Path) -> Emulator:
         provenance_json=json.dumps(man.get("provenance", {}), sort_keys=True, default=str),
     )
 
-
-def _to_jnp(tree):
-    if isinstance(tree, dict):
-        return {k: _to_jnp(v) for k, v in tree.items()}
-    return jnp.asarray(tree)

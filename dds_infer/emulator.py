@@ -19,15 +19,13 @@ import json
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from .domain import TrainingDomain
 from .passbands import GREEN2020, BandSet
 
-__all__ = ["StellarModelNet", "Emulator", "init_emulator", "THETA_NAMES"]
+__all__ = ["StellarModelNet", "Emulator", "init_emulator", "apply_colour_transform", "model_colours", "THETA_NAMES"]
 
 THETA_NAMES = ("teff", "logg", "feh")
 
@@ -57,10 +55,15 @@ def _bm_to_m(bm):
     return jnp.concatenate([ref, bm[..., 1:] + ref], axis=-1)
 
 
-def _m_to_bm(m):
-    """Apply B (Eq. 5) to magnitudes in band space: (m_ref, m_j - m_ref)."""
+def apply_colour_transform(m):
+    """c = B m (Eq. 5) for m of shape (..., B): (m_ref, m_j - m_ref), without building B."""
     ref = m[..., :1]
     return jnp.concatenate([ref, m[..., 1:] - ref], axis=-1)
+
+
+def model_colours(bm, R, E):
+    """B[M(θ) + E R(θ)] = B M + E·B R (Eqs. 2 and 5) from the network outputs (B M, R)."""
+    return bm + jnp.asarray(E)[..., None] * apply_colour_transform(R)
 
 
 @struct.dataclass
@@ -132,6 +135,10 @@ class Emulator:
         bm, r = self._apply_x(x)
         return _bm_to_m(bm) + jnp.asarray(E)[..., None] * r
 
+    def network_outputs(self, theta):
+        """(B M(θ), R(θ)) from one forward pass: the two sectors' raw outputs (Eqs. 2, 5)."""
+        return self._apply_x(self.normalize(theta))
+
     def absolute_mags(self, theta):
         """M(θ): absolute magnitudes in each band (Eq. 2), shape (..., B)."""
         return self.absolute_mags_x(self.normalize(theta))
@@ -154,7 +161,7 @@ class Emulator:
 
     def predict_colours(self, theta, E):
         """B [M(θ) + E R(θ)]: what the published network outputs (``B_M_plus_A``)."""
-        return _m_to_bm(self.predict(theta, E))
+        return model_colours(*self.network_outputs(theta), E)
 
     def in_domain(self, theta, threshold: float = 0.01, entry: int = 0):
         """True where the training density exceeds ``threshold`` (True if no domain)."""
@@ -176,7 +183,3 @@ def init_emulator(key, *, bands: BandSet = GREEN2020, hidden=(32, 32),
         hidden=tuple(int(h) for h in hidden),
     )
 
-
-def params_to_numpy(params) -> dict:
-    """Parameter pytree as nested dict of numpy arrays (for saving/inspection)."""
-    return jax.tree_util.tree_map(lambda a: np.asarray(a), jax.device_get(params))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .catalog import CatalogError, StarCatalog
-from .emulator import Emulator
+from .emulator import Emulator, apply_colour_transform, model_colours
 from .likelihood import (
     chi2_colours,
     colour_covariance,
@@ -28,7 +28,8 @@ from .likelihood import (
     z_scores,
 )
 
-__all__ = ["PreparedPhotometry", "prepare_photometry", "star_terms", "evaluate_catalog", "EvaluationResult",
+__all__ = ["PreparedPhotometry", "prepare_photometry", "star_terms", "fit_reddening", "evaluate_catalog",
+           "EvaluationResult",
            "robust_sigma"]
 
 
@@ -81,9 +82,8 @@ def star_terms(emu: Emulator, theta, theta_cov, E, E_err, phot: PreparedPhotomet
     """
     theta = jnp.asarray(theta, dtype=jnp.float32)
     E = jnp.asarray(E, dtype=jnp.float32)
-    bm = emu.absolute_mag_colours(theta)
-    R = emu.reddening_vector(theta)
-    c_model = bm + E[:, None] * jnp.concatenate([R[:, :1], R[:, 1:] - R[:, :1]], axis=-1)
+    bm, R = emu.network_outputs(theta)
+    c_model = model_colours(bm, R, E)
     jac = model_jacobian(emu, theta, E) if use_jacobian else None
     cov_m = magnitude_covariance(
         phot.mag_err,
@@ -104,12 +104,20 @@ def _evaluate_prior(emu, theta, theta_cov, E, E_err, phot):
     return chi2, dof, z_scores(resid, cov_c, phot.mask)
 
 
-@jax.jit
-def _fit_reddening(emu, theta, theta_cov, E_prior, E_prior_err, phot):
-    # covariance without the reddening term; Jacobian at the prior E (Eqs. 8-9)
+def fit_reddening(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry):
+    """Per-star reddening (E, var_E) under ``emu``, prior (Ê, σ_E) held fixed (Eqs. 8-9).
+
+    The covariance is Eqs. 4-6 without the R Rᵀ σ_E² term, with the Jacobian
+    taken at the prior E. Used by evaluation (``reddening="fit"``) and by
+    every training iteration.
+    """
     c_model, cov_c, R = star_terms(emu, theta, theta_cov, E_prior, E_prior_err, phot, use_reddening=False)
-    bm = emu.absolute_mag_colours(jnp.asarray(theta, dtype=jnp.float32))
-    return reddening_update(phot.c_obs - bm, cov_c, phot.mask, R, E_prior, E_prior_err)
+    E_prior = jnp.asarray(E_prior, dtype=jnp.float32)
+    resid0 = phot.c_obs - (c_model - E_prior[:, None] * apply_colour_transform(R))  # ĉ - B M(θ)
+    return reddening_update(resid0, cov_c, phot.mask, R, E_prior, E_prior_err)
+
+
+_fit_reddening = jax.jit(fit_reddening)
 
 
 def robust_sigma(x) -> float:
@@ -171,7 +179,7 @@ def evaluate_catalog(emu: Emulator, cat: StarCatalog, *, reddening: str = "prior
         raise CatalogError("evaluation needs a reddening prior: columns E_prior, E_prior_err are absent")
     if tuple(cat.bands.names) != tuple(emu.bands.names):
         raise CatalogError(f"catalogue bands {cat.bands.names} differ from the model's {emu.bands.names}")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     n = cat.n_stars
     out = {k: [] for k in ("chi2", "dof", "z", "E", "E_err")}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .emulator import apply_colour_transform  # Eq. 5, defined once beside the network output it inverts
 from .smallmat import cholesky, solve_lower, solve_lower_vec
 
 __all__ = [
@@ -50,12 +51,6 @@ def colour_transform_matrix(n_bands: int, dtype=jnp.float32):
     """B of Eq. 5: row 0 = reference magnitude, row j = band j minus reference."""
     b = jnp.eye(n_bands, dtype=dtype)
     return b.at[1:, 0].set(-1.0)
-
-
-def apply_colour_transform(m):
-    """c = B m (Eq. 5) for m of shape (..., B), without building B."""
-    ref = m[..., :1]
-    return jnp.concatenate([ref, m[..., 1:] - ref], axis=-1)
 
 
 def distance_modulus_from_parallax(parallax, parallax_err, *, min_snr: float = 5.0, zero_point: float = 0.0):

@@ -25,9 +25,9 @@ import numpy as np
 import optax
 from flax import struct
 
-from .emulator import Emulator, StellarModelNet
-from .evaluate import PreparedPhotometry, star_terms
-from .likelihood import apply_colour_transform, chi2_colours, reddening_update, whitening_matrix
+from .emulator import Emulator, StellarModelNet, model_colours
+from .evaluate import PreparedPhotometry, fit_reddening, star_terms
+from .likelihood import chi2_colours, whitening_matrix
 
 __all__ = ["StarBatchData", "star_loss", "regularization", "weighted_mean_loss", "make_epoch_fn",
            "make_optimizer", "refresh_star_terms"]
@@ -52,15 +52,14 @@ class StarBatchData:
 
 def star_loss(net: StellarModelNet, params, d: StarBatchData):
     """Eq. 15 per star: ‖W [B(M(θ̂) + E R(θ̂)) - ĉ]‖² / n_bands, shape (N,)."""
-    bm, R = net.apply({"params": params}, d.x)
-    c_model = bm + d.E[:, None] * apply_colour_transform(R)
+    c_model = model_colours(*net.apply({"params": params}, d.x), d.E)
     resid = jnp.where(d.mask, c_model - d.c_obs, 0.0)
     y = jnp.einsum("nij,nj->ni", d.W, resid)
     return jnp.sum(y * y, axis=-1) / c_model.shape[-1]
 
 
 def regularization(params, l2_hidden: float, l1_reddening: float):
-    """L2 (``l2_hidden`` Σw²) on the stellar-model hidden kernels + L1 (Σ|w|) on the R kernel (§4)."""
+    """Regularisation terms of Eq. 15: L2 (``l2_hidden`` Σw²) on the stellar-model hidden kernels + L1 (Σ|w|) on the R kernel."""
     l2 = sum(jnp.sum(v["kernel"] ** 2) for k, v in params.items() if k.startswith("hidden_"))
     return l2_hidden * l2 + l1_reddening * jnp.sum(jnp.abs(params["R"]["kernel"]))
 
@@ -130,10 +129,8 @@ def _refresh_chunk(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: 
         c_model, cov_c, _ = star_terms(emu, theta, theta_cov, E, E_prior_err, phot,
                                        use_jacobian=False, use_reddening=False)
     else:
-        # Eqs. 8-9 with the prior mean held fixed; covariance without the R Rᵀ σ_E² term
-        _, cov_nored, R = star_terms(emu, theta, theta_cov, E_prior, E_prior_err, phot, use_reddening=False)
-        bm = emu.absolute_mag_colours(theta)
-        E, var = reddening_update(phot.c_obs - bm, cov_nored, phot.mask, R, E_prior, E_prior_err)
+        # Eqs. 8-9 with the prior mean held fixed
+        E, var = fit_reddening(emu, theta, theta_cov, E_prior, E_prior_err, phot)
         # Eq. 4 with the current Jacobian and R Rᵀ σ_E² at the updated (E, σ_E)
         c_model, cov_c, _ = star_terms(emu, theta, theta_cov, E, jnp.sqrt(var), phot)
     W = whitening_matrix(cov_c, phot.mask)

@@ -1,6 +1,5 @@
 """The training notebook runs end to end at small size (DDS_NB_SMALL=1) and draws its figures."""
 
-import os
 
 import pytest
 
