@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "dds_infer.commands.import_keras",
     "dds_infer.commands.evaluate",
     "dds_infer.commands.train",
+    "dds_infer.commands.mock",
+    "dds_infer.commands.infer",
 )
 
 

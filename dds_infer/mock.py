@@ -1,0 +1,266 @@
+"""Mock Milky Way catalogues with known truth.
+
+Each star: a sightline (given, or isotropic on the sky), a distance modulus from
+the Galactic prior p(μ | l, b) ∝ n(d) d³, a component and [Fe/H] from
+:mod:`dds_infer.galaxy`, a stellar type θ from a *population* and noiseless
+magnitudes from a *truth model*, then reddening from :mod:`dds_infer.dust` and the
+survey's observation model (:mod:`dds_infer.survey`): errors, limits, drop-outs,
+Gaia parallax noise with its zero-point, noisy spectroscopic labels. Stars are
+kept when their *observed* magnitude in the selection band falls in the survey's
+window (a selection on observed data, which Bayesian inference may ignore).
+
+Truth models (anything with ``predict_apparent(theta, mu, E)`` and ``bands``):
+
+* (a) :class:`dds_infer.truth.TruthModel` — isochrones + synthetic photometry +
+  a published extinction curve (needs ``pip install "dds_infer[mock]"``);
+* (b) any :class:`~dds_infer.emulator.Emulator`, e.g. the shipped model, for
+  simulation-based calibration.
+
+Populations: ``"isochrone"`` (IMF × age × [Fe/H], from :mod:`dds_infer.truth`)
+or ``"domain"`` (θ drawn from an emulator's training density in (Teff, logg)
+at the star's [Fe/H], restricted to density ≥ ``domain_threshold`` — the θ prior
+the inference uses, so mode (b) + ``"domain"`` draws from the priors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import jax
+import numpy as np
+import pandas as pd
+
+from .catalog import StarCatalog
+from .domain import TrainingDomain
+from .dust import DustModel, true_and_prior_reddening
+from .galaxy import DEFAULT_GALAXY, GalaxyModel, sample_components_and_feh, sample_distances
+from .survey import GREEN2020_SURVEY, SurveyModel, observe_labels, observe_parallax, observe_photometry
+
+__all__ = ["MockConfig", "MockCatalog", "make_mock", "sample_theta_from_domain",
+           "isotropic_directions"]
+
+TRUTH_PREFIX = "true_"
+
+
+@dataclass(frozen=True)
+class MockConfig:
+    n: int = 1000
+    seed: int = 0
+    population: str = "domain"  # "domain" | "isochrone"
+    l: tuple | None = None  # sightlines (deg); None = isotropic sky
+    b: tuple | None = None
+    mu_range: tuple[float, float] = (4.0, 19.0)
+    mu_grid_points: int = 481  # per-sightline p(μ) grid (0.031 mag cells, exact within a cell)
+    domain_threshold: float = 0.01
+    domain_entry: int = 0
+    survey: SurveyModel = GREEN2020_SURVEY
+    dust: DustModel = DustModel()
+    galaxy: GalaxyModel = DEFAULT_GALAXY
+    labels: bool = True  # noisy spectroscopic labels (for training catalogues)
+    max_rounds: int = 200
+
+
+@dataclass
+class MockCatalog:
+    """A :class:`StarCatalog` plus the truth per star (``truth``: one row per star)."""
+
+    catalog: StarCatalog
+    truth: pd.DataFrame
+    report: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.catalog.n_stars
+
+
+def isotropic_directions(rng: np.random.Generator, n: int):
+    """(l, b) in degrees, uniform on the sphere."""
+    l = rng.uniform(0.0, 360.0, n)
+    b = np.rad2deg(np.arcsin(rng.uniform(-1.0, 1.0, n)))
+    return l, b
+
+
+def sample_theta_from_domain(rng: np.random.Generator, domain: TrainingDomain, feh,
+                             threshold: float = 0.01, entry: int = 0):
+    """θ = (Teff, logg, [Fe/H]) with (Teff, logg) ~ ρ(Teff, logg | [Fe/H]).
+
+    ρ is the training density map ``entry`` on its grid, zeroed below
+    ``threshold`` (the valid domain), on the [Fe/H] slice nearest each star;
+    a uniform offset within the cell makes the draws continuous. Returns
+    (theta (N, 3), ok (N,)) — ok False where the slice is empty (caller redraws).
+    """
+    dens = np.asarray(domain.density[entry], dtype=float)
+    dens = np.where(dens >= threshold, dens, 0.0)
+    teff, logg, fehax = (np.asarray(a, dtype=float) for a in (domain.teff, domain.logg, domain.feh))
+    feh = np.asarray(feh, dtype=float)
+    k = np.clip(np.rint((feh - fehax[0]) / (fehax[1] - fehax[0])).astype(int), 0, len(fehax) - 1)
+    slices = dens.transpose(2, 0, 1).reshape(len(fehax), -1)  # (nf, nT*ng)
+    mass = slices.sum(axis=1)
+    cdf = np.cumsum(slices, axis=1) / np.where(mass > 0, mass, 1.0)[:, None]
+    u = rng.random(feh.shape)
+    cell = np.zeros(feh.shape, dtype=int)
+    for kk in np.unique(k):  # one vectorised search per [Fe/H] slice
+        sel = k == kk
+        cell[sel] = np.searchsorted(cdf[kk], u[sel], side="right")
+    cell = np.minimum(cell, slices.shape[1] - 1)
+    it, ig = np.unravel_index(cell, (len(teff), len(logg)))
+    dt, dg = teff[1] - teff[0], logg[1] - logg[0]
+    theta = np.stack([teff[it] + dt * (rng.random(feh.shape) - 0.5),
+                      logg[ig] + dg * (rng.random(feh.shape) - 0.5), feh], axis=-1)
+    return theta, mass[k] > 0
+
+
+def selection_probability(mag_sel, survey: SurveyModel):
+    """Target-selection probability of a star with observed magnitude ``mag_sel``:
+    10^(−s · max(m − m_pivot, 0)) (spectroscopic surveys favour bright targets)."""
+    excess = np.maximum(np.nan_to_num(np.asarray(mag_sel, float), nan=99.0) - survey.selection_pivot, 0.0)
+    return 10.0 ** (-survey.selection_slope * excess)
+
+
+def _population(rng, cfg: MockConfig, feh, comp, domain):
+    if cfg.population == "domain":
+        if domain is None:
+            raise ValueError('population="domain" needs a TrainingDomain (e.g. emulator.domain)')
+        theta, ok = sample_theta_from_domain(rng, domain, feh, cfg.domain_threshold, cfg.domain_entry)
+        return theta, ok, {}
+    if cfg.population == "isochrone":
+        from .truth import sample_population  # optional extra
+
+        pop = sample_population(rng, feh, comp)
+        theta = np.stack([pop["teff"], pop["logg"], pop["feh"]], axis=-1)
+        extra = {k: np.asarray(v) for k, v in pop.items() if k not in ("teff", "logg", "feh")}
+        return theta, np.all(np.isfinite(theta), axis=1), extra
+    raise ValueError(f'unknown population {cfg.population!r}: use "domain" or "isochrone"')
+
+
+def _draw_candidates(rng, key, cfg: MockConfig, m: int, truth, domain):
+    """One round of m candidate stars (before selection), as a dict of arrays."""
+    if cfg.l is not None:
+        idx = rng.integers(0, len(cfg.l), m)
+        l, b = np.asarray(cfg.l, float)[idx], np.asarray(cfg.b, float)[idx]
+    else:
+        l, b = isotropic_directions(rng, m)
+    k_mu, k_feh = jax.random.split(key)
+    mu = np.asarray(sample_distances(k_mu, l, b, 1, cfg.galaxy, cfg.mu_range, cfg.mu_grid_points))[:, 0]
+    comp, feh = (np.asarray(a) for a in sample_components_and_feh(k_feh, mu, l, b, cfg.galaxy))
+    theta, ok, extra = _population(rng, cfg, feh, comp, domain)
+    e_true, e_prior, e_err, _ = true_and_prior_reddening(rng, l, b, mu, cfg.dust, cfg.galaxy)
+    theta_eval = np.where(ok[:, None], theta, np.nanmedian(theta[ok], axis=0) if ok.any() else 0.0)
+    mag_true = np.asarray(truth.predict_apparent(theta_eval, mu, e_true), dtype=float)
+    return dict(l=l, b=b, mu=mu, component=comp, theta=theta, ok=ok, E=e_true, E_prior=e_prior,
+                E_prior_err=e_err, mag_true=mag_true, **extra)
+
+
+def make_mock(truth, config: MockConfig = MockConfig(), *, domain: TrainingDomain | None = None,
+              progress=None) -> MockCatalog:
+    """Draw ``config.n`` selected mock stars observed through ``config.survey``.
+
+    truth: a truth model or an Emulator (see module docstring). domain: the θ
+    density for ``population="domain"`` (default: ``truth.domain`` if present).
+    Same config (incl. seed) → identical catalogue. ``report`` counts every
+    candidate that was drawn and why it was not kept.
+    """
+    cfg = config
+    if domain is None:
+        domain = getattr(truth, "domain", None)
+    survey = cfg.survey if cfg.survey.bands == truth.bands else replace(cfg.survey, bands=truth.bands)
+    sel = survey.bands.index(survey.selection_band)
+    rng = np.random.default_rng(cfg.seed)
+    key = jax.random.PRNGKey(cfg.seed)
+    kept: list[dict] = []
+    n_kept = n_drawn = n_bad_theta = n_outside = n_surplus = 0
+    rate = 0.2
+    for _ in range(cfg.max_rounds):
+        if n_kept >= cfg.n:
+            break
+        want = 1.3 * (cfg.n - n_kept) / max(rate, 1e-3)
+        m = int(min(2 ** int(np.ceil(np.log2(max(want, 1024)))), 2**18))  # few shapes: few compiles
+        key, sub = jax.random.split(key)
+        c = _draw_candidates(rng, sub, cfg, m, truth, domain)
+        mag, err, _ = observe_photometry(rng, c["mag_true"], survey)
+        plx, plx_err = observe_parallax(rng, c["mu"], c["mag_true"][:, sel], survey)
+        lo, hi = survey.selection
+        g = mag[:, sel]
+        keep = c["ok"] & np.isfinite(g) & (g >= lo) & (g <= hi)
+        keep &= rng.random(m) < selection_probability(g, survey)
+        n_drawn += m
+        n_bad_theta += int((~c["ok"]).sum())
+        n_outside += int((c["ok"] & ~keep).sum())
+        rate = max(keep.mean(), 1e-3)
+        idx = np.flatnonzero(keep)
+        n_surplus += max(len(idx) - (cfg.n - n_kept), 0)  # selected but not needed
+        idx = idx[: cfg.n - n_kept]
+        c.update(mag=mag, mag_err=err, parallax=plx, parallax_err=plx_err)
+        kept.append({k: np.asarray(v)[idx] for k, v in c.items()})
+        n_kept += len(idx)
+        if progress is not None:
+            progress(n_kept, cfg.n)
+    else:
+        if n_kept < cfg.n:
+            raise RuntimeError(f"only {n_kept} of {cfg.n} stars passed the selection after "
+                               f"{cfg.max_rounds} rounds ({n_drawn} drawn); widen survey.selection")
+    s = {k: np.concatenate([d[k] for d in kept]) for k in kept[0]}
+    missing = {name: int(np.isnan(s["mag"][:, j]).sum()) for j, name in enumerate(survey.bands.names)}
+    ids = np.array([f"mock{cfg.seed}_{i:07d}" for i in range(cfg.n)])
+    optional = dict(l=s["l"], b=s["b"], ids=ids,
+                    meta={"mock": {"seed": cfg.seed, "population": cfg.population,
+                                   "truth": type(truth).__name__}})
+    if cfg.labels:
+        theta_hat, theta_cov = observe_labels(rng, s["theta"], survey)
+        optional.update(theta=theta_hat, theta_cov=theta_cov, E_prior=s["E_prior"],
+                        E_prior_err=s["E_prior_err"])
+    cat = StarCatalog.from_arrays(s["mag"], s["mag_err"], s["parallax"], s["parallax_err"],
+                                  survey.bands, **optional)
+    truth_df = pd.DataFrame({"id": ids, "teff": s["theta"][:, 0], "logg": s["theta"][:, 1],
+                             "feh": s["theta"][:, 2], "mu": s["mu"], "E": s["E"],
+                             "E_smooth": s["E_prior"], "component": s["component"]})
+    for k in s:
+        if k not in ("l", "b", "mu", "component", "theta", "ok", "E", "E_prior", "E_prior_err",
+                     "mag_true", "mag", "mag_err", "parallax", "parallax_err"):
+            truth_df[k] = s[k]
+    for j, name in enumerate(survey.bands.names):
+        truth_df[f"mag_{name}"] = s["mag_true"][:, j]
+    report = {"n_stars": cfg.n, "n_drawn": n_drawn, "n_rejected_selection": n_outside,
+              "n_rejected_theta": n_bad_theta, "n_surplus": n_surplus, "selection": [survey.selection_band, *survey.selection],
+              "n_missing_per_band": missing}
+    return MockCatalog(cat, truth_df, report)
+
+
+def mock_to_table(mock: MockCatalog):
+    """The catalogue's table (:func:`~dds_infer.catalog_io.catalog_to_table`) plus the truth
+    as ``true_<name>`` columns; write it with any astropy table format."""
+    from .catalog_io import catalog_to_table
+
+    t = catalog_to_table(mock.catalog)
+    for col in mock.truth.columns:
+        if col != "id":
+            t[TRUTH_PREFIX + col] = np.asarray(mock.truth[col])
+    return t
+
+
+def write_mock(mock: MockCatalog, path, overwrite: bool = True):
+    """Write :func:`mock_to_table` (format from the extension, as ``catalog_io.write_table``)."""
+    from pathlib import Path
+
+    from .catalog_io import _format_for
+
+    path = Path(path)
+    fmt = _format_for(path, None)
+    kw = {"overwrite": overwrite}
+    if fmt == "hdf5":
+        kw.update(path="catalog", serialize_meta=True)
+    mock_to_table(mock).write(path, format=fmt, **kw)
+    return path
+
+
+def read_mock(path) -> MockCatalog:
+    """Read a file written by :func:`write_mock` (catalogue validated as any other)."""
+    from astropy.table import Table
+
+    from .commands._common import read_catalog
+
+    cat = read_catalog(path)
+    t = Table.read(path)
+    truth = pd.DataFrame({c[len(TRUTH_PREFIX):]: np.asarray(t[c]) for c in t.colnames
+                          if c.startswith(TRUTH_PREFIX)})
+    truth.insert(0, "id", cat.star_ids())
+    return MockCatalog(cat, truth, {"source": str(path)})
