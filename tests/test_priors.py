@@ -1,0 +1,158 @@
+"""Priors of Eq. 19: HR-diagram density (normalisation, edges, gradients), Galactic terms, reddening."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dds_infer import galaxy, init_emulator
+from dds_infer.domain import density_from_samples
+from dds_infer.inference import StarData
+from dds_infer.priors import (default_prior, log_distance_prior, log_hr_prior, log_metallicity_prior,
+                              log_prior, log_reddening_prior)
+
+
+def _synthetic_domain():
+    """A dwarf sequence and a giant clump in (Teff, logg), [Fe/H] ~ N(-0.2, 0.3)."""
+    rng = np.random.default_rng(1)
+    n = 20000
+    dwarf = np.c_[rng.uniform(4000, 6500, n), np.zeros(n), rng.normal(-0.2, 0.3, n)]
+    dwarf[:, 1] = 4.6 - (dwarf[:, 0] - 4000) / 2500 * 0.5 + rng.normal(0, 0.1, n)
+    giant = np.c_[rng.normal(4700, 150, n // 2), rng.normal(2.5, 0.3, n // 2), rng.normal(-0.2, 0.3, n // 2)]
+    return density_from_samples(np.r_[dwarf, giant], bins=(40, 40, 16),
+                                ranges=((3000.0, 7500.0), (0.0, 6.0), (-1.5, 0.9)))
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return init_emulator(jax.random.PRNGKey(0)).with_domain(_synthetic_domain())
+
+
+@pytest.fixture(scope="module")
+def prior(emu):
+    return default_prior(emu)
+
+
+def _star(has_position=False, l=30.0, b=10.0, E_ref=None):
+    return StarData(mag=jnp.zeros(13), mag_err=jnp.ones(13), observed=jnp.zeros(13, bool),
+                    parallax=jnp.array(0.0), parallax_err=jnp.array(1e6), l=jnp.array(l), b=jnp.array(b),
+                    has_position=jnp.array(has_position),
+                    E_ref=None if E_ref is None else jnp.array(E_ref[0]),
+                    E_ref_err=None if E_ref is None else jnp.array(E_ref[1]))
+
+
+def _integral_over_teff_logg(prior, feh, n=241):
+    T = np.linspace(3000.0, 7500.0, n)
+    g = np.linspace(0.0, 6.0, n)
+    TT, gg = np.meshgrid(T, g, indexing="ij")
+    th = jnp.asarray(np.stack([TT, gg, np.full_like(TT, feh)], -1))
+    p = np.exp(np.asarray(log_hr_prior(th, prior), dtype=np.float64))
+    return np.trapezoid(np.trapezoid(p, g, axis=1), T)
+
+
+@pytest.mark.parametrize("feh", [-0.2, 0.06, 0.3])
+def test_hr_prior_is_normalised_per_metallicity(prior, feh):
+    """∫∫ p(Teff, logg | feh) = 1, by an independent fine-mesh quadrature, on and between grid slices."""
+    assert _integral_over_teff_logg(prior, feh) == pytest.approx(1.0, abs=0.03)
+
+
+def test_hr_prior_suppresses_empty_metallicity_slices(prior):
+    """Where the training set has no stars in [Fe/H], the slice is not blown up to unit mass."""
+    assert _integral_over_teff_logg(prior, 0.88) < 0.05
+
+
+def test_hr_prior_follows_training_density(prior, emu):
+    dom = emu.domain
+    on_ms, giant, empty = [jnp.array(t) for t in ([5000.0, 4.4, -0.2], [4700.0, 2.5, -0.2], [6500.0, 1.0, -0.2])]
+    for inside in (on_ms, giant):
+        assert float(dom.density_at(inside)) > 0.1
+        assert float(log_hr_prior(inside, prior)) - float(log_hr_prior(empty, prior)) > 8.0
+    assert float(dom.density_at(empty)) < 1e-3
+
+
+@pytest.mark.parametrize("theta", [[3000.0, 4.0, -0.2], [7500.0, 6.0, 0.9], [2000.0, -3.0, -4.0],
+                                   [9000.0, 8.0, 2.0], [5000.0, 4.4, -0.2]])
+def test_hr_prior_gradient_finite_at_and_beyond_edges(prior, theta):
+    th = jnp.array(theta)
+    val, grad = jax.value_and_grad(lambda t: log_hr_prior(t, prior))(th)
+    assert np.isfinite(float(val)) and np.all(np.isfinite(np.asarray(grad)))
+    lo, hi = np.asarray(prior.grid_lo), np.asarray(prior.grid_hi)
+    out = (np.asarray(th) < lo) | (np.asarray(th) > hi)
+    # outside the grid the gradient points back in along every offending axis
+    g = np.asarray(grad)
+    assert np.all(np.sign(g[out]) == np.sign((0.5 * (lo + hi) - np.asarray(th))[out]))
+
+
+def test_log_prior_gradient_finite_everywhere(prior):
+    """The whole prior (Galactic terms, E near 0) stays differentiable over a wide box."""
+    rng = np.random.default_rng(2)
+    th = np.c_[rng.uniform(1500, 12000, 30), rng.uniform(-4, 9, 30), rng.uniform(-5, 3, 30)]
+    mu = rng.uniform(-5, 30, 30)
+    E = rng.uniform(0.0, 8.0, 30)
+    star = _star(True)
+    f = jax.vmap(jax.grad(lambda t, m, e: log_prior(t, m, e, star, prior), argnums=(0, 1, 2)))
+    for g in f(jnp.asarray(th), jnp.asarray(mu), jnp.asarray(E)):
+        assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_distance_and_metallicity_terms_use_the_galactic_model(prior):
+    mu = jnp.linspace(6.0, 16.0, 5)
+    on = _star(True, 30.0, 10.0)
+    off = _star(False)
+    np.testing.assert_allclose(log_distance_prior(mu, on, prior), galaxy.log_distance_prior(mu, 30.0, 10.0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(log_distance_prior(mu, off, prior), galaxy.log_distance_prior(mu), rtol=1e-5)
+    np.testing.assert_allclose(log_metallicity_prior(-1.0, mu, on, prior),
+                               galaxy.log_feh_prior(-1.0, mu, 30.0, 10.0), rtol=1e-5)
+    np.testing.assert_allclose(log_metallicity_prior(-1.0, mu, off, prior), galaxy.log_feh_prior(-1.0, mu),
+                               rtol=1e-5)
+
+
+def test_flat_distance_prior(emu):
+    pr = default_prior(emu, kind="flat")
+    star = _star()
+    inside = np.asarray(log_distance_prior(jnp.array([5.0, 12.0, 18.0]), star, pr))
+    np.testing.assert_allclose(inside, -math.log(15.0), rtol=1e-6)
+    assert float(log_distance_prior(jnp.array(20.0), star, pr)) < -math.log(15.0) - 10
+
+
+def test_reddening_priors(emu):
+    E = np.linspace(0.0, 6.0, 6001)
+    star = _star(E_ref=(0.5, 0.03))
+    hn = default_prior(emu, reddening="halfnormal", E_scale=0.7)
+    p = np.exp(np.asarray(log_reddening_prior(jnp.asarray(E), star, hn), dtype=np.float64))
+    assert np.trapezoid(p, E) == pytest.approx(1.0, abs=1e-3)
+    flat = default_prior(emu, reddening="flat", E_max=2.0)
+    lf = np.asarray(log_reddening_prior(jnp.asarray(E), star, flat))
+    np.testing.assert_allclose(lf[E <= 2.0], -math.log(2.0), rtol=1e-6)
+    assert lf[-1] < -100
+    dm = default_prior(emu, reddening="dustmap", E_tol_abs=0.0, E_tol_frac=0.0)
+    ld = np.asarray(log_reddening_prior(jnp.asarray(E), star, dm))
+    assert E[np.argmax(ld)] == pytest.approx(0.5, abs=1e-3)
+    # σ = E_ref_err when the tolerances are zero: one σ away costs exactly 1/2
+    assert float(ld.max() - log_reddening_prior(jnp.array(0.53), star, dm)) == pytest.approx(0.5, rel=1e-3)
+    with pytest.raises(ValueError, match="E_ref"):
+        log_reddening_prior(jnp.array(0.1), _star(), dm)
+
+
+def test_user_callable_replaces_one_term(emu, prior):
+    def my_distance(theta, mu, E, star, prior):
+        return -0.5 * (mu - 10.0) ** 2
+
+    custom = default_prior(emu, distance=my_distance)
+    star = _star()
+    th = jnp.array([5000.0, 4.4, -0.2])
+    diff = log_prior(th, 12.0, 0.1, star, custom) - log_prior(th, 12.0, 0.1, star, prior)
+    expected = -2.0 - float(log_distance_prior(jnp.array(12.0), star, prior))
+    assert float(diff) == pytest.approx(expected, rel=1e-5)
+
+
+def test_default_prior_rejects_bad_input(emu):
+    with pytest.raises(ValueError, match="kind"):
+        default_prior(emu, kind="uniform")
+    with pytest.raises(ValueError, match="reddening"):
+        default_prior(emu, reddening="sfd")
+    with pytest.raises(ValueError, match="training domain"):
+        default_prior(emu.with_domain(None))
