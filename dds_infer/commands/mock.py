@@ -33,9 +33,9 @@ def register(sub) -> None:
 def load_truth(spec: str):
     """The truth model named on the command line: "physical" or a bundle directory."""
     if spec == "physical":
-        from ..truth import TruthModel
+        from ..truth import build_truth_model
 
-        return TruthModel.default()
+        return build_truth_model()
     from ._common import read_model
 
     return read_model(spec)
