@@ -3,12 +3,14 @@
 Both models are evaluated on the same 10% test split (catalogue's prior
 reddening, paper §4 convention, dof = modelled entries - 1).
 
-    python bench/train_real.py [--json] [--iterations 20 --epochs 25] [--out DIR]
+    python bench/train_real.py [--json] [--iterations 20 --epochs 25] [--seed 0] [--out DIR]
+                               [--set TRAINCONFIG_FIELD=JSON_VALUE ...]   (experiments)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -25,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                   help="override a TrainConfig field, e.g. --set loss_reddening='\"prior\"' --set cov_inflation=[1e-4,1e-3]")
     p.add_argument("--out", default=None, help="bundle directory to keep (default: temporary)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -40,6 +44,10 @@ def main(argv=None) -> int:
     pub = import_keras_model(a / "green2020_nn_model.h5", a / "green2020_theta_normalization.json",
                              density_path=a / "green2020_input_density.h5")
     kw = {"batch_size": args.batch_size} if args.batch_size else {}
+    for item in args.set:
+        k, _, v = item.partition("=")
+        val = json.loads(v)
+        kw[k] = tuple(val) if isinstance(val, list) else val
     cfg = TrainConfig(iterations=args.iterations, epochs=args.epochs, seed=args.seed, progress=not args.json, **kw)
     t0 = time.perf_counter()
     emu, hist = train(cat, cfg)
@@ -60,7 +68,8 @@ def main(argv=None) -> int:
     out_json = {
         "n_train": int(hist["split"]["train"].size),
         "n_test": int(test.n_stars),
-        "iterations": cfg.iterations, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "iterations": cfg.iterations, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "overrides": {k: v for k, v in kw.items()},
         "chi2_dof_mean_new": res["new_prior"]["chi2_dof_mean"],
         "chi2_dof_mean_published": res["published_prior"]["chi2_dof_mean"],
         "outlier_frac_new": res["new_prior"]["outlier_frac"],

@@ -76,13 +76,16 @@ def make_optimizer():
 
 
 @functools.lru_cache(maxsize=16)
-def make_epoch_fn(n_bands: int, hidden: tuple, batch_size: int, l2_hidden: float, l1_reddening: float):
+def make_epoch_fn(n_bands: int, hidden: tuple, batch_size: int, l2_hidden: float, l1_reddening: float,
+                  freeze_r_kernel: bool = False):
     """Compiled ``epoch(params, opt_state, key, data) -> (params, opt_state, mean_batch_loss)``.
 
     One epoch = Adam steps over ceil(N / batch_size) minibatches of a random
     permutation of the N stars (a ``lax.scan``); padded rows have weight 0.
     Each step minimises the weighted mean of Eq. 15 over the batch plus the
-    regularization terms. Cached, so repeated trainings reuse the compilation.
+    regularization terms. ``freeze_r_kernel``: the R-layer kernel gets zero
+    gradient (R(θ) stays θ-independent). Cached, so repeated trainings reuse
+    the compilation.
     """
     net = StellarModelNet(n_bands=n_bands, hidden=tuple(hidden))
     opt = make_optimizer()
@@ -105,6 +108,8 @@ def make_epoch_fn(n_bands: int, hidden: tuple, batch_size: int, l2_hidden: float
             batch = jax.tree_util.tree_map(lambda a: a[i], data)
             w = batch.weight * v
             (_, data_term), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, w)
+            if freeze_r_kernel:
+                g = {**g, "R": {**g["R"], "kernel": jnp.zeros_like(g["R"]["kernel"])}}
             updates, s = opt.update(g, s, p)
             return (optax.apply_updates(p, updates), s), (data_term, jnp.sum(w))
 
@@ -122,7 +127,8 @@ def make_eval_fn(n_bands: int, hidden: tuple):
 
 
 @functools.partial(jax.jit, static_argnames=("first",))
-def _refresh_chunk(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry, first: bool):
+def _refresh_chunk(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry, first: bool,
+                   inflation):
     if first:
         # iteration 1: ∇M = 0 and R = 0 in the covariance, E = Ê (prior)
         E, var = E_prior, E_prior_err**2
@@ -133,13 +139,19 @@ def _refresh_chunk(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: 
         E, var = fit_reddening(emu, theta, theta_cov, E_prior, E_prior_err, phot)
         # Eq. 4 with the current Jacobian and R Rᵀ σ_E² at the updated (E, σ_E)
         c_model, cov_c, _ = star_terms(emu, theta, theta_cov, E, jnp.sqrt(var), phot)
-    W = whitening_matrix(cov_c, phot.mask)
     chi2, n_mod = chi2_colours(phot.c_obs - c_model, cov_c, phot.mask)
+    W = whitening_matrix(inflate_diagonal(cov_c, inflation[0], inflation[1]), phot.mask)
     return E, var, W, chi2, n_mod
 
 
+def inflate_diagonal(cov, absolute, relative):
+    """C + diag(absolute + relative · diag C): the training-covariance floor of the authors' code."""
+    d = jnp.diagonal(cov, axis1=-2, axis2=-1)
+    return cov + jax.vmap(jnp.diag)(absolute + relative * d)
+
+
 def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry,
-                       *, first: bool, chunk_size: int = 16384):
+                       *, first: bool, chunk_size: int = 16384, inflation=(0.0, 0.0)):
     """Per-star (E, var_E, W, χ², n_modelled) under ``emu``, chunked over stars.
 
     first=True: the iteration-1 terms (E = Ê, covariance without J C_θ Jᵀ and
@@ -147,6 +159,7 @@ def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, ph
     full covariance of Eqs. 4-6 at that E. The stars are padded to a multiple
     of the chunk size, so one compiled function serves every chunk and every
     iteration. Inputs must be finite (fill unusable stars beforehand).
+    ``inflation`` = (a, b): W whitens C_c + diag(a + b diag C_c) (χ² does not).
     """
     n = int(np.shape(theta)[0])
     chunk = int(min(chunk_size, max(256, -(-n // 256) * 256)))
@@ -161,8 +174,9 @@ def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, ph
         return np.concatenate([a, np.broadcast_to(a[:1], (n_pad - n,) + a.shape[1:])])
 
     args = jax.tree_util.tree_map(padded, args)
+    infl = jnp.asarray(inflation, dtype=jnp.float32)
     outs = []
     for s in range(0, n_pad, chunk):
         sl = jax.tree_util.tree_map(lambda a: a[s:s + chunk], args)
-        outs.append(jax.device_get(jax.block_until_ready(_refresh_chunk(emu, *sl, first=first))))
+        outs.append(jax.device_get(jax.block_until_ready(_refresh_chunk(emu, *sl, first=first, inflation=infl))))
     return tuple(jnp.asarray(np.concatenate([o[k] for o in outs])[:n]) for k in range(5))

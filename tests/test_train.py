@@ -14,7 +14,8 @@ from dds_infer.training import TrainConfig, chi2_threshold, learning_rate, split
 from dds_infer.train_core import StarBatchData, make_eval_fn, star_loss
 from dds_infer.train_io import save_training_bundle
 
-TINY = TrainConfig(iterations=2, epochs=2, batch_size=32, max_stars=400, seed=3, progress=False)
+TINY = TrainConfig(iterations=2, epochs=2, batch_size=32, max_stars=400, seed=3, progress=False,
+                   min_steps_first=None, min_steps=None)
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +173,50 @@ def test_epochs_first_sets_iteration_one_length(real_cat):
     _, h = train(real_cat, cfg)
     per_it = [sum(1 for e in h["epochs"] if e["iteration"] == k) for k in (1, 2)]
     assert per_it == [5, 2]
+
+
+def test_flat_r_start_keeps_R_theta_independent_in_iteration_one(real_cat, tiny_run):
+    """r_kernel_init='zero' + freeze_r_kernel_first: R(θ) is a learned constant in iteration 1, θ-dependent after."""
+    cfg = replace(TINY, iterations=1, r_kernel_init="zero", freeze_r_kernel_first=True, r_init=0.5)
+    emu, _ = train(real_cat, cfg)
+    assert np.all(np.asarray(emu.params["R"]["kernel"]) == 0.0)
+    bias = np.asarray(emu.params["R"]["bias"])
+    assert not np.allclose(bias, np.log(0.5))  # the constant R was fitted
+    R = np.asarray(emu.reddening_vector(real_cat.theta[:50]))
+    np.testing.assert_allclose(R, np.broadcast_to(np.exp(bias), R.shape), rtol=1e-6)
+    two, _ = train(real_cat, replace(cfg, iterations=2))
+    assert np.any(np.asarray(two.params["R"]["kernel"]) != 0.0)
+
+
+def test_warm_start_from_a_bundle(real_cat, anchor_dir, tmp_path):
+    from dds_infer.bundle import save_bundle
+    from dds_infer.keras_import import import_keras_model
+
+    pub = import_keras_model(anchor_dir / "green2020_nn_model.h5", anchor_dir / "green2020_theta_normalization.json")
+    save_bundle(pub, tmp_path / "pub")
+    emu, h = train(real_cat, replace(TINY, iterations=1, epochs=0, init_from=str(tmp_path / "pub")))
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(pub), _leaves(emu)))
+    np.testing.assert_array_equal(np.asarray(emu.theta_med), np.asarray(pub.theta_med))
+    # the warm start's first refresh is Eqs. 8-9 under the published model, not the prior
+    assert np.all(h["E_fit"]["E"] >= 0) and not np.allclose(h["E_fit"]["E"], real_cat.E_prior[h["E_fit"]["index"]])
+    with pytest.raises(ValueError, match="hidden"):
+        train(real_cat, replace(TINY, hidden=(16,), init_from=str(tmp_path / "pub")))
+
+
+@pytest.mark.parametrize("field, value", [("loss_reddening", "posterior"), ("r_kernel_init", "ones"), ("r_init", 0.0)])
+def test_bad_training_options_name_the_field(real_cat, field, value):
+    with pytest.raises(ValueError, match=field):
+        train(real_cat, replace(TINY, **{field: value}))
+
+
+def test_small_catalogues_get_a_minimum_number_of_adam_steps():
+    from dds_infer.training import epochs_of_iteration
+
+    cfg = TrainConfig()  # 25 epochs, batch 32, floors 22,000 / 11,000 steps, at most 4x
+    assert epochs_of_iteration(1, cfg, 100_000) == 25 and epochs_of_iteration(2, cfg, 100_000) == 25
+    assert epochs_of_iteration(1, cfg, 10_000) == 71  # ceil(22000 / 313 steps per epoch)
+    assert epochs_of_iteration(2, cfg, 7000) == 51  # ceil(11000 / 219)
+    assert epochs_of_iteration(1, cfg, 7000) == 100  # ceil(22000 / 219) = 101, capped at 4 x 25
+    assert epochs_of_iteration(1, cfg, 300) == 100
+    assert epochs_of_iteration(3, replace(cfg, min_steps=None), 7000) == 25
+    assert epochs_of_iteration(1, replace(cfg, epochs_first=5, max_epoch_factor=1.0), 7000) == 5
