@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from jax.scipy.ndimage import map_coordinates
+from jax.scipy.special import logsumexp
 from scipy.ndimage import gaussian_filter
 
 from . import galaxy
@@ -49,6 +50,7 @@ __all__ = [
     "log_metallicity_prior",
     "log_reddening_prior",
     "log_prior",
+    "sky_average_tables",
     "DISTANCE_KINDS",
     "FEH_KINDS",
     "THETA_KINDS",
@@ -72,6 +74,9 @@ class Prior:
     mu_range: (2,) support of the "flat" distance prior (soft walls of width ``wall``).
     E_max: upper end of the "flat" reddening prior; E_scale: half-normal scale;
     E_tol_abs, E_tol_frac: tolerance of the "dustmap" prior around ``star.E_ref``.
+    sky_mu, sky_log_dist, sky_log_w: optional tables of the sky-averaged log p(μ) and log
+    component weights on a μ grid (see :func:`sky_average_tables`): the all-sky terms are
+    then interpolated instead of summed over 64 directions per evaluation (None: exact sums).
     wall: width [mag] of the quadratic soft walls of the flat priors.
     distance_kind, feh_kind, theta_kind, reddening_kind: a name from ``*_KINDS`` or a
     callable ``fn(theta, mu, E, star, prior) -> scalar`` (static).
@@ -89,6 +94,9 @@ class Prior:
     E_tol_abs: float = 0.05
     E_tol_frac: float = 0.1
     wall: float = 0.1
+    sky_mu: jnp.ndarray | None = None
+    sky_log_dist: jnp.ndarray | None = None
+    sky_log_w: jnp.ndarray | None = None
     distance_kind: Any = struct.field(pytree_node=False, default="galactic")
     feh_kind: Any = struct.field(pytree_node=False, default="galactic")
     theta_kind: Any = struct.field(pytree_node=False, default="density")
@@ -146,11 +154,13 @@ def hr_density_table(domain, *, entry: int = 0, threshold: float = 0.01, softnes
 def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="density",
                   galaxy_model: GalaxyModel = DEFAULT_GALAXY, E_max: float = 5.0, E_scale: float = 1.0,
                   E_tol_abs: float = 0.05, E_tol_frac: float = 0.1, mu_range=galaxy.MU_RANGE,
-                  density_entry: int = 0, threshold: float = 0.01, distance=None, feh=None) -> Prior:
+                  density_entry: int = 0, threshold: float = 0.01, distance=None, feh=None,
+                  sky_tables: bool = True) -> Prior:
     """The standard prior for ``emulator`` (needs ``emulator.domain`` unless theta="flat").
 
     kind: "galactic" (distance and [Fe/H] from the Galactic model) or "flat" (flat in μ over
     ``mu_range``, flat [Fe/H]). ``distance`` / ``feh`` override the two terms separately.
+    sky_tables: tabulate the sky-averaged distance and [Fe/H] priors (:func:`sky_average_tables`).
     reddening: one of ``REDDENING_KINDS`` or a callable. theta: "density" or "flat" or a callable.
     """
     if kind not in DISTANCE_KINDS:
@@ -179,11 +189,30 @@ def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="
         table = hr_density_table(dom, entry=density_entry, threshold=threshold)
     step = (hi - lo) / (n - 1)
     f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)  # noqa: E731
+    sky = {}
+    if float(galaxy_model.feh_thin_dR) == 0.0 and sky_tables:
+        g, ld, lw = sky_average_tables(galaxy_model)
+        sky = dict(sky_mu=f32(g), sky_log_dist=f32(ld), sky_log_w=f32(lw))
     return Prior(log_hr=f32(table), grid_lo=f32(lo), grid_step=f32(step), grid_hi=f32(hi),
                  edge_scale=f32(0.5 * step), galaxy=galaxy_model, mu_range=f32(mu_range),
                  E_max=float(E_max), E_scale=float(E_scale), E_tol_abs=float(E_tol_abs),
                  E_tol_frac=float(E_tol_frac), distance_kind=distance, feh_kind=feh,
-                 theta_kind=theta, reddening_kind=reddening)
+                 theta_kind=theta, reddening_kind=reddening, **sky)
+
+
+def sky_average_tables(galaxy_model: GalaxyModel = DEFAULT_GALAXY, mu_lo: float = -5.0,
+                       mu_hi: float = 30.0, n: int = 1401):
+    """(μ grid, log p(μ) sky average, log component weights (G, 3)) for the all-sky priors.
+
+    Exact at the grid points (the same 64-direction mean as :mod:`dds_infer.galaxy`), linear
+    in between (0.025 mag spacing: interpolation error < 1e-3 in log p). Beyond the grid the
+    values are held constant. The [Fe/H] mixture built from the weights is exact when the
+    thin-disc mean has no radial gradient (``feh_thin_dR`` = 0); otherwise the exact sum is used.
+    """
+    grid = np.linspace(mu_lo, mu_hi, n)
+    log_d = np.asarray(galaxy.log_distance_prior(jnp.asarray(grid), None, None, galaxy_model), dtype=np.float64)
+    w = np.asarray(galaxy.component_weights(jnp.asarray(grid), None, None, galaxy_model), dtype=np.float64)
+    return grid, log_d, np.log(np.maximum(w, 1e-300))
 
 
 # --- the terms -----------------------------------------------------------------------
@@ -221,7 +250,10 @@ def log_distance_prior(mu, star, prior: Prior):
         return _soft_box(mu, lo, hi, prior.wall) - jnp.log(hi - lo)
     l, b, has = _sightline(star)
     on_sky = galaxy.log_distance_prior(mu, l, b, prior.galaxy)
-    all_sky = galaxy.log_distance_prior(mu, None, None, prior.galaxy)
+    if prior.sky_mu is None:
+        all_sky = galaxy.log_distance_prior(mu, None, None, prior.galaxy)
+    else:
+        all_sky = jnp.interp(mu, prior.sky_mu, prior.sky_log_dist)
     return jnp.where(has, on_sky, all_sky)
 
 
@@ -234,7 +266,16 @@ def log_metallicity_prior(feh, mu, star, prior: Prior):
         return jnp.zeros_like(jnp.asarray(feh, dtype=jnp.float32) + mu)
     l, b, has = _sightline(star)
     on_sky = galaxy.log_feh_prior(feh, mu, l, b, prior.galaxy)
-    all_sky = galaxy.log_feh_prior(feh, mu, None, None, prior.galaxy)
+    if prior.sky_mu is None:
+        all_sky = galaxy.log_feh_prior(feh, mu, None, None, prior.galaxy)
+    else:
+        g = prior.galaxy
+        log_w = jnp.stack([jnp.interp(mu, prior.sky_mu, prior.sky_log_w[:, c]) for c in range(3)], axis=-1)
+        means = jnp.stack([jnp.asarray(g.feh_thin, dtype=jnp.float32), jnp.asarray(g.feh_thick, dtype=jnp.float32),
+                           jnp.asarray(g.feh_halo, dtype=jnp.float32)])
+        sig = g.feh_sigma
+        z = (jnp.asarray(feh)[..., None] - means) / sig
+        all_sky = logsumexp(log_w - 0.5 * z**2 - jnp.log(sig) - 0.5 * math.log(2 * math.pi), axis=-1)
     return jnp.where(has, on_sky, all_sky)
 
 

@@ -156,3 +156,29 @@ def test_default_prior_rejects_bad_input(emu):
         default_prior(emu, reddening="sfd")
     with pytest.raises(ValueError, match="training domain"):
         default_prior(emu.with_domain(None))
+
+
+def test_sky_tables_match_exact_all_sky_priors():
+    """The tabulated sky-averaged distance and [Fe/H] priors equal the exact 64-direction sums."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dds_infer.inference import StarData
+    from dds_infer.priors import Prior, log_distance_prior, log_metallicity_prior, sky_average_tables
+
+    g, ld, lw = sky_average_tables()
+    base = Prior(log_hr=jnp.zeros((2, 2, 2)), grid_lo=jnp.zeros(3), grid_step=jnp.ones(3),
+                 grid_hi=jnp.ones(3), edge_scale=jnp.ones(3))
+    tab = base.replace(sky_mu=jnp.asarray(g), sky_log_dist=jnp.asarray(ld), sky_log_w=jnp.asarray(lw))
+    star = StarData(mag=jnp.zeros(13), mag_err=jnp.ones(13), observed=jnp.ones(13, bool),
+                    parallax=jnp.asarray(1.0), parallax_err=jnp.asarray(0.1), l=jnp.asarray(0.0),
+                    b=jnp.asarray(0.0), has_position=jnp.asarray(False))
+    rng = np.random.default_rng(0)
+    mu = jnp.asarray(rng.uniform(4, 19, 200))
+    feh = jnp.asarray(rng.uniform(-2.5, 0.5, 200))
+    d_exact = log_distance_prior(mu, star, base)
+    d_tab = log_distance_prior(mu, star, tab)
+    assert float(jnp.max(jnp.abs(d_exact - d_tab))) < 2e-3
+    f_exact = log_metallicity_prior(feh, mu, star, base)
+    f_tab = log_metallicity_prior(feh, mu, star, tab)
+    assert float(jnp.max(jnp.abs(f_exact - f_tab))) < 2e-3

@@ -19,6 +19,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (x e^-1/5 per iteration)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights and batch order")
+    p.add_argument("--parallax-zp", type=float, default=0.0,
+                   help="parallax zero-point [mas] subtracted before μ̂ = 10 − 5 log10 ϖ (Gaia DR2: −0.029; "
+                        "0 reproduces the paper's training)")
     p.add_argument("--hidden", default="32,32", help="hidden layer widths, comma separated")
     p.add_argument("--max-stars", type=int, default=None, help="use only the first N catalogue rows")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default <out>.ckpt)")
@@ -46,7 +49,7 @@ def run(args) -> int:
     cat = read_catalog(args.catalog, args.columns, require_labels=True, require_reddening_prior=True)
     ckpt = args.checkpoint_dir or f"{str(args.out).rstrip('/')}.ckpt"
     cfg = replace(TrainConfig(), iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size,
-                  lr=args.lr, seed=args.seed, hidden=hidden, max_stars=args.max_stars, checkpoint_dir=ckpt,
+                  lr=args.lr, seed=args.seed, hidden=hidden, parallax_zero_point=args.parallax_zp, max_stars=args.max_stars, checkpoint_dir=ckpt,
                   resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     emu, hist = train(cat, cfg)
     out = save_training_bundle(emu, hist, args.out, catalog_path=args.catalog)
