@@ -12,7 +12,20 @@ from .catalog import CatalogError, StarCatalog  # noqa: E402
 from .emulator import Emulator, StellarModelNet, init_emulator  # noqa: E402
 from .bundle import load_bundle, save_bundle  # noqa: E402
 from .evaluate import evaluate_catalog  # noqa: E402
-from .training import TrainConfig, train  # noqa: E402
+
+_LAZY = {  # imported on first use, so loading and inference never import the training code
+    "TrainConfig": "training", "train": "training",
+    "infer": "pipeline", "InferenceConfig": "inference", "default_prior": "priors",
+    "Posterior": "posterior", "MockConfig": "mock", "make_mock": "mock",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "__version__",
@@ -31,4 +44,10 @@ __all__ = [
     "evaluate_catalog",
     "TrainConfig",
     "train",
+    "infer",
+    "InferenceConfig",
+    "default_prior",
+    "Posterior",
+    "MockConfig",
+    "make_mock",
 ]

@@ -60,6 +60,7 @@ class MockConfig:
     dust: DustModel = DustModel()
     galaxy: GalaxyModel = DEFAULT_GALAXY
     labels: bool = True  # noisy spectroscopic labels (for training catalogues)
+    label_noise_scale: float = 1.0  # scales the label errors (0.01: near-exact labels, for experiments)
     max_rounds: int = 200
 
 
@@ -275,7 +276,8 @@ def make_mock(truth, config: MockConfig = MockConfig(), *, domain: TrainingDomai
                     meta={"mock": {"seed": cfg.seed, "population": cfg.population,
                                    "truth": type(truth).__name__}})
     if cfg.labels:
-        theta_hat, theta_cov = observe_labels(rng, s["theta"], survey)
+        lab = replace(survey, label_sigma=tuple(cfg.label_noise_scale * v for v in survey.label_sigma))
+        theta_hat, theta_cov = observe_labels(rng, s["theta"], lab)
         optional.update(theta=theta_hat, theta_cov=theta_cov, E_prior=s["E_prior"],
                         E_prior_err=s["E_prior_err"])
     cat = StarCatalog.from_arrays(s["mag"], s["mag_err"], s["parallax"], s["parallax_err"],

@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--l", type=float, nargs="*", default=None, help="sightline longitudes [deg]")
     p.add_argument("--b", type=float, nargs="*", default=None, help="sightline latitudes [deg]")
     p.add_argument("--no-labels", action="store_true", help="omit spectroscopic labels and reddening priors")
+    p.add_argument("--label-noise-scale", type=float, default=1.0,
+                   help="scale of the spectroscopic label errors (e.g. 0.01: near-exact labels)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=run)
@@ -55,7 +57,8 @@ def run(args) -> int:
     population = args.population or ("isochrone" if args.truth == "physical" else "domain")
     cfg = MockConfig(n=args.n, seed=args.seed, population=population,
                      l=None if args.l is None else tuple(args.l),
-                     b=None if args.b is None else tuple(args.b), labels=not args.no_labels)
+                     b=None if args.b is None else tuple(args.b), labels=not args.no_labels,
+                     label_noise_scale=args.label_noise_scale)
     with tqdm(total=args.n, desc="mock stars", unit="star", disable=args.no_progress) as bar:
         def progress(done, total):
             bar.update(done - bar.n)

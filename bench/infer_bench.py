@@ -1,0 +1,167 @@
+"""Inference speed: the batched NUTS engine against a per-star NumPyro MCMC loop, on real stars.
+
+Both run the same single-star model with the published network (imported from the anchor
+folder unless --model), C chains × (warmup + draws), NumPyro's init_to_uniform,
+target acceptance 0.8, max tree depth 10, diagonal mass matrix.
+
+(a) engine: ``dds_infer.engine.run_nuts_batch`` on batches of --batch-size stars (one compiled
+    program, the last batch padded). Compile time is measured on a first call and excluded
+    from the rate; ``seconds_engine`` is the steady-state wall time for all N stars.
+    ``lockstep_efficiency`` = mean leapfrog steps per draw / mean over draws of the batch's
+    largest tree (sampling phase): the fraction of vmapped work that is not padding.
+(b) baseline: one ``numpyro.infer.MCMC(NUTS(model), num_chains=C, chain_method="vectorized",
+    jit_model_args=True)`` re-run per star (compiled once: the star is a traced model argument).
+    "vectorized" is the fastest fair per-star baseline on CPU ("parallel" needs C devices,
+    "sequential" runs the C chains one after another). It is timed on the first
+    --baseline-stars stars after a compile call and extrapolated per star.
+
+    python bench/infer_bench.py [--json] [--model-source toy|eq19] [--n-stars 200] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import REPO, anchor_dir, report
+
+
+def load_model_source(source: str, emu):
+    """(model, star_data_fn, prior, config) of the toy placeholder or the Eq. 19 model."""
+    if source == "toy":
+        sys.path.insert(0, str(REPO / "tests"))
+        from _toy_model import InferenceConfig, star_data_from_catalog, star_model
+
+        return star_model, star_data_from_catalog, None, InferenceConfig()
+    from dds_infer.inference import InferenceConfig, star_data_from_catalog, star_model
+    from dds_infer.priors import default_prior
+
+    return star_model, star_data_from_catalog, default_prior(emu), InferenceConfig()
+
+
+def load_emulator(path: str | None):
+    from dds_infer import load_bundle
+
+    if path:
+        return load_bundle(path)
+    from dds_infer.keras_import import import_keras_model
+
+    a = anchor_dir()
+    return import_keras_model(a / "green2020_nn_model.h5", a / "green2020_theta_normalization.json",
+                              density_path=a / "green2020_input_density.h5")
+
+
+def time_engine(model, stars, static, n, batch_size, settings):
+    import jax
+
+    from dds_infer.engine import run_nuts_batch, star_keys
+    from dds_infer.posterior import Posterior, concat
+
+    take = lambda rows: jax.tree_util.tree_map(lambda a: a[rows], stars)  # noqa: E731
+    rows0 = np.arange(min(batch_size, n))
+    t0 = time.perf_counter()
+    jax.block_until_ready(run_nuts_batch(model, take(rows0), static, None, star_keys(0, rows0),
+                                         pad_to=batch_size, **settings))
+    first = time.perf_counter() - t0
+    results, lanes_mean, lanes_max, t0 = [], [], [], time.perf_counter()
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, min(start + batch_size, n))
+        res = jax.block_until_ready(run_nuts_batch(model, take(rows), static, None, star_keys(0, rows),
+                                                   pad_to=batch_size, **settings))
+        results.append(Posterior.from_batch(res, rows, static[0]))
+        steps = np.asarray(res.num_steps)  # (B, C, S): vmapped NUTS pays the largest tree per draw
+        lanes_mean.append(steps.mean())
+        lanes_max.append(steps.max(axis=(0, 1)).mean())
+    seconds = time.perf_counter() - t0
+    n_batches = -(-n // batch_size)
+    lockstep = float(np.mean(lanes_mean) / np.mean(lanes_max))
+    return seconds, max(first - seconds / n_batches, 0.0), concat(results), lockstep
+
+
+def time_baseline(model, stars, static, n, settings):
+    import jax
+    from numpyro.infer import MCMC, NUTS
+
+    emu, prior, config = static
+    closure = lambda star: model(star, emu, prior, config)  # noqa: E731
+    mcmc = MCMC(NUTS(closure, target_accept_prob=settings["target_accept_prob"],
+                     max_tree_depth=settings["max_tree_depth"]),
+                num_warmup=settings["num_warmup"], num_samples=settings["num_samples"],
+                num_chains=settings["num_chains"], chain_method="vectorized", progress_bar=False,
+                jit_model_args=True)
+    star = lambda i: jax.tree_util.tree_map(lambda a: a[i], stars)  # noqa: E731
+    t0 = time.perf_counter()
+    mcmc.run(jax.random.key(10_000), star(0))
+    jax.block_until_ready(mcmc.get_samples())
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(n):
+        mcmc.run(jax.random.key(i), star(i))
+        jax.block_until_ready(mcmc.get_samples())
+    seconds = time.perf_counter() - t0
+    return seconds, max(first - seconds / n, 0.0)
+
+
+def jax_take(stars, n):
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: a[:n], stars)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-source", choices=("toy", "eq19"), default="eq19")
+    p.add_argument("--model", default=None, help="emulator bundle (default: the published network from the anchors)")
+    p.add_argument("--n-stars", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--baseline-stars", type=int, default=20, help="stars timed for the baseline (0: skip)")
+    p.add_argument("--num-chains", type=int, default=4)
+    p.add_argument("--num-warmup", type=int, default=500)
+    p.add_argument("--num-samples", type=int, default=500)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    from dds_infer.catalog_io import read_green2020_h5
+
+    emu = load_emulator(args.model)
+    model, star_data_fn, prior, config = load_model_source(args.model_source, emu)
+    cat = read_green2020_h5(anchor_dir() / "green2020_test_data_small.h5", require_labels=False,
+                            require_reddening_prior=False)
+    cat = cat.subset(np.arange(args.n_stars))
+    stars = star_data_fn(cat)
+    static = (emu, prior, config)
+    settings = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, num_chains=args.num_chains,
+                    target_accept_prob=0.8, max_tree_depth=10)
+
+    sec_e, compile_e, post, lockstep = time_engine(model, stars, static, args.n_stars, args.batch_size, settings)
+    summ = post.summary()
+    figures = {"model_source": args.model_source, "n_stars": args.n_stars, "batch_size": args.batch_size,
+               "num_chains": args.num_chains, "num_warmup": args.num_warmup, "num_samples": args.num_samples,
+               "seconds_engine": sec_e, "engine_compile_seconds": compile_e,
+               "engine_stars_per_s": args.n_stars / sec_e,
+               "frac_rhat_lt_1_01": float(np.mean(summ["r_hat_max"] < 1.01)),
+               "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
+               "frac_divergent_stars": float(np.mean(summ["n_divergent"] > 0)),
+               "mean_leapfrog_steps_per_draw": float(post.sample_stats["num_steps"].mean()),
+               "lockstep_efficiency": lockstep}
+    if args.baseline_stars > 0:
+        nb = min(args.baseline_stars, args.n_stars)
+        sec_b, compile_b = time_baseline(model, stars, static, nb, settings)
+        sec_1, _, _, _ = time_engine(model, jax_take(stars, nb), static, nb, 1, settings)
+        figures.update({"engine_b1_stars_per_s": nb / sec_1, "speedup_vs_engine_b1": (args.n_stars / sec_e) / (nb / sec_1)})
+        figures.update({"baseline": f"per-star MCMC(NUTS, chain_method='vectorized', jit_model_args=True), "
+                                    f"timed on {nb} stars, extrapolated per star",
+                        "baseline_stars_timed": nb, "seconds_baseline": sec_b,
+                        "seconds_baseline_extrapolated": sec_b / nb * args.n_stars,
+                        "baseline_compile_seconds": compile_b, "baseline_stars_per_s": nb / sec_b,
+                        "speedup": (args.n_stars / sec_e) / (nb / sec_b)})
+    report(figures, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

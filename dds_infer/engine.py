@@ -1,0 +1,231 @@
+"""Batched NUTS: one compiled program samples B stars × C chains, each with its own adaptation.
+
+Every (star, chain) pair runs an independent single-chain NUTS (Hoffman & Gelman 2014) built
+with NumPyro's functional API (:func:`numpyro.infer.hmc.hmc`): its own dual-averaging step size
+and its own (diagonal or dense) mass matrix from windowed Welford adaptation, exactly what
+``numpyro.infer.MCMC(chain_method="vectorized")`` does for chains, here vmapped over stars too.
+This is *not* one joint model with a shared step size.
+
+The program is jitted once per (model, static arguments, B, C, settings) and reused across
+batches; a short last batch is padded to B by repeating its last star (the padding is sliced
+off). Randomness comes from one key per star, split into its chains inside the program, so a
+star's draws do not depend on its batch neighbours or the batch size.
+
+Note: vmapped NUTS runs in lockstep, so each step costs the largest tree in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from typing import Any, Callable
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from numpyro.infer.hmc import hmc
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
+
+__all__ = ["NutsSettings", "BatchResult", "run_nuts_batch", "star_keys", "pad_batch"]
+
+
+@dataclass(frozen=True)
+class NutsSettings:
+    """Static NUTS settings (part of the compilation key)."""
+
+    num_warmup: int = 500
+    num_samples: int = 500
+    num_chains: int = 4
+    target_accept_prob: float = 0.8
+    max_tree_depth: int = 10
+    dense_mass: bool = False
+
+    def __post_init__(self):
+        for name in ("num_warmup", "num_samples", "num_chains", "max_tree_depth"):
+            v = getattr(self, name)
+            if int(v) != v or v < (0 if name == "num_warmup" else 1):
+                raise ValueError(f"NutsSettings.{name} must be a positive integer, got {v!r}")
+        if not 0.0 < self.target_accept_prob < 1.0:
+            raise ValueError(f"NutsSettings.target_accept_prob must be in (0, 1), got {self.target_accept_prob}")
+
+
+@struct.dataclass
+class BatchResult:
+    """Draws and diagnostics of B stars × C chains × S draws.
+
+    samples: dict of constrained latent and deterministic sites, (B, C, S, ...).
+    potential_energy: (B, C, S) -log joint density of each draw (unconstrained space).
+    diverging: (B, C, S) bool; num_steps: (B, C, S) leapfrog steps per draw
+        (tree depth = floor(log2(num_steps)) + 1).
+    accept_prob: (B, C) mean acceptance probability over the sampling phase.
+    step_size: (B, C) adapted step size; inverse_mass_matrix: (B, C, D) or (B, C, D, D).
+    init_valid: (B, C) bool, the initial point had finite potential and gradient.
+    """
+
+    samples: dict
+    potential_energy: jnp.ndarray
+    diverging: jnp.ndarray
+    num_steps: jnp.ndarray
+    accept_prob: jnp.ndarray
+    step_size: jnp.ndarray
+    inverse_mass_matrix: jnp.ndarray
+    init_valid: jnp.ndarray
+
+    @property
+    def num_divergent(self):
+        """(B, C) number of divergent transitions after warmup."""
+        return self.diverging.sum(-1)
+
+    @property
+    def tree_depth(self):
+        return jnp.floor(jnp.log2(jnp.maximum(self.num_steps, 1))).astype(jnp.int32) + 1
+
+
+def star_keys(seed: int, rows) -> jax.Array:
+    """Per-star keys fold_in(key(seed), row): independent of batching and resumption."""
+    base = jax.random.key(int(seed))
+    return jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(rows, dtype=jnp.uint32))
+
+
+def pad_batch(tree, size: int):
+    """Pad every leaf's leading axis to ``size`` by repeating its last entry."""
+    def pad(a):
+        n = a.shape[0]
+        if n > size:
+            raise ValueError(f"batch of {n} stars exceeds the batch size {size}")
+        return a if n == size else jnp.concatenate([a, jnp.repeat(a[-1:], size - n, axis=0)])
+    return jax.tree_util.tree_map(pad, tree)
+
+
+class _Static:
+    """The non-array leaves of the static model arguments: hashable, part of the jit key."""
+
+    def __init__(self, treedef, leaves, is_array):
+        self.treedef, self.leaves, self.is_array = treedef, tuple(leaves), tuple(is_array)
+        try:
+            self._hash = hash((treedef, self.leaves, self.is_array))
+        except TypeError as exc:
+            raise TypeError("the non-array parts of static_args (e.g. the inference config) must be "
+                            f"hashable to key the compiled program: {exc}") from exc
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return (isinstance(other, _Static) and self.treedef == other.treedef
+                and self.leaves == other.leaves and self.is_array == other.is_array)
+
+    def merge(self, arrays):
+        it = iter(arrays)
+        leaves = [next(it) if a else s for s, a in zip(self.leaves, self.is_array)]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def _split_static(static_args) -> tuple[_Static, list]:
+    leaves, treedef = jax.tree_util.tree_flatten(static_args)
+    is_array = [isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves]
+    static = _Static(treedef, [None if a else x for x, a in zip(leaves, is_array)], is_array)
+    return static, [x for x, a in zip(leaves, is_array) if a]
+
+
+def _one_chain(model, args, init_z, key, settings: NutsSettings):
+    """Warmup + sampling of one NUTS chain on ``model(*args)``; returns constrained draws + stats."""
+    pe_fn = partial(potential_energy, model, args, {})
+    k_init, k_hmc = jax.random.split(key)
+    if init_z is None:
+        info = initialize_model(k_init, model, init_strategy=init_to_uniform, model_args=args).param_info
+        valid = jnp.isfinite(info.potential_energy)
+    else:
+        pe, grad = jax.value_and_grad(pe_fn)(init_z)
+        info = ParamInfo(init_z, pe, grad)
+        valid = jnp.isfinite(pe) & jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(grad)[0]))
+    init_kernel, sample_kernel = hmc(potential_fn=pe_fn, algo="NUTS")
+    state = init_kernel(info, settings.num_warmup, target_accept_prob=settings.target_accept_prob,
+                        max_tree_depth=settings.max_tree_depth, dense_mass=settings.dense_mass,
+                        rng_key=k_hmc)
+
+    def step(s, _):  # one scan over warmup + sampling: the kernel is traced and compiled once
+        s = sample_kernel(s)
+        return s, (s.z, s.potential_energy, s.diverging, s.num_steps, s.accept_prob)
+
+    state, trace = jax.lax.scan(step, state, None, length=settings.num_warmup + settings.num_samples)
+    zs, pes, div, nsteps, acc = jax.tree_util.tree_map(lambda a: a[settings.num_warmup:], trace)
+    samples = jax.vmap(lambda z: constrain_fn(model, args, {}, z, return_deterministic=True))(zs)
+    return dict(samples=samples, potential_energy=pes, diverging=div, num_steps=nsteps,
+                accept_prob=acc.mean(), step_size=state.adapt_state.step_size,
+                inverse_mass_matrix=state.adapt_state.inverse_mass_matrix, init_valid=valid)
+
+
+@lru_cache(maxsize=32)
+def _compiled(model: Callable, static: _Static, settings: NutsSettings, has_init: bool):
+    """jit of the (star × chain)-vmapped sampler; jax caches one executable per batch shape."""
+
+    def run(stars, arrays, init, keys):
+        static_args = static.merge(arrays)
+        c = settings.num_chains
+        # one flat vmap over (star, chain) pairs: nested vmaps re-batch NUTS's nested while
+        # loops once per level and double the tracing time
+        flat_stars = jax.tree_util.tree_map(lambda a: jnp.repeat(a, c, axis=0), stars)
+        flat_keys = jax.vmap(lambda k: jax.random.split(k, c))(keys).reshape(-1)
+        flat_init = jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), init)
+
+        def chain(star, z, k):
+            return _one_chain(model, (star, *static_args), z, k, settings)
+
+        if has_init:
+            out = jax.vmap(chain)(flat_stars, flat_init, flat_keys)
+        else:
+            out = jax.vmap(lambda st, k: chain(st, None, k))(flat_stars, flat_keys)
+        return jax.tree_util.tree_map(lambda a: a.reshape((-1, c) + a.shape[1:]), out)
+
+    return jax.jit(run)
+
+
+def _leading(tree) -> set:
+    return {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in jax.tree_util.tree_leaves(tree)}
+
+
+def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params: dict | None, keys, *,
+                   num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
+                   target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
+                   pad_to: int | None = None) -> BatchResult:
+    """NUTS for a batch of stars, each (star, chain) with its own step size and mass matrix.
+
+    model: NumPyro model ``model(star, *static_args)`` for ONE star.
+    stars: pytree whose leaves have a leading star axis B (e.g. a ``StarData`` batch).
+    static_args: further model arguments shared by all stars (emulator, prior, config): array
+        leaves are traced, other leaves must be hashable and select the compiled program.
+    init_params: unconstrained initial values {site: (B, C, ...)}, or None for NumPyro's
+        ``init_to_uniform`` (uniform in (-2, 2) in unconstrained space).
+    keys: (B,) per-star PRNG keys (see :func:`star_keys`) or one key (split into B).
+    pad_to: pad the batch to this many stars (reuses the program compiled for that B).
+    dense_mass: dense mass matrices use a batched Cholesky (jnp.linalg) inside vmap, which can
+        deadlock with jaxlib's CPU LAPACK on some machines; the default diagonal mass is safe.
+    """
+    settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth,
+                            bool(dense_mass))
+    sizes = _leading(stars)
+    if len(sizes) != 1 or -1 in sizes:
+        raise ValueError(f"every leaf of `stars` needs the same leading star axis; got sizes {sorted(sizes)}")
+    n = sizes.pop()
+    keys = jnp.asarray(keys)
+    typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    if keys.ndim == (0 if typed else 1):  # one key for the batch
+        keys = jax.random.split(keys, n)
+    if keys.shape[0] != n:
+        raise ValueError(f"got {keys.shape[0]} keys for {n} stars")
+    if init_params is not None:
+        bad = {k: np.shape(v) for k, v in init_params.items() if np.shape(v)[:2] != (n, num_chains)}
+        if bad:
+            raise ValueError(f"init_params leaves must have leading shape (B, C) = {(n, num_chains)}; got {bad}")
+    static, arrays = _split_static(tuple(static_args))
+    size = n if pad_to is None else int(pad_to)
+    stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
+    fn = _compiled(model, static, settings, init_params is not None)
+    out = fn(stars_p, arrays, init_p, keys_p)
+    if size != n:
+        out = jax.tree_util.tree_map(lambda a: a[:n], out)
+    return BatchResult(**out)

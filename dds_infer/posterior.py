@@ -1,0 +1,274 @@
+"""Per-star posteriors of (θ, μ, E): container, diagnostics, summary table, NetCDF I/O.
+
+A :class:`Posterior` holds draws with shape (star, chain, draw) for T_eff, log g, [Fe/H],
+μ, E and the derived distance d = 10^(μ/5 + 1) pc and A_G = E·R_G(θ) (Eq. 2, G band), plus
+sampler statistics, optional chain weights from mode combination, and per-star flags.
+
+Diagnostics are vectorised over stars: the rank-normalised split-R̂ and bulk ESS of
+Vehtari et al. (2021, Bayesian Analysis 16, 667), computed with ``numpyro.diagnostics`` on
+rank-normalised split chains. R̂ equals ``arviz.rhat``; the ESS uses NumPyro's
+autocovariance estimator and is within ~10% of ``arviz.ess(method="bulk")``. Both are
+computed from the unweighted chains (chain weights only enter the quantiles).
+
+Summary flag bits (:data:`FLAGS`), OR-ed per star:
+ 1 R̂ > r_hat_max (any of teff, logg, feh, mu, E); 2 bulk ESS < ess_min;
+ 4 divergent transitions after warmup; 8 several modes combined (chains weighted);
+ 16 fewer than half of the draws inside the emulator's training domain (density > 0.01);
+ 32 a chain started at a point with non-finite log density.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpyro.diagnostics as nd
+from scipy.special import ndtri
+from scipy.stats import rankdata
+
+__all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "rank_rhat_ess_bulk", "weighted_quantiles"]
+
+VARIABLES = ("teff", "logg", "feh", "mu", "E", "distance_pc", "A_G")
+FITTED = ("teff", "logg", "feh", "mu", "E")
+FLAGS = {"r_hat": 1, "low_ess": 2, "divergent": 4, "multimodal": 8, "outside_domain": 16, "bad_init": 32}
+QUANTILES = (0.16, 0.5, 0.84)
+
+
+def _rank_normalize(x):
+    """Φ⁻¹((rank − 3/8)/(n + 1/4)) over all chains and draws of each star; x: (N, C, S)."""
+    n, c, s = x.shape
+    r = rankdata(x.reshape(n, c * s), axis=1, method="average")
+    return ndtri((r - 0.375) / (c * s + 0.25)).reshape(n, c, s)
+
+
+def _split(x):
+    """(N, C, S) -> (N, 2C, S//2): first and last half of each chain (middle draw dropped if S odd)."""
+    half = x.shape[2] // 2
+    return np.concatenate([x[:, :, :half], x[:, :, x.shape[2] - half:]], axis=1)
+
+
+def rank_rhat_ess_bulk(x) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-normalised split-R̂ and bulk ESS per star (Vehtari et al. 2021); x: (N, C, S)."""
+    x = np.asarray(x, dtype=np.float64)
+    xs = _split(x)  # as arviz: split the chains, then rank-normalise
+    z = _rank_normalize(xs)
+    zf = _rank_normalize(np.abs(xs - np.median(xs, axis=(1, 2), keepdims=True)))
+    to_cs = lambda a: np.moveaxis(a, 0, -1)  # noqa: E731 -- numpyro wants (chain, draw, ...)
+    rhat = np.maximum(nd.gelman_rubin(to_cs(z)), nd.gelman_rubin(to_cs(zf)))
+    ess = nd.effective_sample_size(to_cs(z))
+    const = np.ptp(x.reshape(x.shape[0], -1), axis=1) == 0
+    return np.where(const, np.nan, rhat), np.where(const, np.nan, ess)
+
+
+def weighted_quantiles(x, q, chain_weights=None) -> np.ndarray:
+    """Quantiles q of each star's draws x (N, C, S) -> (len(q), N).
+
+    Equal chain weights: ``np.quantile`` (linear interpolation). Otherwise each draw has weight
+    w_c / S and ``np.quantile(..., weights=, method="inverted_cdf")`` is used.
+    """
+    n, c, s = x.shape
+    flat = x.reshape(n, c * s)
+    if chain_weights is None or np.allclose(chain_weights, chain_weights[:, :1]):
+        return np.quantile(flat, q, axis=1)
+    w = np.repeat(np.asarray(chain_weights, dtype=np.float64) / s, s, axis=1)
+    return np.quantile(flat, q, axis=1, weights=w, method="inverted_cdf")
+
+
+@dataclass
+class Posterior:
+    """Draws (N, C, S) of :data:`VARIABLES` and sampler statistics for N stars.
+
+    sample_stats: per draw (N, C, S): potential_energy, diverging, num_steps.
+    chain_stats: per chain (N, C): step_size, accept_prob, init_valid.
+    chain_weights: (N, C) weights of the chains (sum 1 per star); uniform without mode combination.
+    n_modes, mode_flag: (N,) from mode combination (1 and 0 without it).
+    in_domain_frac: (N,) fraction of draws where the training density exceeds 0.01.
+    attrs: provenance (JSON-serialisable).
+    """
+
+    star_id: np.ndarray
+    samples: dict
+    sample_stats: dict
+    chain_stats: dict
+    chain_weights: np.ndarray
+    n_modes: np.ndarray
+    mode_flag: np.ndarray
+    in_domain_frac: np.ndarray
+    attrs: dict = field(default_factory=dict)
+
+    # --- construction -------------------------------------------------
+    @classmethod
+    def from_batch(cls, result, star_id, emulator, mode_results=None, attrs=None) -> "Posterior":
+        """From an engine :class:`~dds_infer.engine.BatchResult` and the emulator (for A_G, domain).
+
+        mode_results: optional sequence (one per star) of objects with ``chain_weights`` (C,),
+        ``n_modes`` and ``flag`` (e.g. ``modes.combine_chain_modes``'s ModeResult).
+        """
+        import jax.numpy as jnp
+
+        s = {k: np.asarray(v) for k, v in result.samples.items()}
+        missing = [k for k in FITTED if k not in s]
+        if missing:
+            raise KeyError(f"model draws lack the sites {missing}; the model must sample 'mu', 'E' and "
+                           "record deterministic 'teff', 'logg', 'feh'")
+        theta = jnp.stack([s["teff"], s["logg"], s["feh"]], axis=-1)
+        try:
+            ref = emulator.bands.index("gaia_g")
+        except KeyError:
+            ref = 0
+        samples = {k: s[k] for k in FITTED}
+        samples["distance_pc"] = 10.0 ** (s["mu"] / 5.0 + 1.0)
+        samples["A_G"] = np.asarray(s["E"] * emulator.reddening_vector(theta)[..., ref])
+        in_dom = np.asarray(emulator.in_domain(theta)).mean(axis=(1, 2))
+        n, c = samples["mu"].shape[:2]
+        if mode_results is None:
+            weights, n_modes, mflag = np.full((n, c), 1.0 / c), np.ones(n, int), np.zeros(n, int)
+        else:
+            if len(mode_results) != n:
+                raise ValueError(f"got {len(mode_results)} mode results for {n} stars")
+            weights = np.stack([np.asarray(m.chain_weights, dtype=np.float64) for m in mode_results])
+            n_modes = np.array([int(m.n_modes) for m in mode_results])
+            mflag = np.array([int(m.flag) for m in mode_results])
+        return cls(
+            star_id=np.asarray(star_id),
+            samples=samples,
+            sample_stats={"potential_energy": np.asarray(result.potential_energy),
+                          "diverging": np.asarray(result.diverging),
+                          "num_steps": np.asarray(result.num_steps)},
+            chain_stats={"step_size": np.asarray(result.step_size),
+                         "accept_prob": np.asarray(result.accept_prob),
+                         "init_valid": np.asarray(result.init_valid)},
+            chain_weights=weights, n_modes=n_modes, mode_flag=mflag, in_domain_frac=in_dom,
+            attrs=dict(attrs or {}))
+
+    # --- shape --------------------------------------------------------
+    @property
+    def n_stars(self) -> int:
+        return int(self.star_id.shape[0])
+
+    @property
+    def n_chains(self) -> int:
+        return int(self.samples["mu"].shape[1])
+
+    @property
+    def n_draws(self) -> int:
+        return int(self.samples["mu"].shape[2])
+
+    def __len__(self) -> int:
+        return self.n_stars
+
+    # --- arviz --------------------------------------------------------
+    def to_inference_data(self):
+        """arviz.InferenceData: posterior and sample_stats with dims (star, chain, draw), plus a
+        ``star_info`` group (chain_weights, n_modes, mode_flag, in_domain_frac)."""
+        import arviz as az
+        import xarray as xr
+
+        coords = {"star": self.star_id, "chain": np.arange(self.n_chains), "draw": np.arange(self.n_draws)}
+        dims3, dims2 = ("star", "chain", "draw"), ("star", "chain")
+        attrs = {"dds_infer_attrs": json.dumps(self.attrs, sort_keys=True, default=str)}
+        post = xr.Dataset({k: (dims3, v) for k, v in self.samples.items()}, coords=coords, attrs=attrs)
+        stats = {k: (dims3, v) for k, v in self.sample_stats.items()}
+        stats.update({k: (dims2, v) for k, v in self.chain_stats.items()})
+        star = {"chain_weights": (dims2, self.chain_weights), "n_modes": (("star",), self.n_modes),
+                "mode_flag": (("star",), self.mode_flag), "in_domain_frac": (("star",), self.in_domain_frac)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # star_info is not a standard arviz group
+            return az.InferenceData(posterior=post, sample_stats=xr.Dataset(stats, coords=coords),
+                                    star_info=xr.Dataset(star, coords=coords))
+
+    @classmethod
+    def from_inference_data(cls, idata) -> "Posterior":
+        post, stats, star = idata.posterior, idata.sample_stats, idata["star_info"]
+        sid = post["star"].values
+        if sid.dtype.kind in "OU":
+            sid = sid.astype(str)
+        per_draw = [k for k in stats.data_vars if stats[k].dims == ("star", "chain", "draw")]
+        per_chain = [k for k in stats.data_vars if stats[k].dims == ("star", "chain")]
+        return cls(
+            star_id=sid,
+            samples={k: post[k].values for k in post.data_vars},
+            sample_stats={k: stats[k].values for k in per_draw},
+            chain_stats={k: stats[k].values for k in per_chain},
+            chain_weights=star["chain_weights"].values, n_modes=star["n_modes"].values,
+            mode_flag=star["mode_flag"].values, in_domain_frac=star["in_domain_frac"].values,
+            attrs=json.loads(post.attrs.get("dds_infer_attrs", "{}")))
+
+    # --- I/O ----------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write NetCDF (HDF5 via h5netcdf) atomically: temp file then os.replace."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        self.to_inference_data().to_netcdf(str(tmp), engine="h5netcdf")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Posterior":
+        import arviz as az
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"posterior file {path} not found")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            idata = az.from_netcdf(str(path), engine="h5netcdf")
+        return cls.from_inference_data(idata)
+
+    # --- summary ------------------------------------------------------
+    def summary(self, r_hat_max: float = 1.01, ess_min: float = 100.0):
+        """One row per star: median, q16, q84 of each variable (chain weights respected),
+        r_hat and ess_bulk of the fitted variables, n_divergent, n_modes, flag (see FLAGS)."""
+        import pandas as pd
+
+        cols = {"star_id": self.star_id}
+        weights = None if np.allclose(self.chain_weights, 1.0 / self.n_chains) else self.chain_weights
+        rhat_all, ess_all = [], []
+        for k in VARIABLES:
+            q16, med, q84 = weighted_quantiles(self.samples[k], QUANTILES, weights)
+            cols[f"{k}_median"], cols[f"{k}_q16"], cols[f"{k}_q84"] = med, q16, q84
+            if k in FITTED:
+                rhat, ess = rank_rhat_ess_bulk(self.samples[k])
+                cols[f"{k}_r_hat"], cols[f"{k}_ess_bulk"] = rhat, ess
+                rhat_all.append(rhat)
+                ess_all.append(ess)
+        rhat_max = np.nanmax(np.stack(rhat_all), axis=0) if rhat_all else np.full(self.n_stars, np.nan)
+        ess_low = np.nanmin(np.stack(ess_all), axis=0)
+        n_div = self.sample_stats["diverging"].sum(axis=(1, 2)).astype(int)
+        flag = ((rhat_max > r_hat_max) * FLAGS["r_hat"] + (ess_low < ess_min) * FLAGS["low_ess"]
+                + (n_div > 0) * FLAGS["divergent"] + (self.n_modes > 1) * FLAGS["multimodal"]
+                + (self.in_domain_frac < 0.5) * FLAGS["outside_domain"]
+                + (~self.chain_stats["init_valid"].all(axis=1)) * FLAGS["bad_init"])
+        cols.update(r_hat_max=rhat_max, ess_bulk_min=ess_low, n_divergent=n_div, n_modes=self.n_modes,
+                    mode_flag=self.mode_flag, in_domain_frac=self.in_domain_frac, flag=flag.astype(int))
+        return pd.DataFrame(cols)
+
+    def write_summary_parquet(self, path, **summary_kw) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        self.summary(**summary_kw).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
+
+def concat(posteriors) -> Posterior:
+    """Concatenate posteriors of disjoint star sets (same chains, draws and variables) along stars."""
+    posteriors = list(posteriors)
+    if not posteriors:
+        raise ValueError("concat needs at least one Posterior")
+    first = posteriors[0]
+    for p in posteriors[1:]:
+        if (p.n_chains, p.n_draws) != (first.n_chains, first.n_draws) or set(p.samples) != set(first.samples):
+            raise ValueError("cannot concat posteriors with different chains/draws/variables: "
+                             f"{(first.n_chains, first.n_draws, sorted(first.samples))} vs "
+                             f"{(p.n_chains, p.n_draws, sorted(p.samples))}")
+    cat = lambda get: np.concatenate([get(p) for p in posteriors], axis=0)  # noqa: E731
+    catd = lambda name: {k: cat(lambda p: getattr(p, name)[k]) for k in getattr(first, name)}  # noqa: E731
+    return Posterior(star_id=cat(lambda p: p.star_id), samples=catd("samples"), sample_stats=catd("sample_stats"),
+                     chain_stats=catd("chain_stats"), chain_weights=cat(lambda p: p.chain_weights),
+                     n_modes=cat(lambda p: p.n_modes), mode_flag=cat(lambda p: p.mode_flag),
+                     in_domain_frac=cat(lambda p: p.in_domain_frac), attrs=dict(first.attrs))
