@@ -9,58 +9,18 @@ Also a mock-star generator drawing θ near the training-density peak.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from flax import struct
 
 from dds_infer.catalog import StarCatalog
 
 SIGMA_FLOOR = 0.02
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    sigma_floor: float = SIGMA_FLOOR
-    zp: str = "dr2"
-    parallax_inflation: float = 1.0
-    band_offsets: tuple | None = None
-    use_parallax: bool = True
-
-
-@struct.dataclass
-class StarData:
-    """One star (or a batch with a leading star axis)."""
-
-    mag: jnp.ndarray
-    mag_err: jnp.ndarray
-    observed: jnp.ndarray
-    parallax: jnp.ndarray
-    parallax_err: jnp.ndarray
-    l: jnp.ndarray
-    b: jnp.ndarray
-    has_position: jnp.ndarray
-
-
-def star_data_from_catalog(catalog: StarCatalog) -> StarData:
-    obs = catalog.observed
-    n = catalog.n_stars
-    has_pos = catalog.l is not None and catalog.b is not None
-    f32 = lambda a: jnp.asarray(np.asarray(a, dtype=np.float32))  # noqa: E731
-    return StarData(
-        mag=f32(np.where(obs, catalog.mag, 0.0)),
-        mag_err=f32(np.where(obs, catalog.mag_err, 1.0)),
-        observed=jnp.asarray(obs),
-        parallax=f32(np.nan_to_num(catalog.parallax, nan=0.0)),
-        parallax_err=f32(np.where(np.isfinite(catalog.parallax), catalog.parallax_err, np.inf)),
-        l=f32(catalog.l if has_pos else np.zeros(n)),
-        b=f32(catalog.b if has_pos else np.zeros(n)),
-        has_position=jnp.full((n,), has_pos),
-    )
+# the real containers: only the model itself is a stand-in
+from dds_infer.inference import InferenceConfig, StarData, star_data_from_catalog  # noqa: E402,F401
 
 
 def star_model(star: StarData, emulator, prior=None, config: InferenceConfig = InferenceConfig()):
@@ -73,7 +33,7 @@ def star_model(star: StarData, emulator, prior=None, config: InferenceConfig = I
     m = emulator.predict_apparent(theta, mu, E)
     sig = jnp.sqrt(star.mag_err**2 + config.sigma_floor**2)
     numpyro.sample("mag", dist.Normal(m, sig).mask(star.observed).to_event(1), obs=star.mag)
-    has_plx = jnp.isfinite(star.parallax_err) & config.use_parallax
+    has_plx = star.has_parallax & config.use_parallax
     plx_err = jnp.where(has_plx, star.parallax_err, 1.0)
     numpyro.sample("parallax", dist.Normal(10.0 ** ((10.0 - mu) / 5.0), plx_err).mask(has_plx),
                    obs=star.parallax)
