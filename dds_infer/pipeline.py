@@ -47,12 +47,16 @@ def mode_combine_fn(weights: str = "gelfand_dey", n_sigma: float = 4.0):
 def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | None = None,
           num_chains: int = 4, num_warmup: int = 500, num_samples: int = 500, batch_size: int = 64,
           seed: int = 0, progress: bool = True, overwrite: bool = False, multimodal: bool = True,
-          **runner_kw):
+          max_tree_depth: int = 8, **runner_kw):
     """NUTS posteriors of θ, μ, E for every star of ``catalog`` (Eq. 19), resumable in ``out_dir``.
 
     prior: default :func:`dds_infer.priors.default_prior` (Galactic, flat E ≤ 5).
     multimodal: start chains in the grid modes and combine non-mixing chains (default);
     False uses NumPyro's default initialisation and equal chain weights.
+    max_tree_depth: NUTS tree-depth cap (≤ 2^depth − 1 leapfrog steps per draw). 8 rather than
+    NumPyro's 10: the vmapped batch runs in lockstep with its longest tree, and on 50 mock stars
+    (4 × (250 + 250)) depth 8 ran 2.4× faster than depth 10 with median bulk ESS 154 vs 173 and
+    the same median R-hat (1.027 vs 1.026): twice the ESS per second; depth 7 lost ESS (73).
     """
     from .runner import infer_catalog
 
@@ -64,4 +68,4 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
                          num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
                          seed=seed, model=star_model, star_data_fn=star_data_from_catalog,
                          init_fn=init, combine_fn=combine, progress=progress, overwrite=overwrite,
-                         **runner_kw)
+                         max_tree_depth=max_tree_depth, **runner_kw)
