@@ -65,10 +65,9 @@ def main(argv=None) -> int:
                      seed=args.seed, progress=not args.no_progress, overwrite=True)
     seconds = time.perf_counter() - t0
     n = post.n_stars
-    w = (post.chain_weights[:, :, None] * np.ones(post.samples["teff"].shape)).reshape(n, -1)
     cov68, cov95, ranks = {}, {}, []
     for j, v in enumerate(VARS):
-        d = post.samples[v].reshape(n, -1)
+        d, w = post.flat_draws(v)
         cov68[v] = interval_coverage(d, truth[:, j], 0.68, w)
         cov95[v] = interval_coverage(d, truth[:, j], 0.95, w)
         ranks.append(sbc_ranks(d, truth[:, j], w))

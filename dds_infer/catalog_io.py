@@ -388,10 +388,16 @@ def write_table(catalog: StarCatalog, path, *, format: str | None = None,
                 overwrite: bool = True) -> Path:
     """Write :func:`catalog_to_table` to ``path`` (format from the extension:
     Parquet, FITS, HDF5, CSV, ECSV, VOTable); returns the path."""
+    return write_astropy_table(catalog_to_table(catalog), path, format=format, overwrite=overwrite)
+
+
+def write_astropy_table(table: Table, path, *, format: str | None = None, overwrite: bool = True) -> Path:
+    """Write any astropy ``table`` as :func:`write_table` does (format from the extension;
+    HDF5 under the path ``catalog`` with its metadata); returns the path."""
     path = Path(path)
     fmt = _format_for(path, format)
     kwargs: dict[str, Any] = {"overwrite": overwrite}
     if fmt == "hdf5":
         kwargs.update(path="catalog", serialize_meta=True)
-    catalog_to_table(catalog).write(path, format=fmt, **kwargs)
+    table.write(path, format=fmt, **kwargs)
     return path

@@ -311,27 +311,22 @@ def mock_to_table(mock: MockCatalog):
 
 def write_mock(mock: MockCatalog, path, overwrite: bool = True):
     """Write :func:`mock_to_table` (format from the extension, as ``catalog_io.write_table``)."""
-    from pathlib import Path
+    from .catalog_io import write_astropy_table
 
-    from .catalog_io import _format_for
-
-    path = Path(path)
-    fmt = _format_for(path, None)
-    kw = {"overwrite": overwrite}
-    if fmt == "hdf5":
-        kw.update(path="catalog", serialize_meta=True)
-    mock_to_table(mock).write(path, format=fmt, **kw)
-    return path
+    return write_astropy_table(mock_to_table(mock), path, overwrite=overwrite)
 
 
 def read_mock(path) -> MockCatalog:
     """Read a file written by :func:`write_mock` (catalogue validated as any other)."""
+    from pathlib import Path
+
     from astropy.table import Table
 
-    from .commands._common import read_catalog
+    from .catalog_io import _format_for, read_table
 
-    cat = read_catalog(path)
-    t = Table.read(path)
+    kw = {"path": "catalog"} if _format_for(Path(path), None) == "hdf5" else {}
+    t = Table.read(path, **kw)  # read once: catalogue columns and truth columns
+    cat = read_table(t)
     truth = pd.DataFrame({c[len(TRUTH_PREFIX):]: np.asarray(t[c]) for c in t.colnames
                           if c.startswith(TRUTH_PREFIX)})
     truth.insert(0, "id", cat.star_ids())

@@ -220,6 +220,13 @@ class Posterior:
         return cls.from_inference_data(idata)
 
     # --- summary ------------------------------------------------------
+    def flat_draws(self, name: str):
+        """(draws (N, C·S), weights (N, C·S)) of one variable: chains pooled, each draw carrying
+        its chain's weight (for weighted quantiles, coverage and ranks)."""
+        x = np.asarray(self.samples[name])
+        w = np.broadcast_to(np.asarray(self.chain_weights)[:, :, None], x.shape[:3])
+        return x.reshape(self.n_stars, -1), w.reshape(self.n_stars, -1)
+
     def summary(self, r_hat_max: float = 1.01, ess_min: float = 100.0):
         """One row per star: median, q16, q84 of each variable (chain weights respected),
         r_hat and ess_bulk of the fitted variables, n_divergent, n_modes, flag (see FLAGS)."""

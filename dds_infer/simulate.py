@@ -24,7 +24,7 @@ import numpy as np
 
 from .catalog import StarCatalog
 from .galaxy import sample_components_and_feh, sample_distances
-from .survey import GREEN2020_SURVEY, SurveyModel, parallax_errors, photometric_errors
+from .survey import GREEN2020_SURVEY, SurveyModel, observe_parallax, photometric_errors
 
 __all__ = ["draw_from_prior", "simulate_observations"]
 
@@ -91,7 +91,6 @@ def simulate_observations(emulator, draws: dict, config, seed: int = 0,
     """
     rng = np.random.default_rng(seed + 7919)
     theta = np.stack([draws["teff"], draws["logg"], draws["feh"]], axis=-1)
-    n = theta.shape[0]
     m_true = np.asarray(emulator.predict_apparent(theta, draws["mu"], draws["E"]), dtype=float)
     sig = photometric_errors(m_true, survey)
     tot = np.sqrt(sig**2 + config.sigma_floor**2)
@@ -100,9 +99,9 @@ def simulate_observations(emulator, draws: dict, config, seed: int = 0,
     drop[:, 0] = False  # keep the reference band
     mag = np.where(drop, np.nan, mag)
     err = np.where(drop, np.nan, sig)
-    plx_err = parallax_errors(m_true[:, survey.bands.index(survey.parallax_band)], survey)
-    plx_true = 10.0 ** ((10.0 - np.asarray(draws["mu"])) / 5.0)
-    plx = plx_true + config.zero_point_mas + config.parallax_inflation * plx_err * rng.standard_normal(n)
+    plx, plx_err = observe_parallax(rng, draws["mu"], m_true[:, survey.bands.index(survey.parallax_band)],
+                                    survey, zero_point=config.zero_point_mas,
+                                    inflation=config.parallax_inflation)
     keep = np.flatnonzero((mag[:, 0] >= window[0]) & (mag[:, 0] <= window[1]))
     optional = {}
     if l is not None:

@@ -50,10 +50,6 @@ class BandNoise:
     dropout: float = 0.0  # random missing probability (coverage, quality)
 
 
-def _b(floor, m10, slope=0.3, bright=-np.inf, faint=np.inf, dropout=0.0):
-    return BandNoise(floor, m10, slope, bright, faint, dropout)
-
-
 @dataclass(frozen=True)
 class SurveyModel:
     """Everything the observation model needs; one :class:`BandNoise` per band."""
@@ -82,19 +78,19 @@ class SurveyModel:
 GREEN2020_SURVEY = SurveyModel(
     bands=GREEN2020,
     noise=(
-        _b(0.02, 21.0, 0.3, 6.0, 21.0, 0.0),  # Gaia G
-        _b(0.02, 20.6, 0.3, 6.0, 20.5, 0.001),  # BP
-        _b(0.02, 20.2, 0.3, 6.0, 20.0, 0.001),  # RP
-        _b(0.0203, 21.5, 0.3, 13.0, 21.5, 0.06),  # PS1 g
-        _b(0.0203, 21.5, 0.3, 13.0, 21.5, 0.08),  # PS1 r
-        _b(0.0202, 21.3, 0.3, 13.0, 21.3, 0.12),  # PS1 i
-        _b(0.0204, 21.0, 0.3, 12.6, 21.0, 0.06),  # PS1 z
-        _b(0.0203, 20.8, 0.3, 11.8, 20.3, 0.04),  # PS1 y
-        _b(0.0297, 16.1, 0.3, 6.0, 16.5, 0.02),  # 2MASS J
-        _b(0.0305, 15.3, 0.3, 6.0, 15.6, 0.02),  # 2MASS H
-        _b(0.0283, 14.6, 0.3, 6.0, 15.0, 0.02),  # 2MASS Ks
-        _b(0.0202, 20.75, 0.3, 15.4, 19.0, 0.30),  # unWISE W1 (AB)
-        _b(0.0202, 19.5, 0.3, 14.7, 19.5, 0.15),  # unWISE W2 (AB)
+        BandNoise(0.02, 21.0, 0.3, 6.0, 21.0, 0.0),  # Gaia G
+        BandNoise(0.02, 20.6, 0.3, 6.0, 20.5, 0.001),  # BP
+        BandNoise(0.02, 20.2, 0.3, 6.0, 20.0, 0.001),  # RP
+        BandNoise(0.0203, 21.5, 0.3, 13.0, 21.5, 0.06),  # PS1 g
+        BandNoise(0.0203, 21.5, 0.3, 13.0, 21.5, 0.08),  # PS1 r
+        BandNoise(0.0202, 21.3, 0.3, 13.0, 21.3, 0.12),  # PS1 i
+        BandNoise(0.0204, 21.0, 0.3, 12.6, 21.0, 0.06),  # PS1 z
+        BandNoise(0.0203, 20.8, 0.3, 11.8, 20.3, 0.04),  # PS1 y
+        BandNoise(0.0297, 16.1, 0.3, 6.0, 16.5, 0.02),  # 2MASS J
+        BandNoise(0.0305, 15.3, 0.3, 6.0, 15.6, 0.02),  # 2MASS H
+        BandNoise(0.0283, 14.6, 0.3, 6.0, 15.0, 0.02),  # 2MASS Ks
+        BandNoise(0.0202, 20.75, 0.3, 15.4, 19.0, 0.30),  # unWISE W1 (AB)
+        BandNoise(0.0202, 19.5, 0.3, 14.7, 19.5, 0.15),  # unWISE W2 (AB)
     ),
 )
 
@@ -135,11 +131,17 @@ def parallax_errors(g_mag, survey: SurveyModel = GREEN2020_SURVEY) -> np.ndarray
     return np.sqrt(survey.parallax_floor**2 + term**2)
 
 
-def observe_parallax(rng: np.random.Generator, mu_true, g_mag, survey: SurveyModel = GREEN2020_SURVEY):
-    """ϖ̂ = 10^((10 − μ)/5) + ϖ_zp + σ_ϖ ε [mas]; returns (parallax, parallax_err)."""
+def observe_parallax(rng: np.random.Generator, mu_true, g_mag, survey: SurveyModel = GREEN2020_SURVEY,
+                     *, zero_point: float | None = None, inflation: float = 1.0):
+    """ϖ̂ = 10^((10 − μ)/5) + ϖ_zp + f σ_ϖ ε [mas]; returns (parallax, parallax_err = σ_ϖ).
+
+    zero_point: ϖ_zp (default ``survey.parallax_zp``); inflation: f, the noise actually drawn
+    relative to the reported σ_ϖ.
+    """
     plx_true = 10.0 ** ((10.0 - np.asarray(mu_true, dtype=float)) / 5.0)
     err = parallax_errors(g_mag, survey)
-    return plx_true + survey.parallax_zp + err * rng.standard_normal(plx_true.shape), err
+    zp = survey.parallax_zp if zero_point is None else zero_point
+    return plx_true + zp + inflation * err * rng.standard_normal(plx_true.shape), err
 
 
 def observe_labels(rng: np.random.Generator, theta_true, survey: SurveyModel = GREEN2020_SURVEY):

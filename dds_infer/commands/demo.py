@@ -89,10 +89,10 @@ def run(args) -> int:
     q16 = np.column_stack([summ[f"{v}_q16"] for v in VARS])
     q84 = np.column_stack([summ[f"{v}_q84"] for v in VARS])
     tru = np.column_stack([truth[v].to_numpy() for v in VARS])
-    w = post.chain_weights[:, :, None] * np.ones(post.samples["teff"].shape)
-    w = w.reshape(post.n_stars, -1)
-    cover = {v: interval_coverage(post.samples[v].reshape(post.n_stars, -1), tru[:, j], 0.68, w)
-             for j, v in enumerate(VARS)}
+    cover = {}
+    for j, v in enumerate(VARS):
+        draws, weights = post.flat_draws(v)
+        cover[v] = interval_coverage(draws, tru[:, j], 0.68, weights)
     report = {
         "model": str(model_dir), "n_stars": int(post.n_stars), "seed": args.seed,
         "accuracy": {v: accuracy(med[:, j], q16[:, j], q84[:, j], tru[:, j]) for j, v in enumerate(VARS)},
