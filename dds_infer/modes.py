@@ -83,12 +83,18 @@ class ModeResult(NamedTuple):
     log_mass: np.ndarray
 
 
-def make_theta_grid(emulator, *, threshold: float = 0.01, entry: int = 0, stride=(1, 1, 1)) -> ThetaGrid:
-    """Grid nodes of ``emulator.domain`` with training density > ``threshold`` (every ``stride``-th)."""
+def make_theta_grid(emulator, *, threshold: float = 0.01, entry: int = 0, stride=(1, 1, 1),
+                    density=None) -> ThetaGrid:
+    """Grid nodes of ``emulator.domain`` with training density > ``threshold`` (every ``stride``-th).
+
+    density: optional replacement of the domain's density array (same shape), e.g. a
+    max-filtered copy so that a strided node is kept when any neighbour passes the threshold.
+    """
     dom = emulator.domain
     if dom is None:
         raise ValueError("emulator has no training domain; make_theta_grid needs one")
-    dens = np.asarray(dom.density[entry])[::stride[0], ::stride[1], ::stride[2]]
+    dens = np.asarray(dom.density[entry]) if density is None else np.asarray(density)
+    dens = dens[::stride[0], ::stride[1], ::stride[2]]
     axes = [np.asarray(a, dtype=np.float64)[::s] for a, s in zip((dom.teff, dom.logg, dom.feh), stride)]
     keep = dens > threshold
     if keep.sum() < 2:

@@ -36,6 +36,7 @@ VARIABLES = ("teff", "logg", "feh", "mu", "E", "distance_pc", "A_G")
 FITTED = ("teff", "logg", "feh", "mu", "E")
 FLAGS = {"r_hat": 1, "low_ess": 2, "divergent": 4, "multimodal": 8, "outside_domain": 16, "bad_init": 32}
 QUANTILES = (0.16, 0.5, 0.84)
+_STAR_INFO = ("chain_weights", "n_modes", "mode_flag", "in_domain_frac")
 
 
 def _rank_normalize(x):
@@ -88,6 +89,9 @@ class Posterior:
     n_modes, mode_flag: (N,) from mode combination (1 and 0 without it).
     in_domain_frac: (N,) fraction of draws where the training density exceeds 0.01.
     attrs: provenance (JSON-serialisable).
+    star_stats: further per-star diagnostics (N,), e.g. the grid path's ``weight_ess`` (Kish
+    effective sample size of its importance weights, which then replaces the bulk ESS in the
+    flag) and ``log_evidence``; carried into the summary, NetCDF and concatenation.
     """
 
     star_id: np.ndarray
@@ -99,6 +103,7 @@ class Posterior:
     mode_flag: np.ndarray
     in_domain_frac: np.ndarray
     attrs: dict = field(default_factory=dict)
+    star_stats: dict = field(default_factory=dict)
 
     # --- construction -------------------------------------------------
     @classmethod
@@ -176,6 +181,7 @@ class Posterior:
         stats.update({k: (dims2, v) for k, v in self.chain_stats.items()})
         star = {"chain_weights": (dims2, self.chain_weights), "n_modes": (("star",), self.n_modes),
                 "mode_flag": (("star",), self.mode_flag), "in_domain_frac": (("star",), self.in_domain_frac)}
+        star.update({k: (("star",), np.asarray(v)) for k, v in self.star_stats.items()})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # star_info is not a standard arviz group
             return az.InferenceData(posterior=post, sample_stats=xr.Dataset(stats, coords=coords),
@@ -196,7 +202,8 @@ class Posterior:
             chain_stats={k: stats[k].values for k in per_chain},
             chain_weights=star["chain_weights"].values, n_modes=star["n_modes"].values,
             mode_flag=star["mode_flag"].values, in_domain_frac=star["in_domain_frac"].values,
-            attrs=json.loads(post.attrs.get("dds_infer_attrs", "{}")))
+            attrs=json.loads(post.attrs.get("dds_infer_attrs", "{}")),
+            star_stats={k: star[k].values for k in star.data_vars if k not in _STAR_INFO})
 
     # --- I/O ----------------------------------------------------------
     def save(self, path) -> Path:
@@ -239,12 +246,19 @@ class Posterior:
             q16, med, q84 = weighted_quantiles(self.samples[k], QUANTILES, weights)
             cols[f"{k}_median"], cols[f"{k}_q16"], cols[f"{k}_q84"] = med, q16, q84
             if k in FITTED:
-                rhat, ess = rank_rhat_ess_bulk(self.samples[k])
+                if self.n_chains > 1:
+                    rhat, ess = rank_rhat_ess_bulk(self.samples[k])
+                else:  # i.i.d. draws (grid path): no chains to compare
+                    rhat = ess = np.full(self.n_stars, np.nan)
                 cols[f"{k}_r_hat"], cols[f"{k}_ess_bulk"] = rhat, ess
                 rhat_all.append(rhat)
                 ess_all.append(ess)
-        rhat_max = np.nanmax(np.stack(rhat_all), axis=0) if rhat_all else np.full(self.n_stars, np.nan)
-        ess_low = np.nanmin(np.stack(ess_all), axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (one chain)
+            rhat_max = np.nanmax(np.stack(rhat_all), axis=0) if rhat_all else np.full(self.n_stars, np.nan)
+            ess_low = np.nanmin(np.stack(ess_all), axis=0)
+        if "weight_ess" in self.star_stats:
+            ess_low = np.asarray(self.star_stats["weight_ess"], dtype=np.float64)
         n_div = self.sample_stats["diverging"].sum(axis=(1, 2)).astype(int)
         flag = ((rhat_max > r_hat_max) * FLAGS["r_hat"] + (ess_low < ess_min) * FLAGS["low_ess"]
                 + (n_div > 0) * FLAGS["divergent"] + (self.n_modes > 1) * FLAGS["multimodal"]
@@ -252,6 +266,7 @@ class Posterior:
                 + (~self.chain_stats["init_valid"].all(axis=1)) * FLAGS["bad_init"])
         cols.update(r_hat_max=rhat_max, ess_bulk_min=ess_low, n_divergent=n_div, n_modes=self.n_modes,
                     mode_flag=self.mode_flag, in_domain_frac=self.in_domain_frac, flag=flag.astype(int))
+        cols.update({k: np.asarray(v) for k, v in self.star_stats.items()})
         return pd.DataFrame(cols)
 
     def write_summary_parquet(self, path, **summary_kw) -> Path:
@@ -278,4 +293,5 @@ def concat(posteriors) -> Posterior:
     return Posterior(star_id=cat(lambda p: p.star_id), samples=catd("samples"), sample_stats=catd("sample_stats"),
                      chain_stats=catd("chain_stats"), chain_weights=cat(lambda p: p.chain_weights),
                      n_modes=cat(lambda p: p.n_modes), mode_flag=cat(lambda p: p.mode_flag),
-                     in_domain_frac=cat(lambda p: p.in_domain_frac), attrs=dict(first.attrs))
+                     in_domain_frac=cat(lambda p: p.in_domain_frac), attrs=dict(first.attrs),
+                     star_stats=catd("star_stats"))

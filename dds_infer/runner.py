@@ -98,7 +98,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                   model: Callable | None = None, star_data_fn: Callable | None = None,
                   init_fn: Callable | None = None, combine_fn: Callable | None = None,
                   target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
-                  progress: bool = True,
+                  progress: bool = True, batch_fn: Callable | None = None,
                   overwrite: bool = False, stop_after_chunks: int | None = None) -> Posterior | None:
     """NUTS posteriors for every star of ``catalog``, chunk by chunk, resumable.
 
@@ -108,6 +108,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         one key per star (e.g. from the multimodal initialiser); None: NumPyro init_to_uniform.
     combine_fn(samples {site: (C, S, ...)}, log_prob (C, S)) -> object with chain_weights (C,),
         n_modes, flag (e.g. ``modes.combine_chain_modes``); None: equal chain weights.
+    batch_fn(stars, star_id, keys) -> Posterior: replaces NUTS for each chunk (e.g. the grid path,
+        :func:`dds_infer.gridpath.grid_batch_fn`); the NUTS settings are then unused.
     stop_after_chunks: stop after computing this many new chunks and return None (simulates an
         interruption; a rerun resumes).
     Returns the assembled :class:`Posterior`; also writes ``out_dir/posterior.nc`` and
@@ -123,7 +125,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                     num_samples=int(num_samples), seed=int(seed), target_accept_prob=float(target_accept_prob),
                     max_tree_depth=int(max_tree_depth), dense_mass=bool(dense_mass),
                     init_fn=None if init_fn is None else getattr(init_fn, "__qualname__", repr(init_fn)),
-                    combine_fn=None if combine_fn is None else getattr(combine_fn, "__qualname__", repr(combine_fn)))
+                    combine_fn=None if combine_fn is None else getattr(combine_fn, "__qualname__", repr(combine_fn)),
+                    batch_fn=None if batch_fn is None else getattr(batch_fn, "__qualname__", repr(batch_fn)))
     chash, desc = run_config_hash(model, emulator, prior, config, settings)
     manifest = {"config_hash": chash, "catalog": catalog_fingerprint(catalog), "description": desc}
     _check_manifest(out_dir, manifest, overwrite)
@@ -139,13 +142,20 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, initial=n - sum(min(batch_size, n - k * batch_size) for k in todo),
-                   unit="star", desc="NUTS")
+                   unit="star", desc="NUTS" if batch_fn is None else "grid")
     for done, k in enumerate(todo):
         if stop_after_chunks is not None and done >= stop_after_chunks:
             break
         rows = np.arange(k * batch_size, min((k + 1) * batch_size, n))
         stars = star_data_fn(catalog.subset(rows))  # per chunk: memory bounded by the chunk size
         keys = star_keys(seed, rows)
+        if batch_fn is not None:
+            post = batch_fn(stars, ids[rows], keys)
+            post.attrs.update({"config_hash": chash, "rows": [int(rows[0]), int(rows[-1]) + 1]})
+            post.save(chunk_dir / f"chunk_{k:05d}.nc")
+            if bar is not None:
+                bar.update(len(rows))
+            continue
         split = jax.vmap(jax.random.split)(keys)  # (B, 2): initialiser key, sampler key
         init_keys, nuts_keys = split[:, 0], split[:, 1]
         init = None if init_fn is None else init_fn(stars, init_keys)
@@ -169,7 +179,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     if missing:  # only after stop_after_chunks
         return None
     full = concat([Posterior.load(chunk_dir / f"chunk_{k:05d}.nc") for k in range(n_chunks)])
-    full.attrs = {"config_hash": chash, "n_chunks": n_chunks}
+    full.attrs = {**{k: v for k, v in full.attrs.items() if k != "rows"}, "config_hash": chash,
+                  "n_chunks": n_chunks}
     full.save(out_dir / "posterior.nc")
     full.write_summary_parquet(out_dir / "summary.parquet")
     return full

@@ -1,0 +1,337 @@
+"""Per-star distance-reddening probability images for 3D dust mapping, grouped by HEALPix pixel.
+
+3D dust maps are fit to per-star posteriors p(μ, E) binned on a (distance modulus, reddening)
+grid and grouped by sky pixel: Bayestar (Green et al. 2014, ApJ 783, 114; Green et al. 2019,
+ApJ 887, 93) reads smoothed images per star in groups named "pixel nside-index"; the
+line-of-sight fits of Zucker et al. (2019, ApJ 879, 125) use per-star (μ, E) samples. This
+module writes both, plus the per-star diagnostics a map-maker needs to cut stars.
+
+Images (:func:`pdf_images`): the weighted 2-D histogram of each star's (μ, E) draws on an
+:class:`ImageGrid` (bins half-open, [lo, hi)), smoothed with a Gaussian of ``smooth_mu`` x
+``smooth_E`` pixels (``scipy.ndimage.gaussian_filter``, mode="constant"), normalised to sum to 1
+over the grid (all zero if no draw falls inside). Draws outside the grid (or NaN) are not
+dropped silently: :func:`image_coverage` is their complement, stored per star.
+
+HDF5 layout written by :func:`write_dustmap` (format "dds_infer.dustmap", version 1)::
+
+  /                       attrs: format, format_version=1, nside, nest=True, frame="galactic",
+                          mu_min, mu_max, mu_step, E_min, E_max, E_step, smooth_mu, smooth_E
+                          (pixels), smoothing (description), dds_infer_version,
+                          posterior_attrs (JSON), diagnostic_columns (JSON list), user attrs
+  /mu_centers (n_mu,)     bin centres in μ;   /E_centers (n_E,) bin centres in E
+  /pixel_index            table (pixel int64, n_stars int64) of the non-empty pixels, ascending
+  /pixel_{nside}_{pix}/   attrs: nside, pixel, l_center, b_center (deg, nested pixel centre)
+      star_id (n,)        UTF-8 strings; stars keep catalogue order
+      l, b (n,)           Galactic coordinates [deg]
+      pdf (n, n_mu, n_E)  images, chunked (1, n_mu, n_E), compressed
+      coverage (n,)       weighted fraction of draws inside the grid
+      samples (n, S, 5)   draws of teff, logg, feh, mu, E (attr columns), chains pooled
+      sample_weights (n, S) chain weight of each draw, normalised to sum 1 per star
+      <column> (n,)       one per diagnostic of Posterior.summary(): every numeric column not
+                          ending in _median/_q16/_q84 (flag, r_hat_max, ess_bulk_min,
+                          n_divergent, n_modes, ...) plus mu/E median, q16, q84
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+__all__ = ["ImageGrid", "pdf_images", "image_coverage", "healpix_index", "write_dustmap", "list_pixels",
+           "read_pixel", "read_dustmap", "write_summary_table", "SAMPLE_COLUMNS", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT, FORMAT_VERSION = "dds_infer.dustmap", 1
+SAMPLE_COLUMNS = ("teff", "logg", "feh", "mu", "E")
+_STAR_DATASETS = ("star_id", "l", "b", "pdf", "coverage", "samples", "sample_weights")
+_QUANTILE_SUFFIXES = ("_median", "_q16", "_q84")
+_CHUNK = 64  # stars per image computation (bounds memory: 64 x 120 x 500 float64 = 31 MB)
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """Bins in distance modulus μ and reddening E; Gaussian smoothing sigmas in pixels (0 = none)."""
+
+    mu_min: float = 4.0
+    mu_max: float = 19.0
+    mu_step: float = 0.125
+    E_min: float = 0.0
+    E_max: float = 5.0
+    E_step: float = 0.01
+    smooth_mu: float = 1.0
+    smooth_E: float = 1.0
+
+    def __post_init__(self):
+        for ax in ("mu", "E"):
+            lo, hi, step = (getattr(self, f"{ax}_{k}") for k in ("min", "max", "step"))
+            if not all(np.isfinite([lo, hi, step])) or step <= 0:
+                raise ValueError(f"ImageGrid: {ax}_step must be finite and > 0, got {step}")
+            if hi <= lo:
+                raise ValueError(f"ImageGrid: {ax}_max ({hi}) must exceed {ax}_min ({lo})")
+            n = (hi - lo) / step
+            if abs(n - round(n)) > 1e-6 * max(1.0, n):
+                raise ValueError(f"ImageGrid: {ax}_max - {ax}_min = {hi - lo} is not a multiple of "
+                                 f"{ax}_step = {step}")
+            sigma = getattr(self, f"smooth_{ax}")
+            if not np.isfinite(sigma) or sigma < 0:
+                raise ValueError(f"ImageGrid: smooth_{ax} must be >= 0 pixels, got {sigma}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(round((self.mu_max - self.mu_min) / self.mu_step)),
+                int(round((self.E_max - self.E_min) / self.E_step)))
+
+    @property
+    def mu_edges(self) -> np.ndarray:
+        return self.mu_min + self.mu_step * np.arange(self.shape[0] + 1)
+
+    @property
+    def E_edges(self) -> np.ndarray:
+        return self.E_min + self.E_step * np.arange(self.shape[1] + 1)
+
+    @property
+    def mu_centers(self) -> np.ndarray:
+        return self.mu_min + self.mu_step * (np.arange(self.shape[0]) + 0.5)
+
+    @property
+    def E_centers(self) -> np.ndarray:
+        return self.E_min + self.E_step * (np.arange(self.shape[1]) + 0.5)
+
+
+def _bins(mu, E, weights, grid):
+    """Flat pixel index per draw (-1 outside) and per-star normalised weights; inputs (N, S)."""
+    mu, E = np.asarray(mu, dtype=np.float64), np.asarray(E, dtype=np.float64)
+    if mu.ndim != 2 or mu.shape != E.shape:
+        raise ValueError(f"mu and E must be (N, S) arrays of the same shape, got {mu.shape} and {E.shape}")
+    w = np.ones(mu.shape) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != mu.shape:
+        raise ValueError(f"weights shape {w.shape} differs from the draws' shape {mu.shape}")
+    if not np.all(np.isfinite(w) & (w >= 0)):
+        raise ValueError("weights must be finite and >= 0")
+    tot = w.sum(axis=1, keepdims=True)
+    if np.any(tot <= 0):
+        raise ValueError(f"stars (rows) {np.flatnonzero(tot[:, 0] <= 0)[:10].tolist()} have zero total weight")
+    n_mu, n_E = grid.shape
+    with np.errstate(invalid="ignore"):
+        i = np.floor((mu - grid.mu_min) / grid.mu_step)
+        j = np.floor((E - grid.E_min) / grid.E_step)
+        inside = (i >= 0) & (i < n_mu) & (j >= 0) & (j < n_E)  # False for NaN draws
+    flat = np.full(mu.shape, -1, dtype=np.int64)
+    flat[inside] = (i[inside] * n_E + j[inside]).astype(np.int64)
+    return flat, w / tot
+
+
+def image_coverage(mu, E, weights=None, grid: ImageGrid = ImageGrid()) -> np.ndarray:
+    """(N,) weighted fraction of each star's draws (N, S) that fall inside ``grid`` (NaN = outside)."""
+    flat, w = _bins(mu, E, weights, grid)
+    return np.where(flat >= 0, w, 0.0).sum(axis=1)
+
+
+def _images64(mu, E, weights, grid) -> np.ndarray:
+    flat, w = _bins(mu, E, weights, grid)
+    n = flat.shape[0]
+    size = grid.shape[0] * grid.shape[1]
+    ok = flat >= 0
+    idx = (flat + size * np.arange(n)[:, None])[ok]  # star offset: one bincount for all stars
+    img = np.bincount(idx, weights=w[ok], minlength=n * size).astype(np.float64, copy=False).reshape(n, *grid.shape)
+    if grid.smooth_mu > 0 or grid.smooth_E > 0:
+        img = gaussian_filter(img, sigma=(0.0, grid.smooth_mu, grid.smooth_E), mode="constant")
+    tot = img.sum(axis=(1, 2), keepdims=True)
+    return np.divide(img, tot, out=np.zeros_like(img), where=tot > 0)
+
+
+def pdf_images(mu, E, weights=None, grid: ImageGrid = ImageGrid()) -> np.ndarray:
+    """(N, n_mu, n_E) float32 probability images of draws mu, E (N, S) with optional weights (N, S).
+
+    Weighted histogram, Gaussian smoothing (sigma in pixels, mode="constant"), then each image is
+    normalised to sum 1 over the grid (all zero when no draw falls inside; see image_coverage).
+    """
+    return _images64(mu, E, weights, grid).astype(np.float32)
+
+
+def _check_lb(l_deg, b_deg, star_id=None):
+    l, b = np.asarray(l_deg, dtype=np.float64), np.asarray(b_deg, dtype=np.float64)
+    if l.shape != b.shape or l.ndim != 1:
+        raise ValueError(f"l and b must be 1-D arrays of the same length, got shapes {l.shape}, {b.shape}")
+    bad = ~(np.isfinite(l) & np.isfinite(b)) | (np.abs(b) > 90)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        ids = "" if star_id is None else f" (star_id {[str(s) for s in np.asarray(star_id)[rows[:10]]]})"
+        raise ValueError(f"{rows.size} star(s) have non-finite l/b or |b| > 90: rows {rows[:10].tolist()}{ids}")
+    return l, b
+
+
+def _check_nside(nside) -> int:
+    n = int(nside)
+    if n != nside or n < 1 or n & (n - 1):
+        raise ValueError(f"nside must be a power of two (1, 2, 4, ...), got {nside}")
+    return n
+
+
+def healpix_index(l_deg, b_deg, nside) -> np.ndarray:
+    """(N,) int64 NESTED HEALPix pixel (Górski et al. 2005, ApJ 622, 759) of Galactic (l, b) [deg]."""
+    import astropy.units as u
+    from astropy_healpix import lonlat_to_healpix
+
+    n = _check_nside(nside)
+    l, b = _check_lb(np.atleast_1d(l_deg), np.atleast_1d(b_deg))
+    return np.asarray(lonlat_to_healpix(l * u.deg, b * u.deg, n, order="nested"), dtype=np.int64)
+
+
+def _diagnostics(summary) -> dict:
+    """Numeric per-star columns of Posterior.summary() (no quantiles) plus mu/E quantiles."""
+    from pandas.api.types import is_numeric_dtype
+
+    keep = [c for c in summary.columns if c != "star_id" and is_numeric_dtype(summary[c])
+            and not c.endswith(_QUANTILE_SUFFIXES)]
+    keep += [f"{v}{s}" for v in ("mu", "E") for s in _QUANTILE_SUFFIXES]
+    missing = [c for c in ("flag", "r_hat_max", "ess_bulk_min", "n_divergent", "n_modes") if c not in keep]
+    clash = [c for c in keep if c in _STAR_DATASETS]
+    if missing or clash:
+        raise ValueError(f"summary columns missing {missing} or clashing with dataset names {clash}")
+    return {c: np.asarray(summary[c]) for c in keep}
+
+
+def _jsonable(v):
+    if isinstance(v, (str, bool, int, float, np.generic, np.ndarray)):
+        return v
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = ImageGrid(),
+                  n_samples=None, attrs=None, dtype="float32", compression="gzip") -> Path:
+    """Write per-star images, samples and diagnostics of ``posterior`` grouped by HEALPix pixel.
+
+    l_deg, b_deg: (N,) Galactic coordinates of the posterior's stars. n_samples: keep this many
+    draws per star, evenly spaced over the pooled chains (deterministic); None or more than
+    available = all. ``dtype`` applies to pdf and samples. Layout: module docstring. Atomic.
+    """
+    import astropy.units as u
+    from astropy_healpix import healpix_to_lonlat
+
+    from . import __version__
+
+    nside = _check_nside(nside)
+    l, b = _check_lb(l_deg, b_deg, posterior.star_id)
+    if l.shape[0] != posterior.n_stars:
+        raise ValueError(f"got {l.shape[0]} positions for {posterior.n_stars} stars")
+    if n_samples is not None and int(n_samples) < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    attrs = dict(attrs or {})
+    pix = healpix_index(l, b, nside)
+    diag = _diagnostics(posterior.summary())
+    flat = {k: posterior.flat_draws(k) for k in SAMPLE_COLUMNS}
+    w_all = flat["mu"][1]
+    total = w_all.shape[1]
+    keep = (np.arange(total) if n_samples is None or int(n_samples) >= total
+            else (np.arange(int(n_samples)) * total) // int(n_samples))
+    sid = np.array([str(s) for s in posterior.star_id], dtype=object)
+    pixels, counts = np.unique(pix, return_counts=True)
+    l_c, b_c = healpix_to_lonlat(pixels, nside, order="nested")
+    n_mu, n_E = grid.shape
+    root = {"format": FORMAT, "format_version": FORMAT_VERSION, "nside": nside, "nest": True,
+            "frame": "galactic", **asdict(grid),
+            "smoothing": "scipy.ndimage.gaussian_filter, mode='constant', sigma (smooth_mu, smooth_E) in "
+                         "pixels, applied to the weighted histogram before normalising to sum 1 on the grid",
+            "dds_infer_version": __version__,
+            "posterior_attrs": json.dumps(posterior.attrs, sort_keys=True, default=str),
+            "diagnostic_columns": json.dumps(list(diag))}
+    clash = sorted(set(attrs) & set(root))
+    if clash:
+        raise ValueError(f"attrs {clash} clash with reserved root attributes")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({k: _jsonable(v) for k, v in {**root, **attrs}.items()})
+            f["mu_centers"], f["E_centers"] = grid.mu_centers, grid.E_centers
+            table = np.zeros(len(pixels), dtype=[("pixel", "<i8"), ("n_stars", "<i8")])
+            table["pixel"], table["n_stars"] = pixels, counts
+            f["pixel_index"] = table
+            for p, lc, bc in zip(pixels, l_c.to_value(u.deg), b_c.to_value(u.deg)):
+                rows = np.flatnonzero(pix == p)  # ascending: catalogue order
+                g = f.create_group(f"pixel_{nside}_{p}")
+                g.attrs.update(nside=nside, pixel=int(p), l_center=float(lc), b_center=float(bc))
+                g.create_dataset("star_id", data=sid[rows], dtype=h5py.string_dtype("utf-8"))
+                g["l"], g["b"] = l[rows], b[rows]
+                pdf = g.create_dataset("pdf", (rows.size, n_mu, n_E), dtype=dtype, chunks=(1, n_mu, n_E),
+                                       compression=compression)
+                for k in range(0, rows.size, _CHUNK):
+                    r = rows[k:k + _CHUNK]
+                    pdf[k:k + r.size] = _images64(flat["mu"][0][r], flat["E"][0][r], w_all[r], grid).astype(dtype)
+                g["coverage"] = image_coverage(flat["mu"][0][rows], flat["E"][0][rows], w_all[rows], grid)
+                smp = np.stack([flat[c][0][rows][:, keep] for c in SAMPLE_COLUMNS], axis=-1).astype(dtype)
+                g.create_dataset("samples", data=smp, compression=compression).attrs["columns"] = list(SAMPLE_COLUMNS)
+                sw = np.ascontiguousarray(w_all[rows][:, keep])  # C order: sums independent of layout
+                g.create_dataset("sample_weights", data=sw / sw.sum(axis=1, keepdims=True), compression=compression)
+                for c, v in diag.items():
+                    g[c] = v[rows]
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _check_format(f, path):
+    if f.attrs.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} file (format attr {f.attrs.get('format')!r})")
+
+
+def list_pixels(path) -> np.ndarray:
+    """Ascending int64 ids of the non-empty pixels of a dust-map file."""
+    with h5py.File(path, "r") as f:
+        _check_format(f, path)
+        return np.asarray(f["pixel_index"]["pixel"], dtype=np.int64)
+
+
+def _read_group(f, pixel) -> dict:
+    nside = int(f.attrs["nside"])
+    name = f"pixel_{nside}_{int(pixel)}"
+    if name not in f:
+        raise KeyError(f"pixel {pixel} (nside {nside}) has no stars in this file")
+    g = f[name]
+    out = {"star_id": np.array(g["star_id"].asstr()[()], dtype=str), "mu_centers": f["mu_centers"][()],
+           "E_centers": f["E_centers"][()], "nside": nside, "pixel": int(g.attrs["pixel"])}
+    out.update({k: g[k][()] for k in _STAR_DATASETS[1:]})
+    out.update({c: g[c][()] for c in json.loads(f.attrs["diagnostic_columns"])})
+    return out
+
+
+def read_pixel(path, pixel) -> dict:
+    """Arrays of one pixel: star_id, l, b, pdf, coverage, samples, sample_weights, mu_centers,
+    E_centers, nside, pixel and every diagnostic column."""
+    with h5py.File(path, "r") as f:
+        _check_format(f, path)
+        return _read_group(f, pixel)
+
+
+def read_dustmap(path) -> tuple[dict, dict]:
+    """(root attributes as stored, {pixel: read_pixel dict}) for the whole file."""
+    with h5py.File(path, "r") as f:
+        _check_format(f, path)
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        return attrs, {int(p): _read_group(f, p) for p in f["pixel_index"]["pixel"]}
+
+
+def write_summary_table(path, posterior, l_deg, b_deg, *, nside=32) -> Path:
+    """Parquet of ``posterior.summary()`` plus l, b and the nested HEALPix ``healpix`` column. Atomic."""
+    nside = _check_nside(nside)
+    l, b = _check_lb(l_deg, b_deg, posterior.star_id)
+    if l.shape[0] != posterior.n_stars:
+        raise ValueError(f"got {l.shape[0]} positions for {posterior.n_stars} stars")
+    df = posterior.summary()
+    df["l"], df["b"], df["healpix"] = l, b, healpix_index(l, b, nside)
+    df.attrs["healpix_nside"], df.attrs["healpix_order"] = nside, "nested"
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,495 @@
+"""The fast grid path: per-star posteriors of (θ, μ, E) by importance sampling in θ and
+quadrature in (μ, E), no Markov chains (issue 6; Eq. 19 of Green et al. 2021).
+
+For fixed θ the forward model m = M(θ) + μ + E R(θ) (Eq. 2) is linear in (μ, E), so the
+photometric likelihood is an exact 2-D Gaussian in (μ, E) whose mean and precision follow
+from 2×2 normal equations. Per star:
+
+1. **Coarse grid** (shared by all stars, network evaluated once): the nodes of the emulator's
+   training density (> ``threshold``) and their cells (boxes of one grid step). Each node's
+   Laplace mass (:func:`dds_infer.modes.grid_log_posterior`) locates the posterior.
+2. **Proposal q₂**: a mixture of the cells, uniform inside each, with probabilities ∝ the
+   tempered (``temper``) node masses dilated over the 26 neighbours, plus a defensive
+   share ``defensive`` spread over all cells (Hesterberg 1995, Technometrics 37, 185);
+   ``n_theta`` stratified draws.
+3. **Proposal q₃** (adaptive importance sampling, population Monte Carlo: Cappé et al. 2004,
+   JCGS 13, 907): Gaussian kernels at ``n_centres`` draws resampled by weight, with the
+   weighted covariance × Silverman's factor (axes capped at one grid step); ``n_refine``
+   draws. All draws are weighted against the deterministic mixture
+   q = (n₂ q₂ + n₃ q₃)/(n₂ + n₃) (balance heuristic: Veach & Guibas 1995; Owen & Zhou
+   2000, JASA 95, 135), so the estimate is unbiased whatever q₃ turned out to be.
+4. **(μ, E) quadrature** for every θ draw: E is integrated in closed form given μ for the
+   built-in reddening priors (flat on [0, E_max], half-normal, Gaussian dust-map value; E ≥ 0
+   via the normal CDF); μ by the trapezoid rule on ``n_mu`` nodes over ±``mu_half_width``
+   σ around the optimum (photometry with a linearised parallax), where the exact parallax
+   likelihood (with zero-point and inflation), the distance prior and the [Fe/H] prior are
+   evaluated. The θ weight is that integral over q(θ).
+5. **Draws**: θ by systematic resampling of the weights; μ by the quadrature share of its
+   node (uniform over the node's interval); E from its conditional truncated normal.
+
+Diagnostics per star: Kish's effective sample size of the θ weights (``weight_ess``; flag
+bit ``low_ess`` below ``ess_min``), the log evidence, and the number of grid modes
+(:func:`dds_infer.modes.find_modes`, modes with > 5% of the mass). The result is the same
+:class:`~dds_infer.posterior.Posterior` as the NUTS path, with one "chain" of i.i.d. draws.
+Built-in prior kinds only (user-callable priors need NUTS: ``method="nuts"``).
+Everything per star is pure JAX, vmapped over a chunk of stars; it runs unchanged on GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.scipy.special import log_ndtr, logsumexp
+
+from .inference import InferenceConfig, parallax_model_mas
+from .modes import ThetaGrid, make_theta_grid
+from . import galaxy
+from .priors import Prior, log_distance_prior, log_hr_prior, log_metallicity_prior
+
+__all__ = ["GridSettings", "CellGrid", "make_cell_grid", "star_grid_posterior", "grid_batch"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_RIDGE_MU, _RIDGE_E, _MU0 = 1e-4, 1e-4, 12.0  # as modes.grid_log_posterior: σ = 100 mag pulls
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSettings:
+    """Static settings of the grid path (hashable; recorded in the run manifest)."""
+
+    threshold: float = 0.002     # training density of the coarse-grid cells proposed
+    stride: int = 2              # coarse cell = stride³ cells of the training-density grid
+    temper: float = 0.5          # q₂ ∝ (node mass)^temper, dilated over neighbours
+    defensive: float = 0.02      # share of q₂ spread uniformly over all cells
+    n_theta: int = 256           # stage-2 draws (cells)
+    n_refine: int = 256          # stage-3 draws (kernels)
+    n_centres: int = 16          # kernels of q₃
+    n_mu: int = 8                # μ quadrature nodes per θ draw
+    mu_half_width: float = 4.5   # node span: ± this many σ_μ around the optimum
+    mu_table_step: float = 0.1   # spacing of the per-star tables of the distance / [Fe/H] priors
+    n_draws: int = 1000          # posterior draws per star
+    mode_min_mass: float = 0.05  # grid modes counted when they hold more than this share of the mass
+
+    def __post_init__(self):
+        for name in ("n_theta", "n_refine", "n_centres", "n_mu", "n_draws", "stride"):
+            if int(getattr(self, name)) < (1 if name == "stride" else 2):
+                raise ValueError(f"GridSettings.{name} must be >= 2, got {getattr(self, name)}")
+        if not 0.0 < self.temper <= 1.0:
+            raise ValueError(f"GridSettings.temper must be in (0, 1], got {self.temper}")
+        if not 0.0 < self.defensive < 1.0:
+            raise ValueError(f"GridSettings.defensive must be in (0, 1), got {self.defensive}")
+
+
+@struct.dataclass
+class CellGrid:
+    """The coarse grid: nodes (M, R precomputed, centred), cell size and the node index of every cell."""
+
+    nodes: ThetaGrid
+    lo: jnp.ndarray       # (3,) θ of grid index 0
+    step: jnp.ndarray     # (3,) cell size
+    index: jnp.ndarray    # (nT, ng, nf) node index of each cell, −1 if not a node
+    ijk: jnp.ndarray      # (G, 3) cell index of each node
+    M_c: jnp.ndarray      # (G, B) M − mean_B(M): centred so the normal equations stay exact in float32
+    c_node: jnp.ndarray   # (G,) mean_B(M)
+
+
+def make_cell_grid(emulator, threshold: float = 0.002, stride: int = 2) -> CellGrid:
+    """Coarse cells of ``stride``³ training-grid cells that contain a node with density > ``threshold``."""
+    from scipy.ndimage import maximum_filter
+
+    dom = emulator.domain
+    if dom is None:
+        raise ValueError("the grid path needs an emulator with a training domain (bundle domain.h5)")
+    dens = maximum_filter(np.asarray(dom.density[0]), size=2 * (stride // 2) + 1, mode="nearest")
+    nodes = make_theta_grid(emulator, threshold=threshold, stride=(stride,) * 3, density=dens)
+    axes = [np.asarray(a, dtype=np.float64)[::stride] for a in (dom.teff, dom.logg, dom.feh)]
+    lo = np.array([a[0] for a in axes])
+    step = np.array([(a[-1] - a[0]) / (len(a) - 1) for a in axes])
+    ijk = np.rint((np.asarray(nodes.theta, dtype=np.float64) - lo) / step).astype(np.int64)
+    index = np.full([len(a) for a in axes], -1, dtype=np.int32)
+    index[tuple(ijk.T)] = np.arange(len(ijk))
+    c = jnp.mean(nodes.M, axis=1)
+    return CellGrid(nodes=nodes, lo=jnp.asarray(lo, jnp.float32), step=jnp.asarray(step, jnp.float32),
+                    index=jnp.asarray(index), ijk=jnp.asarray(ijk, jnp.int32), M_c=nodes.M - c[:, None], c_node=c)
+
+
+# --- per θ: the (μ, E) Gaussian of the photometry and its quadrature --------------------
+
+def photometric_gaussian(star, M, R, config: InferenceConfig, offsets):
+    """Eq. 2 for fixed θ: the photometric likelihood as a Gaussian in (μ, E).
+
+    M, R: (K, B). Returns dict of (K,) arrays: mu, E (optimum), a00, a01, a11 (precision),
+    log_peak (log-likelihood at the optimum, with normalisation).
+    """
+    w = jnp.where(star.observed, 1.0 / (star.mag_err ** 2 + config.sigma_floor ** 2), 0.0)
+    y = star.mag - offsets - M
+    a00 = jnp.sum(w) + _RIDGE_MU
+    a01 = R @ w
+    a11 = (R * R) @ w + _RIDGE_E
+    b0 = y @ w + _RIDGE_MU * _MU0
+    b1 = (y * R) @ w
+    det = a00 * a11 - a01 * a01
+    mu = (a11 * b0 - a01 * b1) / det
+    E = (a00 * b1 - a01 * b0) / det
+    r = y - mu[:, None] - E[:, None] * R
+    chi2 = (r * r) @ w + _RIDGE_MU * (mu - _MU0) ** 2 + _RIDGE_E * E ** 2
+    norm = -0.5 * jnp.sum(jnp.where(star.observed, _LOG_2PI - jnp.log(jnp.maximum(w, 1e-30)), 0.0))
+    return dict(mu=mu, E=E, a00=jnp.broadcast_to(a00, mu.shape), a01=a01, a11=a11, log_peak=norm - 0.5 * chi2)
+
+
+def _reddening_terms(m, a, star, prior: Prior):
+    """∫_{E≥0} exp(−½ a (E − m)²) p(E) dE in closed form (log), and the conditional of E
+    (mean, sd, upper bound) given the prior kind: flat on [0, E_max], half-normal, dust-map Gaussian."""
+    kind = prior.reddening_kind
+    if kind == "flat":
+        s = 1.0 / jnp.sqrt(a)
+        lo, hi = log_ndtr(m / s), log_ndtr((m - prior.E_max) / s)
+        log_i = (0.5 * (_LOG_2PI - jnp.log(a)) + lo + jnp.log1p(-jnp.exp(jnp.minimum(hi - lo, -1e-7)))
+                 - jnp.log(prior.E_max))
+        return log_i, m, s, prior.E_max
+    if kind == "halfnormal":
+        v = prior.E_scale ** 2
+        log_c = 0.5 * math.log(2.0 / math.pi) - jnp.log(prior.E_scale)
+        ref = 0.0
+    elif kind == "dustmap":
+        ref = star.E_ref
+        v = star.E_ref_err ** 2 + (prior.E_tol_frac * ref) ** 2 + prior.E_tol_abs ** 2
+        log_c = -0.5 * jnp.log(2.0 * math.pi * v)
+    else:
+        raise NotImplementedError(f"the grid path supports the built-in reddening priors, not {kind!r}; "
+                                  "use method='nuts' for user callables")
+    P = a + 1.0 / v
+    mp = (a * m + ref / v) / P
+    s = 1.0 / jnp.sqrt(P)
+    log_i = log_c - 0.5 * (m - ref) ** 2 / (1.0 / a + v) + 0.5 * (_LOG_2PI - jnp.log(P)) + log_ndtr(mp / s)
+    return log_i, mp, s, jnp.inf
+
+
+def _parallax_gaussian(star, config: InferenceConfig):
+    """Linearised parallax as a Gaussian on μ where S/N > 3: (use_plx, corrected ϖ, σ_ϖ, μ_ϖ, weight)."""
+    s_plx = config.parallax_inflation * star.parallax_err
+    plx_c = star.parallax - config.zero_point_mas
+    use_plx = star.has_parallax & config.use_parallax
+    linear = use_plx & (plx_c > 3.0 * s_plx)
+    plx_pos = jnp.where(linear, plx_c, 1.0)
+    w_p = jnp.where(linear, (plx_pos * math.log(10.0) / (5.0 * s_plx)) ** 2, 0.0)
+    return use_plx, plx_c, s_plx, 10.0 - 5.0 * jnp.log10(plx_pos), w_p
+
+
+def coarse_log_mass(star, grid: CellGrid, log_hr_nodes, config: InferenceConfig, offsets):
+    """Stage 1: Laplace mass of each coarse node from the photometry, a linearised parallax, E ≥ 0
+    and the HR prior (no distance / [Fe/H] prior: this only shapes the proposal). (G,) log mass
+    and the node's (μ, E) optimum. Centred sums (matrix products with the per-star weights)."""
+    w = jnp.where(star.observed, 1.0 / (star.mag_err ** 2 + config.sigma_floor ** 2), 0.0)
+    S0 = jnp.sum(w) + _RIDGE_MU
+    c_star = jnp.sum(w * (star.mag - offsets)) / jnp.maximum(jnp.sum(w), 1e-30)
+    d = jnp.where(star.observed, star.mag - offsets - c_star, 0.0)  # y = d − M_c − (μ − c_star + c_node)
+    R, Mc = grid.nodes.R, grid.M_c
+    S1, S2 = R @ w, (R * R) @ w + _RIDGE_E
+    T0 = jnp.sum(w * d) - Mc @ w
+    T1 = R @ (w * d) - (Mc * R) @ w
+    Q = jnp.sum(w * d * d) - 2.0 * (Mc @ (w * d)) + (Mc * Mc) @ w
+    use_plx, _, _, mu_p, w_p = _parallax_gaussian(star, config)
+    shift = c_star - grid.c_node  # μ = μ' + shift
+    a00 = S0 + w_p
+    b0 = T0 + w_p * (mu_p - shift) + _RIDGE_MU * (_MU0 - shift)
+    det = a00 * S2 - S1 * S1
+    mu_p_ = (S2 * b0 - S1 * T1) / det
+    E = (a00 * T1 - S1 * b0) / det
+    chi2 = (Q + w_p * (mu_p - shift) ** 2 + _RIDGE_MU * (_MU0 - shift) ** 2
+            - (mu_p_ * b0 + E * T1))
+    log_mass = (-0.5 * chi2 - 0.5 * jnp.log(det) + log_ndtr(E * jnp.sqrt(det / a00)) + log_hr_nodes)
+    return jnp.where(jnp.isfinite(log_mass), log_mass, -jnp.inf), mu_p_ + shift, E
+
+
+_TABLE_LO, _TABLE_HI = -5.0, 30.0
+
+
+def _mu_tables(star, prior: Prior, step: float):
+    """Per-star tables on μ ∈ [−5, 30] (spacing ``step``): log p(μ | l, b) and the [Fe/H] mixture
+    (log component weights, means) of :func:`dds_infer.priors.log_metallicity_prior`, for linear
+    interpolation (|error| < 3e-3 in log p at 0.1 mag). Sky-averaged for stars without position
+    (component means weight-averaged over the sky: exact for no radial [Fe/H] gradient)."""
+    mu = jnp.arange(_TABLE_LO, _TABLE_HI + 0.5 * step, step, dtype=jnp.float32)
+    log_d = log_distance_prior(mu, star, prior)
+    if prior.feh_kind == "flat":
+        return log_d, None, None
+    g = prior.galaxy
+    w_on, m_on, _ = galaxy.feh_component_moments(mu, star.l, star.b, g)
+    w_sky, m_sky, _ = galaxy.feh_component_moments(mu, None, None, g)
+    w = jnp.where(star.has_position, w_on, w_sky)
+    means = jnp.where(star.has_position, m_on, m_sky)
+    return log_d, jnp.log(jnp.maximum(w, 1e-30)), means
+
+
+def _interp(table, mu, step: float):
+    """Linear interpolation of a table on the uniform μ grid (held constant beyond its ends)."""
+    n = table.shape[0]
+    f = jnp.clip((mu - _TABLE_LO) / step, 0.0, n - 1.0001)
+    i = jnp.floor(f).astype(jnp.int32)
+    t = f - i
+    return table[i] * (1.0 - t[..., None] if table.ndim > 1 else 1.0 - t) + table[i + 1] * (
+        t[..., None] if table.ndim > 1 else t)
+
+
+def _log_mu_priors(theta, mu, star, prior: Prior, tables, step: float):
+    """log p(μ | l, b) + log p([Fe/H] | μ, l, b) at θ (K, 3) and μ nodes (K, n) from the tables."""
+    log_d, log_w, means = tables
+    out = _interp(log_d, mu, step)
+    if log_w is None:
+        return out
+    sig = prior.galaxy.feh_sigma
+    z = (theta[:, 2:3, None] - _interp(means, mu, step)) / sig
+    return out + logsumexp(_interp(log_w, mu, step) - 0.5 * z * z - jnp.log(sig) - 0.5 * _LOG_2PI, axis=-1)
+
+
+def theta_log_mass(star, theta, M, R, prior: Prior, config: InferenceConfig, offsets, settings: GridSettings,
+                   tables=None):
+    """log ∫∫ p(θ, μ, E | data) dμ dE at each θ (K, 3), up to a per-star constant (Eq. 19).
+
+    Returns (log_mass (K,), aux) with aux holding the μ nodes (K, n_mu), their log integrands
+    (K, n_mu), node spacing (K,) and the photometric Gaussian, for drawing μ and E afterwards.
+    """
+    g = photometric_gaussian(star, M, R, config, offsets)
+    det = g["a00"] * g["a11"] - g["a01"] ** 2
+    lam = det / g["a11"]  # precision of μ with E free
+    use_plx, plx_c, s_plx, mu_p, w_p = _parallax_gaussian(star, config)
+    # nodes: between the E-free optimum and the E = 0 one, by the probability that E > 0
+    frac = jax.scipy.stats.norm.cdf(g["E"] * jnp.sqrt(det / g["a00"]))
+    mu_e0 = g["mu"] + g["a01"] / g["a00"] * g["E"]
+    prec_ph = g["a00"] - frac * (g["a00"] - lam)
+    mu_ph = frac * g["mu"] + (1.0 - frac) * mu_e0
+    centre = (prec_ph * mu_ph + w_p * mu_p) / (prec_ph + w_p)
+    sd = 1.0 / jnp.sqrt(prec_ph + w_p)
+    t = jnp.linspace(-settings.mu_half_width, settings.mu_half_width, settings.n_mu)
+    h = sd * (t[1] - t[0])
+    mu = centre[:, None] + sd[:, None] * t  # (K, n_mu)
+    dmu = mu - g["mu"][:, None]
+    m_E = g["E"][:, None] - g["a01"][:, None] / g["a11"][:, None] * dmu
+    log_e, _, _, _ = _reddening_terms(m_E, g["a11"][:, None], star, prior)
+    plx = -0.5 * ((plx_c - parallax_model_mas(mu)) / s_plx) ** 2 - jnp.log(s_plx) - 0.5 * _LOG_2PI
+    log_f = (g["log_peak"][:, None] - 0.5 * lam[:, None] * dmu ** 2 + log_e
+             + jnp.where(use_plx, plx, 0.0)
+             + (_log_mu_priors(theta, mu, star, prior, tables, settings.mu_table_step) if tables is not None
+                else log_distance_prior(mu, star, prior) + log_metallicity_prior(theta[:, 2:3], mu, star, prior))
+             + log_hr_prior(theta, prior)[:, None])
+    log_f = jnp.where(jnp.isfinite(log_f), log_f, -jnp.inf)
+    trap = jnp.where((jnp.arange(settings.n_mu) == 0) | (jnp.arange(settings.n_mu) == settings.n_mu - 1), 0.5, 1.0)
+    log_mass = logsumexp(log_f + jnp.log(trap), axis=1) + jnp.log(h)
+    # moments of μ | θ from the same quadrature (for drawing μ: a moment-matched Gaussian)
+    pw = jnp.exp(log_f - jnp.max(log_f, axis=1, keepdims=True)) * trap
+    pw = pw / jnp.maximum(jnp.sum(pw, axis=1, keepdims=True), 1e-30)
+    mu_mean = jnp.sum(pw * mu, axis=1)
+    mu_sd = jnp.sqrt(jnp.maximum(jnp.sum(pw * (mu - mu_mean[:, None]) ** 2, axis=1), 0.0))
+    return log_mass, dict(mu_mean=mu_mean, mu_sd=mu_sd, gauss=g)
+
+
+# --- proposals ---------------------------------------------------------------------------
+
+def _cell_log_q(theta, grid: CellGrid, log_pi):
+    """log q₂(θ): the cell's probability over its volume (−inf outside the node cells)."""
+    ijk = jnp.round((theta - grid.lo) / grid.step).astype(jnp.int32)
+    shape = jnp.asarray(grid.index.shape)
+    inside = jnp.all((ijk >= 0) & (ijk < shape), axis=-1)
+    node = grid.index[tuple(jnp.clip(ijk, 0, shape - 1).T)]
+    ok = inside & (node >= 0)
+    return jnp.where(ok, log_pi[jnp.maximum(node, 0)] - jnp.sum(jnp.log(grid.step)), -jnp.inf)
+
+
+def _systematic(key, log_w, n):
+    """n indices by systematic resampling of normalised exp(log_w)."""
+    w = jnp.exp(log_w - logsumexp(log_w))
+    u = (jnp.arange(n) + jax.random.uniform(key)) / n
+    return jnp.minimum(jnp.searchsorted(jnp.cumsum(w), u), log_w.shape[0] - 1)
+
+
+def _kernel_log_q(x, centres, chol):
+    """log of the equal-weight Gaussian mixture with centres (J, 3) and shared Cholesky factor, at x (K, 3)."""
+    z = jax.scipy.linalg.solve_triangular(chol, (x[:, None, :] - centres[None]).reshape(-1, 3).T, lower=True)
+    maha = jnp.sum(z * z, axis=0).reshape(x.shape[0], centres.shape[0])
+    log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
+    return logsumexp(-0.5 * maha, axis=1) - 0.5 * log_det - 1.5 * _LOG_2PI - math.log(centres.shape[0])
+
+
+def neighbour_max(lp, grid: CellGrid):
+    """max of lp over each node and its 26 neighbours (a 3×3×3 max-pool on the dense cell box)."""
+    box = jnp.full(grid.index.shape, -jnp.inf, lp.dtype).at[tuple(grid.ijk.T)].set(lp)
+    pooled = jax.lax.reduce_window(box, -jnp.inf, jax.lax.max, (3, 3, 3), (1, 1, 1), "SAME")
+    return pooled[tuple(grid.ijk.T)]
+
+
+def count_modes(lp, grid: CellGrid, *, min_mass: float = 0.05, dip: float = 0.5):
+    """Number of separate log g modes (dwarf vs giant) of the coarse grid posterior.
+
+    The node masses are summed onto the log g axis; a local maximum of that profile is a mode
+    when the mass between it and the neighbouring valleys exceeds ``min_mass`` of the total and
+    the valley towards any higher peak is below ``dip`` × its own height (a real gap, not a bump).
+    """
+    n_g = grid.index.shape[1]
+    p = jnp.exp(lp - jnp.max(lp))
+    p = jnp.where(jnp.isfinite(p), p, 0.0)
+    prof = jax.ops.segment_sum(p, grid.ijk[:, 1], num_segments=n_g)
+    prof = prof / jnp.maximum(jnp.sum(prof), 1e-30)
+    i = jnp.arange(n_g)
+    # for each bin: the lowest value between it and the nearest higher bin on each side
+    higher = prof[None, :] > prof[:, None]                       # [a, b]: bin b higher than a
+    left = jnp.max(jnp.where(higher & (i[None, :] < i[:, None]), i[None, :], -1), axis=1)
+    right = jnp.min(jnp.where(higher & (i[None, :] > i[:, None]), i[None, :], n_g), axis=1)
+    vals = jnp.where((i[None, :] > left[:, None]) & (i[None, :] < i[:, None]), prof[None, :], jnp.inf)
+    valley_l = jnp.where(left >= 0, jnp.min(vals, axis=1), 0.0)
+    vals = jnp.where((i[None, :] < right[:, None]) & (i[None, :] > i[:, None]), prof[None, :], jnp.inf)
+    valley_r = jnp.where(right < n_g, jnp.min(vals, axis=1), 0.0)
+    separated = (valley_l < dip * prof) & (valley_r < dip * prof)
+    # mass of the bump: bins on each side down to the valleys (approximated by ±2 bins)
+    bump = jnp.convolve(prof, jnp.ones(5), mode="same")
+    is_peak = (prof > 0) & (prof >= jnp.roll(prof, 1).at[0].set(0.0)) & (prof >= jnp.roll(prof, -1).at[-1].set(0.0))
+    return jnp.maximum(jnp.sum(is_peak & separated & (bump > min_mass)), 1)
+
+
+def star_grid_posterior(star, key, grid: CellGrid, emulator, prior: Prior, config: InferenceConfig,
+                        settings: GridSettings = GridSettings(), log_hr_nodes=None):
+    """One star's grid-path posterior: dict of draws (n_draws,) teff, logg, feh, mu, E and
+    diagnostics weight_ess, log_evidence, n_modes (see the module docstring for the method)."""
+    s = settings
+    offsets = config.offsets(emulator.n_bands)
+    k_prop, k_jit2, k_kern, k_pick, k_perm, k_E = jax.random.split(key, 6)
+    if log_hr_nodes is None:
+        log_hr_nodes = log_hr_prior(grid.nodes.theta, prior)
+    tables = _mu_tables(star, prior, s.mu_table_step)
+    mass = lambda th: theta_log_mass(star, th, emulator.absolute_mags(th), emulator.reddening_vector(th),  # noqa: E731
+                                     prior, config, offsets, s, tables)
+    # 1. coarse grid: node masses, modes
+    lp, _, _ = coarse_log_mass(star, grid, log_hr_nodes, config, offsets)
+    lp_dil = neighbour_max(lp, grid)
+    n_modes = count_modes(lp, grid, min_mass=s.mode_min_mass)
+    # 2. cell proposal
+    log_pi = jax.nn.log_softmax(s.temper * jnp.where(jnp.isfinite(lp_dil), lp_dil, -1e30))
+    G = lp.shape[0]
+    log_pi = jnp.logaddexp(math.log1p(-s.defensive) + log_pi, math.log(s.defensive / G))
+    cell = _systematic(k_prop, log_pi, s.n_theta)
+    u = jax.random.uniform(k_jit2, (s.n_theta, 3)) - 0.5
+    th2 = grid.nodes.theta[cell] + u * grid.step
+    lm2, aux2 = mass(th2)
+    lq2_at2 = _cell_log_q(th2, grid, log_pi)
+    # 3. rounds of kernel proposals, each fitted to all weighted draws so far (population Monte Carlo)
+    log_jac = jnp.sum(jnp.log(emulator.theta_std))  # q(θ) = q(x) / Π std
+    cap = grid.step / emulator.theta_std
+    th_all, lm_all, x_all, aux_all = th2, lm2, emulator.normalize(th2), aux2
+    props = []  # (centres, chol) of each round
+    counts = [s.n_theta]
+    lq_mix = lq2_at2
+    for kr in (k_kern,):  # one round (the loop form allows more)
+        k_c, k_z = jax.random.split(kr)
+        lw_r = jnp.where(jnp.isfinite(lm_all), lm_all - lq_mix, -jnp.inf)
+        w = jnp.exp(lw_r - logsumexp(lw_r))
+        mean = w @ x_all
+        cov = ((x_all - mean) * w[:, None]).T @ (x_all - mean)
+        n_eff = 1.0 / jnp.sum(w ** 2)
+        bw = (4.0 / 5.0) ** (1.0 / 7.0) * jnp.clip(n_eff, 1.0, s.n_centres) ** (-1.0 / 7.0)
+        scale = jnp.minimum(1.0, cap / jnp.maximum(jnp.sqrt(jnp.diag(cov)) * bw, 1e-6))
+        chol = jnp.linalg.cholesky((bw ** 2) * cov * jnp.outer(scale, scale) + jnp.diag((1e-3 * cap) ** 2))
+        centres = x_all[_systematic(k_c, lw_r, s.n_centres)]
+        per = -(-s.n_refine // s.n_centres)
+        z = jax.random.normal(k_z, (s.n_centres, per, 3))
+        x_new = (centres[:, None, :] + z @ chol.T).reshape(-1, 3)[: s.n_refine]
+        th_new = emulator.denormalize(x_new)
+        lm_new, aux_new = mass(th_new)
+        props.append((centres, chol))
+        counts.append(s.n_refine)
+        th_all = jnp.concatenate([th_all, th_new])
+        lm_all = jnp.concatenate([lm_all, lm_new])
+        x_all = jnp.concatenate([x_all, x_new])
+        aux_all = jax.tree_util.tree_map(lambda u, v: jnp.concatenate([u, v]), aux_all, aux_new)
+        # deterministic mixture of every proposal so far, at every draw (balance heuristic)
+        n_tot = sum(counts)
+        terms = [math.log(counts[0] / n_tot) + _cell_log_q(th_all, grid, log_pi)]
+        terms += [math.log(c / n_tot) + _kernel_log_q(x_all, ce, ch) - log_jac
+                  for c, (ce, ch) in zip(counts[1:], props)]
+        lq_mix = logsumexp(jnp.stack(terms), axis=0)
+    # 4. importance weights of all draws
+    th, lm = th_all, lm_all
+    lw = jnp.where(jnp.isfinite(lm), lm - lq_mix, -jnp.inf)
+    lw_norm = lw - logsumexp(lw)
+    weight_ess = 1.0 / jnp.sum(jnp.exp(2.0 * lw_norm))
+    log_evidence = logsumexp(lw) - math.log(sum(counts))
+    # 5. draws: θ (systematic resampling), then the μ node, then E | μ
+    pick = jax.random.permutation(k_perm, _systematic(k_pick, lw, s.n_draws))
+    aux = jax.tree_util.tree_map(lambda a: a[pick], aux_all)
+    kj, ke = jax.random.split(k_E)
+    mu = aux["mu_mean"] + aux["mu_sd"] * jax.random.normal(kj, (s.n_draws,))
+    g = aux["gauss"]
+    m_E = g["E"] - g["a01"] / g["a11"] * (mu - g["mu"])
+    _, mean_E, sd_E, upper = _reddening_terms(m_E, g["a11"], star, prior)
+    zE = jax.random.truncated_normal(ke, -mean_E / sd_E, (upper - mean_E) / sd_E)
+    E = jnp.clip(mean_E + sd_E * zE, 0.0, upper)
+    E = jnp.where(jnp.isfinite(E), E, 0.0)
+    thp = th[pick]
+    return dict(teff=thp[:, 0], logg=thp[:, 1], feh=thp[:, 2], mu=mu, E=E, weight_ess=weight_ess,
+                log_evidence=log_evidence, n_modes=n_modes)
+
+
+@partial(jax.jit, static_argnames=("config", "settings"))
+def grid_batch(stars, keys, grid: CellGrid, emulator, prior: Prior, config: InferenceConfig,
+               settings: GridSettings = GridSettings()):
+    """:func:`star_grid_posterior` vmapped over a batch of stars (leading axis of ``stars`` and ``keys``)."""
+    log_hr_nodes = log_hr_prior(grid.nodes.theta, prior)  # shared by all stars
+    fn = lambda st, k: star_grid_posterior(st, k, grid, emulator, prior, config, settings, log_hr_nodes)  # noqa: E731
+    return jax.vmap(fn)(stars, keys)
+
+
+def grid_posterior(out: dict, star_id, emulator, settings: GridSettings, attrs=None):
+    """A :class:`~dds_infer.posterior.Posterior` (one "chain" of i.i.d. draws per star) from
+    :func:`grid_batch` output; ``weight_ess`` and ``log_evidence`` go to ``star_stats``."""
+    from .posterior import Posterior
+
+    out = {k: np.asarray(v) for k, v in out.items()}
+    n, S = out["mu"].shape
+    theta = jnp.stack([out["teff"], out["logg"], out["feh"]], axis=-1)
+    try:
+        ref = emulator.bands.index("gaia_g")
+    except KeyError:
+        ref = 0
+    samples = {k: out[k][:, None, :].astype(np.float32) for k in ("teff", "logg", "feh", "mu", "E")}
+    samples["distance_pc"] = 10.0 ** (samples["mu"] / 5.0 + 1.0)
+    samples["A_G"] = (out["E"] * np.asarray(emulator.reddening_vector(theta)[..., ref]))[:, None, :]
+    in_dom = np.asarray(emulator.in_domain(theta)).mean(axis=1)
+    zeros = np.zeros((n, 1, S))
+    return Posterior(
+        star_id=np.asarray(star_id), samples=samples,
+        sample_stats={"potential_energy": np.full((n, 1, S), np.nan), "diverging": zeros.astype(bool),
+                      "num_steps": zeros.astype(np.int32)},
+        chain_stats={"step_size": np.full((n, 1), np.nan), "accept_prob": np.full((n, 1), np.nan),
+                     "init_valid": np.ones((n, 1), bool)},
+        chain_weights=np.ones((n, 1)), n_modes=out["n_modes"].astype(int), mode_flag=np.zeros(n, int),
+        in_domain_frac=in_dom, attrs={"method": "grid", **dataclasses.asdict(settings), **dict(attrs or {})},
+        star_stats={"weight_ess": out["weight_ess"].astype(np.float64),
+                    "log_evidence": out["log_evidence"].astype(np.float64)})
+
+
+def grid_batch_fn(emulator, prior: Prior, config: InferenceConfig, settings: GridSettings = GridSettings(),
+                  pad_to: int | None = None):
+    """``batch_fn(stars, star_id, keys) -> Posterior`` for :func:`dds_infer.runner.infer_catalog`:
+    the coarse grid is built once; batches are padded to ``pad_to`` stars (one compilation)."""
+    from .engine import pad_batch
+
+    if not all(isinstance(k, str) for k in (prior.distance_kind, prior.feh_kind, prior.theta_kind,
+                                            prior.reddening_kind)):
+        raise NotImplementedError("the grid path supports the built-in prior kinds only; "
+                                  "use method='nuts' for user-callable priors")
+    grid = make_cell_grid(emulator, settings.threshold, settings.stride)
+
+    def batch_fn(stars, star_id, keys):
+        n = len(star_id)
+        size = max(n, pad_to or n)
+        out = grid_batch(pad_batch(stars, size), pad_batch(keys, size), grid, emulator, prior, config, settings)
+        out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], out)
+        return grid_posterior(out, star_id, emulator, settings)
+
+    batch_fn.__qualname__ = f"grid_batch_fn({settings})"
+    batch_fn.grid = grid
+    return batch_fn
