@@ -16,6 +16,8 @@ target acceptance 0.8, max tree depth 10, diagonal mass matrix.
     --baseline-stars stars after a compile call and extrapolated per star.
 
     python bench/infer_bench.py [--json] [--model-source toy|eq19] [--n-stars 200] [--batch-size 64]
+    python bench/infer_bench.py --method grid [--n-stars 300 --n-mock 300 --work-dir DIR] [--json]
+      (keys grid_stars_per_s, grid_setup_seconds, grid_agreement_frac, ...: see bench/grid_compare.py)
 """
 
 from __future__ import annotations
@@ -121,8 +123,21 @@ def main(argv=None) -> int:
     p.add_argument("--num-chains", type=int, default=4)
     p.add_argument("--num-warmup", type=int, default=500)
     p.add_argument("--num-samples", type=int, default=500)
+    p.add_argument("--method", choices=("nuts", "grid"), default="nuts",
+                   help="grid: the grid path against NUTS (bench/grid_compare.py): agreement, coverage, speed")
+    p.add_argument("--n-mock", type=int, default=300, help="--method grid: mock stars drawn from the prior")
+    p.add_argument("--mock-model", default=str(REPO / "models" / "mock13-v1"))
+    p.add_argument("--grid-batch", type=int, default=1000, help="--method grid: stars per grid batch (speed)")
+    p.add_argument("--work-dir", default=None, help="--method grid: keep (and resume) the NUTS runs here")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.method == "grid":
+        from grid_compare import run
+
+        if args.n_stars == 200 and "--n-stars" not in (argv or sys.argv):
+            args.n_stars = 300
+        report(run(args, load_emulator(args.model), anchor_dir()), args.json)
+        return 0
 
     from dds_infer.catalog_io import read_green2020_h5
 

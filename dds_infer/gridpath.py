@@ -310,10 +310,31 @@ def _systematic(key, log_w, n):
 
 def _kernel_log_q(x, centres, chol):
     """log of the equal-weight Gaussian mixture with centres (J, 3) and shared Cholesky factor, at x (K, 3)."""
-    z = jax.scipy.linalg.solve_triangular(chol, (x[:, None, :] - centres[None]).reshape(-1, 3).T, lower=True)
-    maha = jnp.sum(z * z, axis=0).reshape(x.shape[0], centres.shape[0])
+    inv = _inv_lower3(chol)
+    zx, zc = x @ inv.T, centres @ inv.T  # whitened: |L⁻¹(x − c)|² = |L⁻¹x − L⁻¹c|²
+    maha = jnp.sum(zx * zx, 1)[:, None] - 2.0 * zx @ zc.T + jnp.sum(zc * zc, 1)[None, :]
     log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
-    return logsumexp(-0.5 * maha, axis=1) - 0.5 * log_det - 1.5 * _LOG_2PI - math.log(centres.shape[0])
+    return (logsumexp(-0.5 * jnp.maximum(maha, 0.0), axis=1) - 0.5 * log_det - 1.5 * _LOG_2PI
+            - math.log(centres.shape[0]))
+
+
+def _inv_lower3(L):
+    """Inverse of a 3×3 lower-triangular matrix in closed form (batched triangular solves are slow on CPU)."""
+    a, b, c = L[0, 0], L[1, 1], L[2, 2]
+    d, e, f = L[1, 0], L[2, 0], L[2, 1]
+    z = jnp.zeros_like(a)
+    return jnp.array([[1.0 / a, z, z], [-d / (a * b), 1.0 / b, z], [(d * f - b * e) / (a * b * c), -f / (b * c), 1.0 / c]])
+
+
+def _chol3(A):
+    """Cholesky factor of a symmetric positive-definite 3×3 matrix in closed form."""
+    l00 = jnp.sqrt(A[0, 0])
+    l10, l20 = A[1, 0] / l00, A[2, 0] / l00
+    l11 = jnp.sqrt(jnp.maximum(A[1, 1] - l10 ** 2, 1e-30))
+    l21 = (A[2, 1] - l20 * l10) / l11
+    l22 = jnp.sqrt(jnp.maximum(A[2, 2] - l20 ** 2 - l21 ** 2, 1e-30))
+    z = jnp.zeros_like(l00)
+    return jnp.array([[l00, z, z], [l10, l11, z], [l20, l21, l22]])
 
 
 def neighbour_max(lp, grid: CellGrid):
@@ -392,7 +413,7 @@ def star_grid_posterior(star, key, grid: CellGrid, emulator, prior: Prior, confi
         n_eff = 1.0 / jnp.sum(w ** 2)
         bw = (4.0 / 5.0) ** (1.0 / 7.0) * jnp.clip(n_eff, 1.0, s.n_centres) ** (-1.0 / 7.0)
         scale = jnp.minimum(1.0, cap / jnp.maximum(jnp.sqrt(jnp.diag(cov)) * bw, 1e-6))
-        chol = jnp.linalg.cholesky((bw ** 2) * cov * jnp.outer(scale, scale) + jnp.diag((1e-3 * cap) ** 2))
+        chol = _chol3((bw ** 2) * cov * jnp.outer(scale, scale) + jnp.diag((1e-3 * cap) ** 2))
         centres = x_all[_systematic(k_c, lw_r, s.n_centres)]
         per = -(-s.n_refine // s.n_centres)
         z = jax.random.normal(k_z, (s.n_centres, per, 3))
