@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "dds_infer.commands.mock",
     "dds_infer.commands.infer",
     "dds_infer.commands.dustmap",
+    "dds_infer.commands.los",
 )
 
 

@@ -20,13 +20,14 @@ parallax noise around ϖ_true + ϖ_zp with the configured inflation factor.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .catalog import StarCatalog
 from .galaxy import sample_components_and_feh, sample_distances
 from .survey import GREEN2020_SURVEY, SurveyModel, observe_parallax, photometric_errors
 
-__all__ = ["draw_from_prior", "simulate_observations"]
+__all__ = ["draw_from_prior", "simulate_observations", "simulate_cloud_sightline"]
 
 
 def draw_from_prior(prior, n: int, seed: int = 0, l=None, b=None, max_rounds: int = 200) -> dict:
@@ -85,7 +86,9 @@ def simulate_observations(emulator, draws: dict, config, seed: int = 0,
     """Observe ``draws`` through the likelihood of ``config`` (an
     :class:`dds_infer.inference.InferenceConfig`).
 
-    Keeps the stars whose *observed* reference-band magnitude lies in ``window``
+    Bands observed outside their survey's saturation / detection limits (``BandNoise.bright``,
+    ``faint``) and random drop-outs are missing. Keeps the stars whose *observed* reference-band
+    magnitude lies in ``window``
     (a selection on observed data only, which leaves each kept star's posterior
     unchanged). Returns (StarCatalog of the kept stars, kept indices into draws).
     """
@@ -96,7 +99,9 @@ def simulate_observations(emulator, draws: dict, config, seed: int = 0,
     tot = np.sqrt(sig**2 + config.sigma_floor**2)
     mag = m_true + tot * rng.standard_normal(m_true.shape)
     drop = rng.random(mag.shape) < np.array([nz.dropout for nz in survey.noise])
-    drop[:, 0] = False  # keep the reference band
+    # each survey's detection / saturation limits on the observed magnitude (as real catalogues)
+    drop |= (mag < np.array([nz.bright for nz in survey.noise])) | (mag > np.array([nz.faint for nz in survey.noise]))
+    drop[:, 0] = False  # keep the reference band (selected on below)
     mag = np.where(drop, np.nan, mag)
     err = np.where(drop, np.nan, sig)
     plx, plx_err = observe_parallax(rng, draws["mu"], m_true[:, survey.bands.index(survey.parallax_band)],
@@ -110,3 +115,36 @@ def simulate_observations(emulator, draws: dict, config, seed: int = 0,
     cat = StarCatalog.from_arrays(mag[keep], err[keep], plx[keep], plx_err[keep], emulator.bands,
                                   ids=ids, **optional)
     return cat, keep
+
+
+def simulate_cloud_sightline(emulator, prior, n: int, l: float, b: float, *, cloud_pc: float = 400.0,
+                             delta_E: float = 0.5, E_fg: float = 0.05, scatter: float = 0.03, seed: int = 0,
+                             mu_range=None, config=None, survey: SurveyModel = GREEN2020_SURVEY):
+    """n observed stars along one sightline (l, b) behind a thin dust cloud (a LOS-fit test bed).
+
+    Stars (θ, μ) come from ``prior`` along (l, b) (:func:`draw_from_prior`); the true reddening is
+    the step profile E(μ) = E_fg + delta_E·[d > cloud_pc], times (1 + ``scatter``·N(0, 1)) per star
+    (clipped at 0), observed with :func:`simulate_observations` (same selection window).
+    mu_range: draw distances only in this range (e.g. stars selected by parallax around a nearby
+    cloud, as Zucker et al. 2019 do); the Galactic p(μ | l, b) shape is kept inside it. Returns
+    (StarCatalog with l, b; truth dict of (n,) arrays teff, logg, feh, mu, E, and the profile).
+    """
+    from .inference import InferenceConfig
+
+    config = InferenceConfig() if config is None else config
+    rng = np.random.default_rng(seed + 104729)
+    m = 4 * n + 100
+    p = prior.replace(reddening_kind="halfnormal") if prior.reddening_kind != "halfnormal" else prior
+    if mu_range is not None:
+        p = p.replace(mu_range=jnp.asarray(mu_range, dtype=jnp.float32))
+    draws = draw_from_prior(p, m, seed=seed, l=l, b=b)
+    mu_c = 5.0 * np.log10(cloud_pc / 10.0)
+    E = (E_fg + delta_E * (draws["mu"] > mu_c)) * (1.0 + scatter * rng.standard_normal(m))
+    draws = dict(draws, E=np.maximum(E, 0.0))
+    cat, keep = simulate_observations(emulator, draws, config, seed=seed, survey=survey, l=l, b=b)
+    if cat.n_stars < n:
+        raise RuntimeError(f"only {cat.n_stars} of {m} drawn stars pass the selection; need {n}")
+    cat = cat.subset(np.arange(n))
+    truth = {k: np.asarray(draws[k])[keep[:n]] for k in ("teff", "logg", "feh", "mu", "E")}
+    truth.update(cloud_pc=float(cloud_pc), cloud_mu=float(mu_c), delta_E=float(delta_E), E_fg=float(E_fg))
+    return cat, truth
