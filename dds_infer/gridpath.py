@@ -14,10 +14,12 @@ from 2×2 normal equations. Per star:
    ``n_theta`` stratified draws.
 3. **Proposal q₃** (adaptive importance sampling, population Monte Carlo: Cappé et al. 2004,
    JCGS 13, 907): Gaussian kernels at ``n_centres`` draws resampled by weight, with the
-   weighted covariance × Silverman's factor (axes capped at one grid step); ``n_refine``
-   draws. All draws are weighted against the deterministic mixture
-   q = (n₂ q₂ + n₃ q₃)/(n₂ + n₃) (balance heuristic: Veach & Guibas 1995; Owen & Zhou
-   2000, JASA 95, 135), so the estimate is unbiased whatever q₃ turned out to be.
+   weighted covariance × Silverman's factor (axes capped at one grid step); ``n_rounds``
+   rounds of ``n_refine`` draws, each refitted to all weighted draws so far. All draws are
+   weighted against the deterministic mixture of every proposal, q = Σ_r n_r q_r / Σ_r n_r
+   (balance heuristic: Veach & Guibas 1995; Owen & Zhou 2000, JASA 95, 135), so the estimate
+   is unbiased whatever the kernels turned out to be. (The 3×3 Cholesky factors are written
+   out in closed form: jaxlib's batched LAPACK kernels are slow and can deadlock on CPU.)
 4. **(μ, E) quadrature** for every θ draw: E is integrated in closed form given μ for the
    built-in reddening priors (flat on [0, E_max], half-normal, Gaussian dust-map value; E ≥ 0
    via the normal CDF); μ by the trapezoid rule on ``n_mu`` nodes over ±``mu_half_width``
@@ -67,8 +69,8 @@ class GridSettings:
     temper: float = 0.5          # q₂ ∝ (node mass)^temper, dilated over neighbours
     defensive: float = 0.02      # share of q₂ spread uniformly over all cells
     n_theta: int = 128           # stage-2 draws (cells)
-    n_refine: int = 128          # stage-3 draws per round (kernels)
-    n_rounds: int = 3            # rounds of kernel proposals, each refitted to all weights so far
+    n_refine: int = 96           # stage-3 draws per round (kernels)
+    n_rounds: int = 4            # rounds of kernel proposals, each refitted to all weights so far
     n_centres: int = 16          # kernels of q₃
     n_mu: int = 8                # μ quadrature nodes per θ draw
     mu_half_width: float = 4.5   # node span: ± this many σ_μ around the optimum
@@ -233,6 +235,7 @@ def star_grid_posterior(star, key, grid: CellGrid, emulator, prior: Prior, confi
     th_all, lm_all, x_all, aux_all = th2, lm2, emulator.normalize(th2), aux2
     props = []  # (centres, chol) of each round
     counts = [s.n_theta]
+    lq_each = [lq2_at2]  # log q of every proposal so far at every draw so far (filled incrementally)
     lq_mix = lq2_at2
     for kr in jax.random.split(k_kern, s.n_rounds):
         k_c, k_z = jax.random.split(kr)
@@ -250,18 +253,20 @@ def star_grid_posterior(star, key, grid: CellGrid, emulator, prior: Prior, confi
         x_new = (centres[:, None, :] + z @ chol.T).reshape(-1, 3)[: s.n_refine]
         th_new = emulator.denormalize(x_new)
         lm_new, aux_new = mass(th_new)
+        # earlier proposals at the new draws, then the new proposal at all draws
+        lq_each[0] = jnp.concatenate([lq_each[0], _cell_log_q(th_new, grid, log_pi)])
+        for j, (ce, ch) in enumerate(props):
+            lq_each[j + 1] = jnp.concatenate([lq_each[j + 1], _kernel_log_q(x_new, ce, ch) - log_jac])
         props.append((centres, chol))
         counts.append(s.n_refine)
         th_all = jnp.concatenate([th_all, th_new])
         lm_all = jnp.concatenate([lm_all, lm_new])
         x_all = jnp.concatenate([x_all, x_new])
         aux_all = jax.tree_util.tree_map(lambda u, v: jnp.concatenate([u, v]), aux_all, aux_new)
+        lq_each.append(_kernel_log_q(x_all, centres, chol) - log_jac)
         # deterministic mixture of every proposal so far, at every draw (balance heuristic)
         n_tot = sum(counts)
-        terms = [math.log(counts[0] / n_tot) + _cell_log_q(th_all, grid, log_pi)]
-        terms += [math.log(c / n_tot) + _kernel_log_q(x_all, ce, ch) - log_jac
-                  for c, (ce, ch) in zip(counts[1:], props)]
-        lq_mix = logsumexp(jnp.stack(terms), axis=0)
+        lq_mix = logsumexp(jnp.stack([math.log(c / n_tot) + lq for c, lq in zip(counts, lq_each)]), axis=0)
     # 4. importance weights of all draws
     th, lm = th_all, lm_all
     lw = jnp.where(jnp.isfinite(lm), lm - lq_mix, -jnp.inf)
