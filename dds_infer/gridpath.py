@@ -301,19 +301,12 @@ def grid_batch(stars, keys, grid: CellGrid, emulator, prior: Prior, config: Infe
 def grid_posterior(out: dict, star_id, emulator, settings: GridSettings, attrs=None):
     """A :class:`~dds_infer.posterior.Posterior` (one "chain" of i.i.d. draws per star) from
     :func:`grid_batch` output; ``weight_ess`` and ``log_evidence`` go to ``star_stats``."""
-    from .posterior import Posterior
+    from .posterior import Posterior, derive_samples
 
     out = {k: np.asarray(v) for k, v in out.items()}
     n, S = out["mu"].shape
-    theta = jnp.stack([out["teff"], out["logg"], out["feh"]], axis=-1)
-    try:
-        ref = emulator.bands.index("gaia_g")
-    except KeyError:
-        ref = 0
     samples = {k: out[k][:, None, :].astype(np.float32) for k in ("teff", "logg", "feh", "mu", "E")}
-    samples["distance_pc"] = 10.0 ** (samples["mu"] / 5.0 + 1.0)
-    samples["A_G"] = (out["E"] * np.asarray(emulator.reddening_vector(theta)[..., ref]))[:, None, :]
-    in_dom = np.asarray(emulator.in_domain(theta)).mean(axis=1)
+    in_dom = derive_samples(samples, emulator)
     zeros = np.zeros((n, 1, S))
     return Posterior(
         star_id=np.asarray(star_id), samples=samples,

@@ -65,6 +65,22 @@ def rank_rhat_ess_bulk(x) -> tuple[np.ndarray, np.ndarray]:
     return np.where(const, np.nan, rhat), np.where(const, np.nan, ess)
 
 
+def derive_samples(samples: dict, emulator) -> np.ndarray:
+    """Add distance_pc = 10^(μ/5 + 1) and A_G = E·R_G(θ) (Eq. 2, G band) to ``samples`` (arrays
+    (N, ...)); return the per-star fraction of draws inside the emulator's training domain."""
+    import jax.numpy as jnp
+
+    theta = jnp.stack([samples["teff"], samples["logg"], samples["feh"]], axis=-1)
+    try:
+        ref = emulator.bands.index("gaia_g")
+    except KeyError:
+        ref = 0
+    samples["distance_pc"] = 10.0 ** (samples["mu"] / 5.0 + 1.0)
+    samples["A_G"] = np.asarray(samples["E"] * emulator.reddening_vector(theta)[..., ref])
+    dom = np.asarray(emulator.in_domain(theta))
+    return dom.reshape(dom.shape[0], -1).mean(axis=1)
+
+
 def weighted_quantiles(x, q, chain_weights=None) -> np.ndarray:
     """Quantiles q of each star's draws x (N, C, S) -> (len(q), N).
 
@@ -113,22 +129,13 @@ class Posterior:
         mode_results: optional sequence (one per star) of objects with ``chain_weights`` (C,),
         ``n_modes`` and ``flag`` (e.g. ``modes.combine_chain_modes``'s ModeResult).
         """
-        import jax.numpy as jnp
-
         s = {k: np.asarray(v) for k, v in result.samples.items()}
         missing = [k for k in FITTED if k not in s]
         if missing:
             raise KeyError(f"model draws lack the sites {missing}; the model must sample 'mu', 'E' and "
                            "record deterministic 'teff', 'logg', 'feh'")
-        theta = jnp.stack([s["teff"], s["logg"], s["feh"]], axis=-1)
-        try:
-            ref = emulator.bands.index("gaia_g")
-        except KeyError:
-            ref = 0
         samples = {k: s[k] for k in FITTED}
-        samples["distance_pc"] = 10.0 ** (s["mu"] / 5.0 + 1.0)
-        samples["A_G"] = np.asarray(s["E"] * emulator.reddening_vector(theta)[..., ref])
-        in_dom = np.asarray(emulator.in_domain(theta)).mean(axis=(1, 2))
+        in_dom = derive_samples(samples, emulator)
         n, c = samples["mu"].shape[:2]
         if mode_results is None:
             weights, n_modes, mflag = np.full((n, c), 1.0 / c), np.ones(n, int), np.zeros(n, int)

@@ -19,12 +19,12 @@ from jax.scipy.special import log_ndtr, logsumexp
 
 from . import galaxy
 from .inference import InferenceConfig, parallax_model_mas
+from .modes import _MU0, _RIDGE_E, _RIDGE_MU  # the same weak pulls as the NUTS-path grid
 from .priors import Prior, log_distance_prior, log_hr_prior, log_metallicity_prior
 
 __all__ = ["photometric_gaussian", "reddening_integral", "coarse_log_mass", "mu_prior_tables", "theta_log_mass"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_RIDGE_MU, _RIDGE_E, _MU0 = 1e-4, 1e-4, 12.0  # as modes.grid_log_posterior: σ = 100 mag pulls
 
 
 def photometric_gaussian(star, M, R, config: InferenceConfig, offsets):
