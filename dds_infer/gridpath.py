@@ -26,8 +26,9 @@ from 2×2 normal equations. Per star:
    σ around the optimum (photometry with a linearised parallax), where the exact parallax
    likelihood (with zero-point and inflation), the distance prior and the [Fe/H] prior are
    evaluated. The θ weight is that integral over q(θ).
-5. **Draws**: θ by systematic resampling of the weights; μ by the quadrature share of its
-   node (uniform over the node's interval); E from its conditional truncated normal.
+5. **Draws**: θ by systematic resampling of the weights (output in a fixed shuffled order);
+   μ by the quadrature share of its node (uniform over the node's interval); E from its
+   conditional truncated normal.
 
 Diagnostics per star: Kish's effective sample size of the θ weights (``weight_ess``; flag
 bit ``low_ess`` below ``ess_min``), the log evidence, and the number of grid modes
@@ -69,8 +70,8 @@ class GridSettings:
     temper: float = 0.5          # q₂ ∝ (node mass)^temper, dilated over neighbours
     defensive: float = 0.02      # share of q₂ spread uniformly over all cells
     n_theta: int = 128           # stage-2 draws (cells)
-    n_refine: int = 96           # stage-3 draws per round (kernels)
-    n_rounds: int = 4            # rounds of kernel proposals, each refitted to all weights so far
+    n_refine: int = 64           # stage-3 draws per round (kernels)
+    n_rounds: int = 8            # rounds of kernel proposals, each refitted to all weights so far
     n_centres: int = 16          # kernels of q₃
     n_mu: int = 8                # μ quadrature nodes per θ draw
     mu_half_width: float = 4.5   # node span: ± this many σ_μ around the optimum
@@ -99,6 +100,7 @@ class CellGrid:
     ijk: jnp.ndarray      # (G, 3) cell index of each node
     M_c: jnp.ndarray      # (G, B) M − mean_B(M): centred so the normal equations stay exact in float32
     c_node: jnp.ndarray   # (G,) mean_B(M)
+    nbr: jnp.ndarray      # (G, 27) node index of each node's 3×3×3 neighbourhood (itself where no node)
 
 
 def make_cell_grid(emulator, threshold: float = 0.002, stride: int = 2) -> CellGrid:
@@ -118,7 +120,17 @@ def make_cell_grid(emulator, threshold: float = 0.002, stride: int = 2) -> CellG
     index[tuple(ijk.T)] = np.arange(len(ijk))
     c = jnp.mean(nodes.M, axis=1)
     return CellGrid(nodes=nodes, lo=jnp.asarray(lo, jnp.float32), step=jnp.asarray(step, jnp.float32),
-                    index=jnp.asarray(index), ijk=jnp.asarray(ijk, jnp.int32), M_c=nodes.M - c[:, None], c_node=c)
+                    index=jnp.asarray(index), ijk=jnp.asarray(ijk, jnp.int32), M_c=nodes.M - c[:, None], c_node=c,
+                    nbr=jnp.asarray(_neighbour_table(index, ijk)))
+
+
+def _neighbour_table(index, ijk):
+    """(G, 27) node indices of each node's 3×3×3 neighbourhood; the node itself where a neighbour is missing."""
+    shifts = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    nb = ijk[:, None, :] + shifts[None, :, :]
+    inside = np.all((nb >= 0) & (nb < np.array(index.shape)), axis=-1)
+    found = np.where(inside, index[tuple(np.clip(nb, 0, np.array(index.shape) - 1).transpose(2, 0, 1))], -1)
+    return np.where(found >= 0, found, np.arange(len(ijk))[:, None]).astype(np.int32)
 
 
 # --- proposals ---------------------------------------------------------------------------
@@ -138,6 +150,11 @@ def _systematic(key, log_w, n):
     w = jnp.exp(log_w - logsumexp(log_w))
     u = (jnp.arange(n) + jax.random.uniform(key)) / n
     return jnp.minimum(jnp.searchsorted(jnp.cumsum(w), u), log_w.shape[0] - 1)
+
+
+def _draw_order(n):
+    """A fixed pseudo-random permutation of n (the output order of the resampled draws)."""
+    return jnp.asarray(np.random.default_rng(20210128).permutation(n), jnp.int32)
 
 
 def _kernel_log_q(x, centres, chol):
@@ -170,10 +187,9 @@ def _chol3(A):
 
 
 def neighbour_max(lp, grid: CellGrid):
-    """max of lp over each node and its 26 neighbours (a 3×3×3 max-pool on the dense cell box)."""
-    box = jnp.full(grid.index.shape, -jnp.inf, lp.dtype).at[tuple(grid.ijk.T)].set(lp)
-    pooled = jax.lax.reduce_window(box, -jnp.inf, jax.lax.max, (3, 3, 3), (1, 1, 1), "SAME")
-    return pooled[tuple(grid.ijk.T)]
+    """max of lp over each node and its 26 neighbours (a 3×3×3 max-pool over the node cells; a
+    gather from the precomputed neighbour table: 10× faster on CPU than a dense-box reduce_window)."""
+    return jnp.max(lp[grid.nbr], axis=1)
 
 
 def count_modes(lp, grid: CellGrid, *, min_mass: float = 0.05, dip: float = 0.5):
@@ -210,7 +226,7 @@ def star_grid_posterior(star, key, grid: CellGrid, emulator, prior: Prior, confi
     diagnostics weight_ess, log_evidence, n_modes (see the module docstring for the method)."""
     s = settings
     offsets = config.offsets(emulator.n_bands)
-    k_prop, k_jit2, k_kern, k_pick, k_perm, k_E = jax.random.split(key, 6)
+    k_prop, k_jit2, k_kern, k_pick, _, k_E = jax.random.split(key, 6)
     if log_hr_nodes is None:
         log_hr_nodes = log_hr_prior(grid.nodes.theta, prior)
     tables = mu_prior_tables(star, prior, s.mu_table_step)
@@ -234,47 +250,50 @@ def star_grid_posterior(star, key, grid: CellGrid, emulator, prior: Prior, confi
     cap = grid.step / emulator.theta_std
     th_all, lm_all, x_all, aux_all = th2, lm2, emulator.normalize(th2), aux2
     props = []  # (centres, chol) of each round
-    counts = [s.n_theta]
-    lq_each = [lq2_at2]  # log q of every proposal so far at every draw so far (filled incrementally)
-    lq_mix = lq2_at2
+    # log Σ_r n_r q_r(x) over the proposals so far, at every draw so far (kept as a running sum)
+    log_S = math.log(s.n_theta) + lq2_at2
+    n_tot = s.n_theta
+    log_n = math.log(s.n_refine)
     for kr in jax.random.split(k_kern, s.n_rounds):
         k_c, k_z = jax.random.split(kr)
-        lw_r = jnp.where(jnp.isfinite(lm_all), lm_all - lq_mix, -jnp.inf)
+        lw_r = jnp.where(jnp.isfinite(lm_all), lm_all - log_S, -jnp.inf)
         w = jnp.exp(lw_r - logsumexp(lw_r))
         mean = w @ x_all
         cov = ((x_all - mean) * w[:, None]).T @ (x_all - mean)
+        centres = x_all[_systematic(k_c, lw_r, s.n_centres)]
         n_eff = 1.0 / jnp.sum(w ** 2)
         bw = (4.0 / 5.0) ** (1.0 / 7.0) * jnp.clip(n_eff, 1.0, s.n_centres) ** (-1.0 / 7.0)
         scale = jnp.minimum(1.0, cap / jnp.maximum(jnp.sqrt(jnp.diag(cov)) * bw, 1e-6))
         chol = _chol3((bw ** 2) * cov * jnp.outer(scale, scale) + jnp.diag((1e-3 * cap) ** 2))
-        centres = x_all[_systematic(k_c, lw_r, s.n_centres)]
         per = -(-s.n_refine // s.n_centres)
         z = jax.random.normal(k_z, (s.n_centres, per, 3))
         x_new = (centres[:, None, :] + z @ chol.T).reshape(-1, 3)[: s.n_refine]
         th_new = emulator.denormalize(x_new)
         lm_new, aux_new = mass(th_new)
-        # earlier proposals at the new draws, then the new proposal at all draws
-        lq_each[0] = jnp.concatenate([lq_each[0], _cell_log_q(th_new, grid, log_pi)])
-        for j, (ce, ch) in enumerate(props):
-            lq_each[j + 1] = jnp.concatenate([lq_each[j + 1], _kernel_log_q(x_new, ce, ch) - log_jac])
+        # the earlier proposals at the new draws; then the new proposal at every draw
+        terms = [math.log(s.n_theta) + _cell_log_q(th_new, grid, log_pi)]
+        terms += [log_n + _kernel_log_q(x_new, ce, ch) - log_jac for ce, ch in props]
+        x_all = jnp.concatenate([x_all, x_new])
+        lk = log_n + _kernel_log_q(x_all, centres, chol) - log_jac
+        log_S = jnp.concatenate([log_S, logsumexp(jnp.stack(terms), axis=0)])
+        log_S = jnp.logaddexp(log_S, lk)
         props.append((centres, chol))
-        counts.append(s.n_refine)
+        n_tot += s.n_refine
         th_all = jnp.concatenate([th_all, th_new])
         lm_all = jnp.concatenate([lm_all, lm_new])
-        x_all = jnp.concatenate([x_all, x_new])
         aux_all = jax.tree_util.tree_map(lambda u, v: jnp.concatenate([u, v]), aux_all, aux_new)
-        lq_each.append(_kernel_log_q(x_all, centres, chol) - log_jac)
-        # deterministic mixture of every proposal so far, at every draw (balance heuristic)
-        n_tot = sum(counts)
-        lq_mix = logsumexp(jnp.stack([math.log(c / n_tot) + lq for c, lq in zip(counts, lq_each)]), axis=0)
+    # deterministic mixture of every proposal, q = Σ_r n_r q_r / Σ_r n_r (balance heuristic)
+    lq_mix = log_S - math.log(n_tot)
     # 4. importance weights of all draws
     th, lm = th_all, lm_all
     lw = jnp.where(jnp.isfinite(lm), lm - lq_mix, -jnp.inf)
     lw_norm = lw - logsumexp(lw)
     weight_ess = 1.0 / jnp.sum(jnp.exp(2.0 * lw_norm))
-    log_evidence = logsumexp(lw) - math.log(sum(counts))
+    log_evidence = logsumexp(lw) - math.log(n_tot)
     # 5. draws: θ (systematic resampling), then the μ node, then E | μ
-    pick = jax.random.permutation(k_perm, _systematic(k_pick, lw, s.n_draws))
+    # systematic resampling returns the draws sorted by index; put them in a fixed shuffled order
+    # (one permutation shared by all stars: a per-star random permutation is a sort, 20% of the time)
+    pick = _systematic(k_pick, lw, s.n_draws)[_draw_order(s.n_draws)]
     aux = jax.tree_util.tree_map(lambda a: a[pick], aux_all)
     kj, ke = jax.random.split(k_E)
     mu = aux["mu_mean"] + aux["mu_sd"] * jax.random.normal(kj, (s.n_draws,))

@@ -20,7 +20,7 @@ from dds_infer.simulate import draw_from_prior, simulate_observations
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "mock13-v1"
 VARS = ("teff", "logg", "feh", "mu", "E")
-FAST = gp.GridSettings(n_theta=128, n_refine=128, n_draws=400)
+FAST = gp.GridSettings(n_theta=128, n_refine=64, n_rounds=8, n_draws=400)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,20 @@ def test_deterministic_and_nearly_independent_of_batching(emu, sbc_stars):
         assert np.all(np.abs(np.median(x, axis=1) - np.median(y, axis=1)) < 0.05 * np.std(x, axis=1)), v
     d = gp.grid_batch(stars, star_keys(4, np.arange(6)), grid, emu, prior, config, FAST)
     assert not np.array_equal(np.asarray(a["mu"]), np.asarray(d["mu"]))
+
+
+def test_neighbour_max_is_a_3x3x3_max_pool_over_the_nodes(emu):
+    """The gathered neighbour table equals a dense-box maximum filter (cells without a node: −inf)."""
+    from scipy.ndimage import maximum_filter
+
+    grid = gp.make_cell_grid(emu)
+    lp = np.random.default_rng(0).normal(size=grid.ijk.shape[0]).astype(np.float32)
+    lp[::7] = -np.inf  # nodes with zero mass must not leak into their neighbours' maxima
+    box = np.full(grid.index.shape, -np.inf, np.float32)
+    ijk = tuple(np.asarray(grid.ijk).T)
+    box[ijk] = lp
+    ref = maximum_filter(box, size=3, mode="constant", cval=-np.inf)[ijk]
+    np.testing.assert_array_equal(np.asarray(gp.neighbour_max(jnp.asarray(lp), grid)), ref)
 
 
 def test_grid_settings_validation():
