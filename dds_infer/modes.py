@@ -42,12 +42,28 @@ from jax.scipy.special import log_ndtr, logsumexp
 from .inference import InferenceConfig, parallax_model_mas
 from .priors import Prior, log_prior
 
-__all__ = ["ThetaGrid", "Modes", "ModeResult", "make_theta_grid", "grid_log_posterior",
+__all__ = ["ThetaGrid", "Modes", "ModeResult", "make_theta_grid", "mu_E_normal_equations", "grid_log_posterior",
            "find_modes", "star_modes", "initial_params", "combine_chain_modes",
            "FLAG_OK", "FLAG_MULTIMODAL", "FLAG_UNRESOLVED"]
 
 FLAG_OK, FLAG_MULTIMODAL, FLAG_UNRESOLVED = 0, 1, 2
 _RIDGE_MU, _RIDGE_E, _MU0 = 1e-4, 1e-4, 12.0  # σ = 100 mag pull to (μ0, 0): keeps A invertible
+
+
+def mu_E_normal_equations(w, y, R, w_p=0.0, mu_p=0.0):
+    """Eq. 2 at fixed θ is linear in (μ, E): y = m̂ − M(θ) = μ + E R(θ) + noise. The weighted
+    least-squares normal equations A [μ, E]ᵀ = b (band weights ``w`` (B,); y, R (K, B); an optional
+    Gaussian μ constraint of weight ``w_p`` at ``mu_p``, e.g. a linearised parallax; the weak
+    ridge pulls _RIDGE_MU, _RIDGE_E keep A invertible) and their closed-form 2×2 solution.
+    Returns dict of (K,) arrays: a00, a01, a11, b0, b1, det, mu, E."""
+    a00 = jnp.sum(w) + w_p + _RIDGE_MU
+    a01 = R @ w
+    a11 = (R * R) @ w + _RIDGE_E
+    b0 = y @ w + w_p * mu_p + _RIDGE_MU * _MU0
+    b1 = (y * R) @ w
+    det = a00 * a11 - a01 * a01
+    return dict(a00=a00, a01=a01, a11=a11, b0=b0, b1=b1, det=det,
+                mu=(a11 * b0 - a01 * b1) / det, E=(a00 * b1 - a01 * b0) / det)
 
 
 @struct.dataclass
@@ -140,8 +156,6 @@ def grid_log_posterior(star, emulator, prior: Prior, config: InferenceConfig, th
     w = jnp.where(star.observed, 1.0 / (star.mag_err ** 2 + config.sigma_floor ** 2), 0.0)  # (B,)
     y = star.mag - g.M - config.offsets(emulator.n_bands)  # (G, B) = μ + E R + noise
     R = g.R
-    S0, S1, S2 = jnp.sum(w), R @ w, (R * R) @ w
-    T0, T1 = y @ w, (y * R) @ w
     # parallax: corrected ϖ_c = ϖ̂ − ϖ_zp
     s_plx = config.parallax_inflation * star.parallax_err
     plx_c = star.parallax - config.zero_point_mas
@@ -150,15 +164,8 @@ def grid_log_posterior(star, emulator, prior: Prior, config: InferenceConfig, th
     plx_pos = jnp.where(linear, plx_c, 1.0)
     mu_p = 10.0 - 5.0 * jnp.log10(plx_pos)
     w_p = jnp.where(linear, (plx_pos * math.log(10.0) / (5.0 * s_plx)) ** 2, 0.0)
-    # normal equations A [μ, E] = b (2×2, closed form)
-    a00 = S0 + w_p + _RIDGE_MU
-    a01 = S1
-    a11 = S2 + _RIDGE_E
-    b0 = T0 + w_p * mu_p + _RIDGE_MU * _MU0
-    b1 = T1
-    det = a00 * a11 - a01 * a01
-    mu_s = (a11 * b0 - a01 * b1) / det
-    E_s = (a00 * b1 - a01 * b0) / det
+    ne = mu_E_normal_equations(w, y, R, w_p, mu_p)
+    a00, a01, b0, det, mu_s, E_s = ne["a00"], ne["a01"], ne["b0"], ne["det"], ne["mu"], ne["E"]
     sig_E = jnp.sqrt(a00 / det)
     E_c = jnp.maximum(E_s, 0.0)
     mu_c = (b0 - a01 * E_c) / a00

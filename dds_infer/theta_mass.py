@@ -19,7 +19,7 @@ from jax.scipy.special import log_ndtr, logsumexp
 
 from . import galaxy
 from .inference import InferenceConfig, parallax_model_mas
-from .modes import _MU0, _RIDGE_E, _RIDGE_MU  # the same weak pulls as the NUTS-path grid
+from .modes import _MU0, _RIDGE_E, _RIDGE_MU, mu_E_normal_equations  # the same weak pulls as the NUTS-path grid
 from .priors import Prior, log_distance_prior, log_hr_prior, log_metallicity_prior
 
 __all__ = ["photometric_gaussian", "reddening_integral", "coarse_log_mass", "mu_prior_tables", "theta_log_mass"]
@@ -35,14 +35,8 @@ def photometric_gaussian(star, M, R, config: InferenceConfig, offsets):
     """
     w = jnp.where(star.observed, 1.0 / (star.mag_err ** 2 + config.sigma_floor ** 2), 0.0)
     y = star.mag - offsets - M
-    a00 = jnp.sum(w) + _RIDGE_MU
-    a01 = R @ w
-    a11 = (R * R) @ w + _RIDGE_E
-    b0 = y @ w + _RIDGE_MU * _MU0
-    b1 = (y * R) @ w
-    det = a00 * a11 - a01 * a01
-    mu = (a11 * b0 - a01 * b1) / det
-    E = (a00 * b1 - a01 * b0) / det
+    ne = mu_E_normal_equations(w, y, R)
+    mu, E, a00, a01, a11 = ne["mu"], ne["E"], ne["a00"], ne["a01"], ne["a11"]
     r = y - mu[:, None] - E[:, None] * R
     chi2 = (r * r) @ w + _RIDGE_MU * (mu - _MU0) ** 2 + _RIDGE_E * E ** 2
     norm = -0.5 * jnp.sum(jnp.where(star.observed, _LOG_2PI - jnp.log(jnp.maximum(w, 1e-30)), 0.0))
