@@ -76,14 +76,19 @@ def test_cli_infer_json_and_resume(small_mock, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
-    argv = ["demo", "--out", str(tmp_path / "demo"), "--n-stars", "8", "--num-warmup", "60",
-            "--num-samples", "60", "--num-chains", "2", "--batch-size", "8", "--no-progress", "--json"]
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--n-stars", "40", "--nuts-stars", "6", "--num-warmup", "60",
+            "--num-samples", "60", "--num-chains", "2", "--batch-size", "6", "--no-progress", "--json"]
     assert main(argv) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["n_stars"] == 8 and set(rep["accuracy"]) == {"teff", "logg", "feh", "mu", "E"}
-    assert (tmp_path / "demo" / "recovery.png").stat().st_size > 10_000
-    assert json.loads((tmp_path / "demo" / "report.json").read_text())["n_stars"] == 8
-    assert rep["accuracy"]["mu"]["sigma"] < 1.0  # distances recovered to better than a magnitude
+    assert rep["n_stars"] == 40 and set(rep["accuracy"]) == {"teff", "logg", "feh", "mu", "E"}
+    assert rep["nuts"]["n_stars"] == 6 and set(rep["nuts"]["accuracy"]) == set(rep["accuracy"])
+    assert 0.0 <= rep["nuts"]["frac_agree_with_grid"] <= 1.0
+    for name in ("recovery.png", "recovery_nuts.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 10_000
+    assert json.loads((tmp_path / "demo" / "report.json").read_text())["n_stars"] == 40
+    # distances recovered to better than a magnitude; the grid path's 68% intervals are not empty
+    assert rep["accuracy"]["mu"]["sigma"] < 1.0 and rep["nuts"]["accuracy"]["mu"]["sigma"] < 1.0
+    assert 0.3 < rep["coverage68"]["mu"] <= 1.0
 
 
 def test_prior_draws_follow_the_hr_table():
