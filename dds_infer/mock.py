@@ -84,13 +84,17 @@ def isotropic_directions(rng: np.random.Generator, n: int):
 
 
 def sample_theta_from_domain(rng: np.random.Generator, domain: TrainingDomain, feh,
-                             threshold: float = 0.01, entry: int = 0):
+                             threshold: float = 0.01, entry: int = 0, *, edge_weight: bool = True):
     """θ = (Teff, logg, [Fe/H]) with (Teff, logg) ~ ρ(Teff, logg | [Fe/H]).
 
     ρ is the training density map ``entry`` on its grid, zeroed below
     ``threshold`` (the valid domain), on the [Fe/H] slice nearest each star;
-    a uniform offset within the cell makes the draws continuous. Returns
-    (theta (N, 3), ok (N,)) — ok False where the slice is empty (caller redraws).
+    a uniform offset within the cell makes the draws continuous. ``edge_weight``: a star
+    is kept with probability equal to the θ prior's mass at its [Fe/H]
+    (:func:`dds_infer.priors.hr_density_table`: below 1 only at the [Fe/H] edges of the
+    training set, where the prior falls off), so that the mock follows that prior there too.
+    Returns (theta (N, 3), ok (N,)) — ok False where the slice is empty or the star was
+    not kept (the caller redraws).
     """
     dens = np.asarray(domain.density[entry], dtype=float)
     dens = np.where(dens >= threshold, dens, 0.0)
@@ -110,7 +114,13 @@ def sample_theta_from_domain(rng: np.random.Generator, domain: TrainingDomain, f
     dt, dg = teff[1] - teff[0], logg[1] - logg[0]
     theta = np.stack([teff[it] + dt * (rng.random(feh.shape) - 0.5),
                       logg[ig] + dg * (rng.random(feh.shape) - 0.5), feh], axis=-1)
-    return theta, mass[k] > 0
+    ok = mass[k] > 0
+    if edge_weight:
+        from .priors import hr_density_table
+
+        w = hr_density_table(domain, entry=entry, threshold=threshold, return_slice_mass=True)
+        ok &= rng.random(feh.shape) < np.interp(feh, fehax, w)
+    return theta, ok
 
 
 def selection_probability(mag_sel, survey: SurveyModel):

@@ -107,7 +107,7 @@ class Prior:
 
 def hr_density_table(domain, *, entry: int = 0, threshold: float = 0.01, softness: float = 0.5,
                      smooth_sigma: float = 0.5, floor: float = 1e-6, refine: int = 4,
-                     min_slice_mass: float = 0.05) -> np.ndarray:
+                     min_slice_mass: float = 0.05, return_slice_mass: bool = False) -> np.ndarray:
     """log p(T_eff, log g | [Fe/H]) on the grid of ``domain`` (a TrainingDomain), float64 (nT, ng, nf).
 
     t = gaussian_filter(log(ρ + floor), smooth_sigma [bins]) + log σ((t - log threshold) / softness):
@@ -118,7 +118,9 @@ def hr_density_table(domain, *, entry: int = 0, threshold: float = 0.01, softnes
     ``min_slice_mass`` of the largest slice's mass (the [Fe/H] edges of the training set,
     e.g. [Fe/H] < −1.7 or > 0.5 for Green2020) are divided by that floor instead, so they
     keep a small total mass: the prior falls off outside the training [Fe/H] range instead
-    of spreading an empty slice's floor over the whole HR diagram.
+    of spreading an empty slice's floor over the whole HR diagram. ``return_slice_mass``:
+    return instead each slice's total prior mass (nf,): 1, or less for those edge slices
+    (what a simulation drawing from this prior must apply; :mod:`dds_infer.mock`).
     """
     dens = np.asarray(domain.density, dtype=np.float64)
     if dens.ndim != 4 or not 0 <= entry < dens.shape[0]:
@@ -147,6 +149,8 @@ def hr_density_table(domain, *, entry: int = 0, threshold: float = 0.01, softnes
     xg = logg[0] + fg * (logg[1] - logg[0])
     integ = np.trapezoid(np.trapezoid(np.exp(sub - mx), xg, axis=1), xT, axis=0)
     log_z = mx + np.log(integ)
+    if return_slice_mass:  # each slice's prior mass: 1, or below 1 where it was divided by the floor
+        return np.exp(np.minimum(log_z - (log_z.max() + math.log(min_slice_mass)), 0.0))
     log_z = np.maximum(log_z, log_z.max() + math.log(min_slice_mass))
     return t - log_z[None, None, :]
 

@@ -115,6 +115,27 @@ def test_domain_population_stays_in_valid_domain(published):
     np.testing.assert_array_equal(theta[:, 2], feh)
 
 
+def test_domain_population_follows_the_prior_at_the_feh_edges(published):
+    """Stars are kept with the θ prior's slice mass: all of them inside the training [Fe/H]
+    range, a matching fraction where the prior falls off (the metal-poor edge)."""
+    from dds_infer.priors import hr_density_table
+
+    dom = published.domain
+    w = hr_density_table(dom, threshold=0.01, return_slice_mass=True)
+    table = hr_density_table(dom, threshold=0.01)
+    cell = float((dom.teff[1] - dom.teff[0]) * (dom.logg[1] - dom.logg[0]))
+    mass = np.exp(table).sum(axis=(0, 1)) * cell  # cell sums: within ~25% of the bilinear integral
+    np.testing.assert_allclose(mass / np.median(mass[w == 1.0]), w, rtol=0.35, atol=3e-3)
+    assert w.max() == 1.0 and w.min() < 0.5  # the published set thins out at its [Fe/H] edges
+    rng = np.random.default_rng(3)
+    fehax = np.asarray(dom.feh)
+    for f in (fehax[int(np.argmax(w))], fehax[int(np.argmin(np.abs(w - 0.3)))]):
+        _, ok = sample_theta_from_domain(rng, dom, np.full(20000, f), threshold=0.01)
+        _, ok0 = sample_theta_from_domain(rng, dom, np.full(20000, f), threshold=0.01, edge_weight=False)
+        expect = ok0.mean() * np.interp(f, fehax, w)
+        assert abs(ok.mean() - expect) < 0.02, (f, ok.mean(), expect)
+
+
 def test_write_read_round_trip(tmp_path):
     emu = init_emulator(__import__("jax").random.PRNGKey(0))
     from dds_infer.domain import density_from_samples
