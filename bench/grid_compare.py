@@ -58,17 +58,16 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def _medians_sigma(post):
+def _quantiles(post):
     s = post.summary()
-    med = np.column_stack([s[f"{v}_median"] for v in VARS])
-    sig = np.column_stack([(s[f"{v}_q84"] - s[f"{v}_q16"]) / 2.0 for v in VARS])
-    return med, sig, s
+    return (*(np.column_stack([s[f"{v}_{q}"] for v in VARS]) for q in ("median", "q16", "q84")), s)
 
 
 def agreement(nuts, grid, tol: float = 0.25) -> dict:
-    mn, sn, sumn = _medians_sigma(nuts)
-    mg, _, _ = _medians_sigma(grid)
-    ok = np.abs(mg - mn) < tol * np.maximum(sn, 1e-12)
+    from dds_infer.recovery import median_agreement
+
+    mn, q16, q84, sumn = _quantiles(nuts)
+    ok = median_agreement(_quantiles(grid)[0], mn, q16, q84, tol)
     clean = (sumn["flag"].to_numpy() & (1 | 2 | 4)) == 0
     return {"n": int(len(ok)), "frac_all": float(ok.all(axis=1).mean()),
             "frac_by_var": {v: float(ok[:, j].mean()) for j, v in enumerate(VARS)},

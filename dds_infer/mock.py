@@ -33,6 +33,7 @@ import pandas as pd
 
 from .catalog import StarCatalog
 from .domain import TrainingDomain
+from .priors import hr_slice_mass
 from .dust import DustModel, true_and_prior_reddening
 from .galaxy import (DEFAULT_GALAXY, GalaxyModel, distance_prior_grid, sample_components_and_feh,
                      sky_directions)
@@ -84,15 +85,17 @@ def isotropic_directions(rng: np.random.Generator, n: int):
 
 
 def sample_theta_from_domain(rng: np.random.Generator, domain: TrainingDomain, feh,
-                             threshold: float = 0.01, entry: int = 0, *, edge_weight: bool = True):
+                             threshold: float = 0.01, entry: int = 0, *, edge_weight: bool = True,
+                             slice_mass=None):
     """θ = (Teff, logg, [Fe/H]) with (Teff, logg) ~ ρ(Teff, logg | [Fe/H]).
 
     ρ is the training density map ``entry`` on its grid, zeroed below
     ``threshold`` (the valid domain), on the [Fe/H] slice nearest each star;
     a uniform offset within the cell makes the draws continuous. ``edge_weight``: a star
     is kept with probability equal to the θ prior's mass at its [Fe/H]
-    (:func:`dds_infer.priors.hr_density_table`: below 1 only at the [Fe/H] edges of the
-    training set, where the prior falls off), so that the mock follows that prior there too.
+    (:func:`dds_infer.priors.hr_slice_mass`: below 1 only at the [Fe/H] edges of the
+    training set, where the prior falls off), so that the mock follows that prior there too;
+    ``slice_mass`` passes those masses in when they are already computed.
     Returns (theta (N, 3), ok (N,)) — ok False where the slice is empty or the star was
     not kept (the caller redraws).
     """
@@ -116,10 +119,9 @@ def sample_theta_from_domain(rng: np.random.Generator, domain: TrainingDomain, f
                       logg[ig] + dg * (rng.random(feh.shape) - 0.5), feh], axis=-1)
     ok = mass[k] > 0
     if edge_weight:
-        from .priors import hr_density_table
-
-        w = hr_density_table(domain, entry=entry, threshold=threshold, return_slice_mass=True)
-        ok &= rng.random(feh.shape) < np.interp(feh, fehax, w)
+        if slice_mass is None:
+            slice_mass = hr_slice_mass(domain, entry=entry, threshold=threshold)
+        ok &= rng.random(feh.shape) < np.interp(feh, fehax, slice_mass)
     return theta, ok
 
 
@@ -130,11 +132,12 @@ def selection_probability(mag_sel, survey: SurveyModel):
     return 10.0 ** (-survey.selection_slope * excess)
 
 
-def _population(rng, cfg: MockConfig, feh, comp, domain):
+def _population(rng, cfg: MockConfig, feh, comp, domain, slice_mass=None):
     if cfg.population == "domain":
         if domain is None:
             raise ValueError('population="domain" needs a TrainingDomain (e.g. emulator.domain)')
-        theta, ok = sample_theta_from_domain(rng, domain, feh, cfg.domain_threshold, cfg.domain_entry)
+        theta, ok = sample_theta_from_domain(rng, domain, feh, cfg.domain_threshold, cfg.domain_entry,
+                                             slice_mass=slice_mass)
         return theta, ok, {}
     if cfg.population == "isochrone":
         from .truth import sample_population  # optional extra
@@ -202,7 +205,8 @@ def _sample_mu(rng, cfg: MockConfig, l, b, direction_index=None):
     return grid[j] + np.clip(t, 0.0, 1.0) * (grid[1] - grid[0])
 
 
-def _draw_candidates(rng, key, cfg: MockConfig, m: int, truth, domain, sel: int, faint: float):
+def _draw_candidates(rng, key, cfg: MockConfig, m: int, truth, domain, sel: int, faint: float,
+                     slice_mass=None):
     """One round of m candidate stars (before selection), as a dict of arrays.
 
     Candidates whose unreddened true magnitude in the selection band is fainter than
@@ -217,7 +221,7 @@ def _draw_candidates(rng, key, cfg: MockConfig, m: int, truth, domain, sel: int,
         l, b = isotropic_directions(rng, m)
         mu = _sample_mu(rng, cfg, l, b)
     comp, feh = (np.asarray(a) for a in sample_components_and_feh(key, mu, l, b, cfg.galaxy))
-    theta, ok, extra = _population(rng, cfg, feh, comp, domain)
+    theta, ok, extra = _population(rng, cfg, feh, comp, domain, slice_mass)
     theta_eval = np.where(ok[:, None], theta, np.nanmedian(theta[ok], axis=0) if ok.any() else 0.0)
     m_sel = _padded(truth.absolute_mags, theta_eval)[:, sel] + mu
     near = ok & (m_sel <= faint)
@@ -246,6 +250,8 @@ def make_mock(truth, config: MockConfig = MockConfig(), *, domain: TrainingDomai
     sel = survey.bands.index(survey.selection_band)
     rng = np.random.default_rng(cfg.seed)
     key = jax.random.PRNGKey(cfg.seed)
+    slice_mass = (hr_slice_mass(domain, entry=cfg.domain_entry, threshold=cfg.domain_threshold)
+                  if cfg.population == "domain" and domain is not None else None)  # once, not per round
     kept: list[dict] = []
     n_kept = n_drawn = n_bad_theta = n_outside = n_surplus = 0
     rate = 0.2
@@ -256,7 +262,7 @@ def make_mock(truth, config: MockConfig = MockConfig(), *, domain: TrainingDomai
         m = int(min(2 ** int(np.ceil(np.log2(max(want, 1024)))), 2**20))  # few shapes: few compiles
         key, sub = jax.random.split(key)
         c, n_bad, n_faint = _draw_candidates(rng, sub, cfg, m, truth, domain, sel,
-                                             survey.selection[1] + 0.5)
+                                             survey.selection[1] + 0.5, slice_mass)
         mag, err, _ = observe_photometry(rng, c["mag_true"], survey)
         plx, plx_err = observe_parallax(rng, c["mu"], c["mag_true"][:, sel], survey)
         lo, hi = survey.selection

@@ -45,6 +45,7 @@ __all__ = [
     "Prior",
     "default_prior",
     "hr_density_table",
+    "hr_slice_mass",
     "log_hr_prior",
     "log_distance_prior",
     "log_metallicity_prior",
@@ -107,7 +108,7 @@ class Prior:
 
 def hr_density_table(domain, *, entry: int = 0, threshold: float = 0.01, softness: float = 0.5,
                      smooth_sigma: float = 0.5, floor: float = 1e-6, refine: int = 4,
-                     min_slice_mass: float = 0.05, return_slice_mass: bool = False) -> np.ndarray:
+                     min_slice_mass: float = 0.05) -> np.ndarray:
     """log p(T_eff, log g | [Fe/H]) on the grid of ``domain`` (a TrainingDomain), float64 (nT, ng, nf).
 
     t = gaussian_filter(log(ρ + floor), smooth_sigma [bins]) + log σ((t - log threshold) / softness):
@@ -118,10 +119,26 @@ def hr_density_table(domain, *, entry: int = 0, threshold: float = 0.01, softnes
     ``min_slice_mass`` of the largest slice's mass (the [Fe/H] edges of the training set,
     e.g. [Fe/H] < −1.7 or > 0.5 for Green2020) are divided by that floor instead, so they
     keep a small total mass: the prior falls off outside the training [Fe/H] range instead
-    of spreading an empty slice's floor over the whole HR diagram. ``return_slice_mass``:
-    return instead each slice's total prior mass (nf,): 1, or less for those edge slices
-    (what a simulation drawing from this prior must apply; :mod:`dds_infer.mock`).
+    of spreading an empty slice's floor over the whole HR diagram.
     """
+    t, log_z = _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, refine)
+    log_z = np.maximum(log_z, log_z.max() + math.log(min_slice_mass))
+    return t - log_z[None, None, :]
+
+
+def hr_slice_mass(domain, *, entry: int = 0, threshold: float = 0.01, softness: float = 0.5,
+                  smooth_sigma: float = 0.5, floor: float = 1e-6, refine: int = 4,
+                  min_slice_mass: float = 0.05) -> np.ndarray:
+    """Total mass (nf,) of each [Fe/H] slice of :func:`hr_density_table` (same arguments): 1, or
+    less for the edge slices divided by the ``min_slice_mass`` floor — what a simulation drawing
+    from this prior must apply (:mod:`dds_infer.mock`)."""
+    _, log_z = _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, refine)
+    return np.exp(np.minimum(log_z - (log_z.max() + math.log(min_slice_mass)), 0.0))
+
+
+def _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, refine):
+    """The smoothed, softly thresholded log density t (nT, ng, nf) and each slice's log
+    integral over its bilinear interpolant (nf,)."""
     dens = np.asarray(domain.density, dtype=np.float64)
     if dens.ndim != 4 or not 0 <= entry < dens.shape[0]:
         raise ValueError(f"domain density has shape {dens.shape}; entry {entry} is not one of its maps")
@@ -148,11 +165,7 @@ def hr_density_table(domain, *, entry: int = 0, threshold: float = 0.01, softnes
     xT = teff[0] + fT * (teff[1] - teff[0])
     xg = logg[0] + fg * (logg[1] - logg[0])
     integ = np.trapezoid(np.trapezoid(np.exp(sub - mx), xg, axis=1), xT, axis=0)
-    log_z = mx + np.log(integ)
-    if return_slice_mass:  # each slice's prior mass: 1, or below 1 where it was divided by the floor
-        return np.exp(np.minimum(log_z - (log_z.max() + math.log(min_slice_mass)), 0.0))
-    log_z = np.maximum(log_z, log_z.max() + math.log(min_slice_mass))
-    return t - log_z[None, None, :]
+    return t, mx + np.log(integ)
 
 
 def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="density",

@@ -10,7 +10,9 @@ accuracy benchmark. Inputs are plain arrays; nothing here knows about samplers.
 * coverage: fraction of stars whose truth lies inside the central 68% / 95%
   interval of their (optionally weighted) draws;
 * ranks: simulation-based calibration ranks (Talts et al. 2018, arXiv:1804.06788):
-  the number of draws below the truth; uniform when the posterior is calibrated.
+  the number of draws below the truth; uniform when the posterior is calibrated;
+* agreement of two posteriors of the same stars (e.g. grid path vs NUTS): posterior
+  medians within ``tol`` reference σ.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 
 from .evaluate import robust_sigma
 
-__all__ = ["accuracy", "interval_coverage", "sbc_ranks", "plot_recovery", "plot_rank_histograms"]
+__all__ = ["accuracy", "interval_coverage", "sbc_ranks", "median_agreement", "plot_recovery",
+           "plot_rank_histograms"]
 
 
 def accuracy(median, q16, q84, truth, ref_sigma=None) -> dict:
@@ -62,6 +65,13 @@ def sbc_ranks(draws, truth, weights=None) -> np.ndarray:
         return below.mean(axis=1)
     w = np.asarray(weights, dtype=float)
     return (below * w).sum(axis=1) / w.sum(axis=1)
+
+
+def median_agreement(median, ref_median, ref_q16, ref_q84, tol: float = 0.25) -> np.ndarray:
+    """|median − ref_median| < tol × σ_ref with σ_ref = (ref_q84 − ref_q16)/2, elementwise
+    (arrays (N, V): stars × variables); boolean (N, V)."""
+    sig = 0.5 * (np.asarray(ref_q84, float) - np.asarray(ref_q16, float))
+    return np.abs(np.asarray(median, float) - np.asarray(ref_median, float)) < tol * np.maximum(sig, 1e-12)
 
 
 def _plt():

@@ -118,10 +118,10 @@ def test_domain_population_stays_in_valid_domain(published):
 def test_domain_population_follows_the_prior_at_the_feh_edges(published):
     """Stars are kept with the θ prior's slice mass: all of them inside the training [Fe/H]
     range, a matching fraction where the prior falls off (the metal-poor edge)."""
-    from dds_infer.priors import hr_density_table
+    from dds_infer.priors import hr_density_table, hr_slice_mass
 
     dom = published.domain
-    w = hr_density_table(dom, threshold=0.01, return_slice_mass=True)
+    w = hr_slice_mass(dom, threshold=0.01)
     table = hr_density_table(dom, threshold=0.01)
     cell = float((dom.teff[1] - dom.teff[0]) * (dom.logg[1] - dom.logg[0]))
     mass = np.exp(table).sum(axis=(0, 1)) * cell  # cell sums: within ~25% of the bilinear integral

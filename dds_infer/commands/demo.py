@@ -59,7 +59,7 @@ def run(args) -> int:
     from ..cli import emit_json
     from ..mock import MockConfig, make_mock, write_mock
     from ..pipeline import infer
-    from ..recovery import plot_recovery
+    from ..recovery import median_agreement, plot_recovery
     from ._common import read_model
 
     t_start = time.perf_counter()
@@ -116,9 +116,7 @@ def run(args) -> int:
         res_n, arrays_n = _score(nuts, mock.truth)
         summ = nuts.summary()
         # grid vs NUTS on the same stars: all five posterior medians within 0.25 NUTS sigma
-        med_g = arrays[0][:n_nuts]
-        sig_n = 0.5 * (arrays_n[2] - arrays_n[1])
-        agree = np.all(np.abs(med_g - arrays_n[0]) < 0.25 * sig_n, axis=1)
+        agree = median_agreement(arrays[0][:n_nuts], *arrays_n[:3]).all(axis=1)
         report["nuts"] = {**res_n, "n_stars": int(nuts.n_stars),
                           "frac_rhat_lt_1_01": float(np.mean(summ["r_hat_max"] < 1.01)),
                           "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
