@@ -6,11 +6,13 @@
 The published Green2020 network (imported from the anchor folder) infers θ, μ, E for a random
 subset of the 10,000 held-out real test stars from photometry + parallax only: spectroscopic
 labels and prior reddenings are withheld from the inference (the file has no (l, b), so the
-sky-averaged Galactic prior is used). The θ prior is the published *training*-density grid —
-never fitted to these test stars. Pipeline: grid modes → batched NUTS (4 chains) → mode
-combination, DR2 parallax zero-point, flat E prior (``--method grid``: the grid path of issue 6
-with the same model and priors, for the sampler-independent accuracy). With ``--out DIR`` a rerun
-resumes the finished chunks.
+sky-averaged Galactic prior is used). The θ prior is the published *training*-density grid — never
+fitted to these test stars. The release's errors already include a 0.02 mag floor
+(``meta["mag_err_floor"]``), so the likelihood's default 0.02 floor adds nothing more.
+Pipeline: grid modes → batched NUTS (4 chains) → mode combination, DR2 parallax zero-point,
+flat E prior (``--method grid``: the grid path of issue 6 with the same model and priors, for
+the sampler-independent accuracy). With ``--out DIR`` a rerun resumes the finished chunks.
+``--reddening``, ``--E-scale`` and ``--sigma-floor`` change the E prior and the floor.
 
 Prints robust σ (1.4826 MAD) and median bias of posterior median − catalogue value for Teff,
 logg, [Fe/H] and E (vs the catalogue's prior reddening r), z-score robust σ using both the
@@ -41,6 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", choices=("nuts", "grid"), default="nuts")
+    ap.add_argument("--reddening", default="flat", help="E prior kind (dds_infer.priors.REDDENING_KINDS)")
+    ap.add_argument("--E-scale", type=float, default=1.0, help="half-normal E prior scale [mag]")
+    ap.add_argument("--sigma-floor", type=float, default=0.02, help="photometric error floor [mag]")
     ap.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -50,6 +55,8 @@ def main(argv=None) -> int:
     from dds_infer.catalog_io import read_green2020_h5
     from dds_infer.keras_import import import_keras_model
     from dds_infer.pipeline import infer
+    from dds_infer.priors import default_prior
+    from dds_infer.inference import InferenceConfig
     from dds_infer.recovery import accuracy
 
     a = anchor_dir()
@@ -59,13 +66,16 @@ def main(argv=None) -> int:
     rows = np.sort(np.random.default_rng(args.seed).choice(full.n_stars, args.n_stars, replace=False))
     ref = full.subset(rows)
     blind = StarCatalog.from_arrays(ref.mag, ref.mag_err, ref.parallax, ref.parallax_err, ref.bands,
-                                    ids=ref.star_ids())  # labels and prior reddenings withheld
+                                    ids=ref.star_ids(),  # labels and prior reddenings withheld;
+                                    meta={"mag_err_floor": ref.meta.get("mag_err_floor")})  # 0.02 mag in mag_err
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
                    batch_size=args.batch_size))
-        post = infer(blind, emu, args.out or tmp, seed=args.seed, progress=not args.no_progress,
+        prior = default_prior(emu, reddening=args.reddening, E_scale=args.E_scale)
+        post = infer(blind, emu, args.out or tmp, prior=prior, config=InferenceConfig(sigma_floor=args.sigma_floor),
+                     seed=args.seed, progress=not args.no_progress,
                      overwrite=args.out is None, **kw)
     seconds = time.perf_counter() - t0
     s = post.summary()
@@ -85,7 +95,8 @@ def main(argv=None) -> int:
         "method": args.method,
         "settings": ({"num_chains": args.num_chains, "num_warmup": args.num_warmup, "num_samples": args.num_samples}
                      if args.method == "nuts" else {"grid": "GridSettings()"})
-        | {"seed": args.seed, "zp": "dr2", "prior": "galactic (sky average)"},
+        | {"seed": args.seed, "zp": "dr2", "prior": "galactic (sky average)", "reddening": args.reddening,
+           "sigma_floor": args.sigma_floor, "catalog_mag_err_floor": ref.meta.get("mag_err_floor")},
         "goals": GOALS,
         "seconds": round(seconds, 1),
     }

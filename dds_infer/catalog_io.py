@@ -63,13 +63,19 @@ def _format_for(path: Path, fmt: str | None) -> str:
                        f"pass format= (one of {sorted(set(_FORMATS.values()))})")
 
 
+GREEN2020_ERR_FLOOR = 0.02  # mag, included in the Green et al. (2021) release's mag_err
+
+
 def read_green2020_h5(path, *, require_labels: bool = True,
                       require_reddening_prior: bool = True) -> StarCatalog:
     """Read the Green et al. (2021) test-data HDF5 (dataset ``data``).
 
     theta/theta_cov = atm_param/atm_param_cov, E_prior/E_prior_err = r/r_err,
     ids = row index. ``meta`` holds ``source``, ``atm_source``, ``r_source``
-    (str arrays) and ``r_fit``/``r_var`` when present.
+    (str arrays) and ``r_fit``/``r_var`` when present, and ``mag_err_floor`` = 0.02 mag:
+    the release's errors already include that floor in quadrature (every band's smallest
+    error is ≥ 0.0200; checked here), so inference does not add it again
+    (:func:`dds_infer.inference.photometric_variance`).
     """
     path = Path(path)
     with h5py.File(path, "r") as f:
@@ -81,6 +87,9 @@ def read_green2020_h5(path, *, require_labels: bool = True,
         for k in ("r_fit", "r_var"):
             if k in f:
                 meta[k] = np.asarray(f[k][:], dtype=np.float64)
+    err = np.asarray(d["mag_err"], dtype=np.float64)
+    if np.all(np.where(np.isfinite(err), err, 1.0) >= GREEN2020_ERR_FLOOR - 5e-5):
+        meta["mag_err_floor"] = GREEN2020_ERR_FLOOR
     return StarCatalog.from_arrays(
         d["mag"], d["mag_err"], d["parallax"], d["parallax_err"], GREEN2020,
         theta=d["atm_param"], theta_cov=d["atm_param_cov"], E_prior=d["r"],
@@ -322,6 +331,8 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
         raise CatalogError(f"column problems ({len(problems)}):\n  - " + "\n  - ".join(problems), problems)
     meta = {"source": source, "format": format, "column_map": _plain(column_map),
             "parallax_unit": str(plx_unit)}
+    if table.meta.get("MAGFLOOR") is not None and len(table.meta["MAGFLOOR"]) == len(bands):
+        meta["mag_err_floor"] = np.asarray(table.meta["MAGFLOOR"], dtype=np.float64)
     return StarCatalog.from_arrays(mag, mag_err, plx, plx_err, bands, meta=meta,
                                    require_labels=require_labels,
                                    require_reddening_prior=require_reddening_prior, **kw)
@@ -356,6 +367,9 @@ def catalog_to_table(catalog: StarCatalog) -> Table:
     ``teff`` [K], ``logg``, ``feh``, ``*_err``, ``cov_<a>_<b>``, ``E_prior``,
     ``E_prior_err``, ``l``/``b`` [deg], ``id`` (optional blocks only when present)."""
     t = Table(meta={"BANDSET": catalog.bands.name})
+    if catalog.meta.get("mag_err_floor") is not None:  # the floor already in mag_err (see inference)
+        t.meta["MAGFLOOR"] = [float(v) for v in np.broadcast_to(catalog.meta["mag_err_floor"],
+                                                                  (catalog.n_bands,))]
     if catalog.ids is not None:
         t["id"] = catalog.ids
     for j, b in enumerate(catalog.bands.names):

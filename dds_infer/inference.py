@@ -35,6 +35,7 @@ from numpyro.distributions import constraints
 from .priors import Prior, log_prior
 
 __all__ = ["InferenceConfig", "StarData", "star_data_from_catalog", "star_data_counts",
+           "catalog_mag_floor", "photometric_variance",
            "star_model", "log_likelihood", "ZERO_POINTS", "MISSING_PARALLAX_ERR"]
 
 ZERO_POINTS = {"dr2": -0.029, "dr3": -0.017, "none": 0.0}  # mas
@@ -45,7 +46,11 @@ MISSING_PARALLAX_ERR = 1e6  # mas: parallax_err at or above MISSING_PARALLAX_ERR
 class InferenceConfig:
     """Static likelihood settings (hashable).
 
-    sigma_floor: mag, added in quadrature to each σ_m.
+    sigma_floor: mag, a calibration/model-error floor added in quadrature to each σ_m. When a
+        catalogue declares that its errors already include a floor (``meta["mag_err_floor"]``,
+        e.g. the Green2020 release's 0.02 mag), only the excess is added:
+        σ² = σ_cat² + max(σ_floor² − floor_cat², 0) (:func:`photometric_variance`), so the floor
+        is not counted twice.
     zp: parallax zero-point, "dr2" (−0.029 mas), "dr3" (−0.017 mas), "none", or a float in mas.
     parallax_inflation: f in σ_ϖ → f σ_ϖ.
     band_offsets: per-band photometric zero-point offsets (mag) added to the model, or None.
@@ -96,6 +101,7 @@ class StarData:
     l, b () deg (0 when unknown) and has_position () bool (False: sky-averaged distance prior);
     E_ref, E_ref_err () optional per-star reddening reference for the "dustmap" prior
     (None when absent; 0 and 1e3 for stars without one).
+    mag_floor (B,) optional floor already included in mag_err (None: none).
     """
 
     mag: jnp.ndarray
@@ -108,6 +114,7 @@ class StarData:
     has_position: jnp.ndarray
     E_ref: jnp.ndarray | None = None
     E_ref_err: jnp.ndarray | None = None
+    mag_floor: jnp.ndarray | None = None
 
     @property
     def has_parallax(self):
@@ -154,11 +161,35 @@ def star_data_from_catalog(catalog) -> StarData:
         E_ref = jnp.asarray(np.where(ok, catalog.E_prior, 0.0), dtype=jnp.float32)
         E_ref_err = jnp.asarray(np.where(ok, catalog.E_prior_err, 1e3), dtype=jnp.float32)
     f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)  # noqa: E731
+    floor = catalog_mag_floor(catalog)
     return StarData(
         mag=f32(np.where(obs, catalog.mag, 0.0)), mag_err=f32(np.where(obs, catalog.mag_err, 1.0)),
         observed=jnp.asarray(obs), parallax=f32(np.where(plx_ok, catalog.parallax, 0.0)),
         parallax_err=f32(np.where(plx_ok, catalog.parallax_err, MISSING_PARALLAX_ERR)),
-        l=f32(l), b=f32(b), has_position=jnp.asarray(pos), E_ref=E_ref, E_ref_err=E_ref_err)
+        l=f32(l), b=f32(b), has_position=jnp.asarray(pos), E_ref=E_ref, E_ref_err=E_ref_err,
+        mag_floor=None if floor is None else f32(np.broadcast_to(floor, obs.shape)))
+
+
+def catalog_mag_floor(catalog):
+    """(B,) error floor [mag] the catalogue declares already included in ``mag_err``
+    (``meta["mag_err_floor"]``: a scalar or one value per band), or None."""
+    f = catalog.meta.get("mag_err_floor")
+    if f is None:
+        return None
+    f = np.broadcast_to(np.asarray(f, dtype=float), (catalog.n_bands,))
+    if not np.all(np.isfinite(f) & (f >= 0)):
+        raise ValueError(f"meta['mag_err_floor'] must be finite and >= 0, got {f}")
+    return f
+
+
+def photometric_variance(star: StarData, config: InferenceConfig):
+    """σ² per band of Eq. 19's photometric likelihood: σ_m² + σ_floor², where a floor the
+    catalogue already included (``star.mag_floor``) is not added again:
+    σ² = σ_cat² + max(σ_floor² − floor_cat², 0)."""
+    add = config.sigma_floor ** 2
+    if star.mag_floor is not None:
+        add = jnp.maximum(add - star.mag_floor ** 2, 0.0)
+    return star.mag_err ** 2 + add
 
 
 def parallax_model_mas(mu):
@@ -169,7 +200,7 @@ def parallax_model_mas(mu):
 def log_likelihood(x, mu, E, star: StarData, emulator, config: InferenceConfig):
     """(photometric, parallax) log-likelihood terms of Eq. 19 at normalised θ x, with constants."""
     pred = emulator.predict_x(x, E) + mu + config.offsets(emulator.n_bands)
-    sig2 = star.mag_err ** 2 + config.sigma_floor ** 2
+    sig2 = photometric_variance(star, config)
     lp = -0.5 * (star.mag - pred) ** 2 / sig2 - 0.5 * jnp.log(2.0 * math.pi * sig2)
     phot = jnp.sum(jnp.where(star.observed, lp, 0.0), axis=-1)
     if not config.use_parallax:

@@ -290,7 +290,9 @@ def make_mock(truth, config: MockConfig = MockConfig(), *, domain: TrainingDomai
     ids = np.array([f"mock{cfg.seed}_{i:07d}" for i in range(cfg.n)])
     optional = dict(l=s["l"], b=s["b"], ids=ids,
                     meta={"mock": {"seed": cfg.seed, "population": cfg.population,
-                                   "truth": type(truth).__name__}})
+                                   "truth": type(truth).__name__},
+                          # the survey's calibration floor is part of mag_err (and of the noise drawn)
+                          "mag_err_floor": np.array([nz.floor for nz in survey.noise])})
     if cfg.labels:
         lab = replace(survey, label_sigma=tuple(cfg.label_noise_scale * v for v in survey.label_sigma))
         theta_hat, theta_cov = observe_labels(rng, s["theta"], lab)

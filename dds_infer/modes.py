@@ -39,7 +39,7 @@ import numpy as np
 from flax import struct
 from jax.scipy.special import log_ndtr, logsumexp
 
-from .inference import InferenceConfig, parallax_model_mas
+from .inference import InferenceConfig, parallax_model_mas, photometric_variance
 from .priors import Prior, log_prior
 
 __all__ = ["ThetaGrid", "Modes", "ModeResult", "make_theta_grid", "mu_E_normal_equations", "grid_log_posterior",
@@ -153,7 +153,7 @@ def grid_log_posterior(star, emulator, prior: Prior, config: InferenceConfig, th
     exact and the priors (and a low-S/N parallax) evaluated at the constrained optimum.
     """
     g = _as_grid(theta_grid, emulator)
-    w = jnp.where(star.observed, 1.0 / (star.mag_err ** 2 + config.sigma_floor ** 2), 0.0)  # (B,)
+    w = jnp.where(star.observed, 1.0 / photometric_variance(star, config), 0.0)  # (B,)
     y = star.mag - g.M - config.offsets(emulator.n_bands)  # (G, B) = μ + E R + noise
     R = g.R
     # parallax: corrected ϖ_c = ϖ̂ − ϖ_zp

@@ -41,10 +41,12 @@ def _hash_arrays(h, tree) -> None:
 
 
 def catalog_fingerprint(catalog) -> dict:
-    """n_stars and a SHA-256 of the ids, photometry and parallaxes."""
+    """n_stars and a SHA-256 of the ids, photometry, parallaxes and the declared error floor."""
     h = hashlib.sha256()
     h.update("\x00".join(map(str, catalog.star_ids())).encode())
     _hash_arrays(h, [catalog.mag, catalog.mag_err, catalog.parallax, catalog.parallax_err])
+    if catalog.meta.get("mag_err_floor") is not None:
+        _hash_arrays(h, [np.asarray(catalog.meta["mag_err_floor"], dtype=np.float64)])
     return {"n_stars": int(catalog.n_stars), "sha256": h.hexdigest()}
 
 

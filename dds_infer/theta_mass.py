@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.scipy.special import log_ndtr, logsumexp
 
 from . import galaxy
-from .inference import InferenceConfig, parallax_model_mas
+from .inference import InferenceConfig, parallax_model_mas, photometric_variance
 from .modes import _MU0, _RIDGE_E, _RIDGE_MU, mu_E_normal_equations  # the same weak pulls as the NUTS-path grid
 from .priors import Prior, log_distance_prior, log_hr_prior, log_metallicity_prior
 
@@ -33,7 +33,7 @@ def photometric_gaussian(star, M, R, config: InferenceConfig, offsets):
     M, R: (K, B). Returns dict of (K,) arrays: mu, E (optimum), a00, a01, a11 (precision),
     log_peak (log-likelihood at the optimum, with normalisation).
     """
-    w = jnp.where(star.observed, 1.0 / (star.mag_err ** 2 + config.sigma_floor ** 2), 0.0)
+    w = jnp.where(star.observed, 1.0 / photometric_variance(star, config), 0.0)
     y = star.mag - offsets - M
     ne = mu_E_normal_equations(w, y, R)
     mu, E, a00, a01, a11 = ne["mu"], ne["E"], ne["a00"], ne["a01"], ne["a11"]
@@ -86,7 +86,7 @@ def coarse_log_mass(star, grid, log_hr_nodes, config: InferenceConfig, offsets):
     """Stage 1: Laplace mass of each coarse node from the photometry, a linearised parallax, E ≥ 0
     and the HR prior (no distance / [Fe/H] prior: this only shapes the proposal). (G,) log mass
     and the node's (μ, E) optimum. Centred sums (matrix products with the per-star weights)."""
-    w = jnp.where(star.observed, 1.0 / (star.mag_err ** 2 + config.sigma_floor ** 2), 0.0)
+    w = jnp.where(star.observed, 1.0 / photometric_variance(star, config), 0.0)
     S0 = jnp.sum(w) + _RIDGE_MU
     c_star = jnp.sum(w * (star.mag - offsets)) / jnp.maximum(jnp.sum(w), 1e-30)
     d = jnp.where(star.observed, star.mag - offsets - c_star, 0.0)  # y = d − M_c − (μ − c_star + c_node)

@@ -100,6 +100,9 @@ def test_green2020_anchor_loads_all_stars(anchor_dir):
     v = cat.meta["validation"]
     assert sum(v["n_missing"].values()) == np.isnan(raw["mag"]).sum()
     assert v["n_missing"]["unwise_w1"] == np.isnan(raw["mag"][:, 11]).sum()
+    # the release's errors include a 0.02 mag floor: declared so inference does not add it again
+    assert np.nanmin(raw["mag_err"]) >= 0.02 - 5e-5
+    assert cat.meta["mag_err_floor"] == 0.02
 
 
 def test_green2020_anchor_parquet_round_trip(anchor_dir, tmp_path):
@@ -107,6 +110,7 @@ def test_green2020_anchor_parquet_round_trip(anchor_dir, tmp_path):
     back = read_table(write_table(cat, tmp_path / "g.parquet"))
     assert_same(cat, back)  # incl. the slightly non-symmetric float32 covariances
     assert "cov_logg_teff" in Table.read(tmp_path / "g.parquet").colnames
+    np.testing.assert_array_equal(back.meta["mag_err_floor"], np.full(13, 0.02))  # MAGFLOOR table meta
 
 
 # --- validation --------------------------------------------------------------------

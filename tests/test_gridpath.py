@@ -190,7 +190,7 @@ def test_cli_grid_json_and_dustmap(emu, sbc_stars, tmp_path, capsys):
                  "--n-draws", "300", "--no-progress", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_stars"] == 5 and res["method"] == "grid" and res["frac_rhat_lt_1_01"] is None
-    assert res["median_ess"] > 0
+    assert res["median_ess"] > 0 and res["catalog_err_floor"] is None  # simulated: σ_floor is in the noise
     h5 = tmp_path / "map.h5"
     assert main(["dustmap", "--posterior", str(out), "--catalog", str(path), "--out", str(h5), "--nside", "4",
                  "--json"]) == 0

@@ -11,8 +11,8 @@ from numpyro.infer.util import initialize_model, log_density, potential_energy
 
 from dds_infer import StarCatalog, init_emulator
 from dds_infer.domain import density_from_samples
-from dds_infer.inference import (InferenceConfig, StarData, log_likelihood, star_data_counts,
-                                 star_data_from_catalog, star_model)
+from dds_infer.inference import (InferenceConfig, StarData, log_likelihood, photometric_variance,
+                                 star_data_counts, star_data_from_catalog, star_model)
 from dds_infer.priors import default_prior
 
 
@@ -146,6 +146,38 @@ def test_star_data_from_catalog_fills_missing_values():
     assert counts["n_no_photometry"] == 1 and counts["n_no_parallax"] == 1
     assert counts["n_no_position"] == 1 and counts["n_no_E_ref"] == 1
     assert counts["n_bands_observed"]["gaia_g"] == 2 and counts["n_bands_observed"]["ps1_g"] == 1
+
+
+def test_declared_error_floor_is_not_added_twice(emu):
+    """A catalogue whose errors already include a floor (meta["mag_err_floor"]) gets only the excess
+    of the configured floor: σ² = σ_cat² + max(σ_floor² − floor_cat², 0), per band."""
+    rng = np.random.default_rng(8)
+    mag = rng.normal(14.0, 0.5, (2, 13))
+    err = rng.uniform(0.02, 0.08, (2, 13))
+    declared = np.r_[np.full(8, 0.02), np.full(3, 0.03), np.full(2, 0.01)]
+    plain = star_data_from_catalog(StarCatalog.from_arrays(mag, err, [1.0, 0.5], [0.1, 0.05]))
+    floored = star_data_from_catalog(StarCatalog.from_arrays(mag, err, [1.0, 0.5], [0.1, 0.05],
+                                                             meta={"mag_err_floor": declared}))
+    assert plain.mag_floor is None and floored.mag_floor.shape == (2, 13)
+    cfg = InferenceConfig(sigma_floor=0.02)
+    np.testing.assert_allclose(np.asarray(photometric_variance(plain, cfg)), err**2 + 0.02**2, rtol=1e-5)
+    want = err**2 + np.maximum(0.02**2 - declared**2, 0.0)  # 0.01-floored bands get 0.02² − 0.01² more
+    np.testing.assert_allclose(np.asarray(photometric_variance(floored, cfg)), want, rtol=1e-5)
+    # the likelihood uses it: a catalogue declaring a 0.02 floor under sigma_floor=0.02 equals an
+    # undeclared one under sigma_floor=0 in every band where the declared floor >= 0.02
+    star = jax.tree_util.tree_map(lambda a: a[0], floored)
+    star0 = jax.tree_util.tree_map(lambda a: a[0], plain)
+    obs = np.r_[np.ones(11, bool), np.zeros(2, bool)]
+    star, star0 = star.replace(observed=jnp.asarray(obs)), star0.replace(observed=jnp.asarray(obs))
+    x = jnp.array([0.1, -0.2, 0.3])
+    a = log_likelihood(x, 10.0, 0.2, star, emu, cfg)
+    b = log_likelihood(x, 10.0, 0.2, star0, emu, InferenceConfig(sigma_floor=0.0))
+    c = log_likelihood(x, 10.0, 0.2, star0, emu, cfg)
+    np.testing.assert_allclose(float(a[0]), float(b[0]), rtol=1e-6)
+    assert float(c[0]) != pytest.approx(float(a[0]), rel=1e-3)
+    with pytest.raises(ValueError, match="mag_err_floor"):
+        star_data_from_catalog(StarCatalog.from_arrays(mag, err, [1.0, 0.5], [0.1, 0.05],
+                                                       meta={"mag_err_floor": -0.01}))
 
 
 def test_config_rejects_bad_values(emu):

@@ -49,6 +49,9 @@ def test_truth_is_consistent_with_observations(mock_pub, published):
     z = (cat.mag - m_true) / cat.mag_err
     z = z[np.isfinite(z)]
     assert abs(np.mean(z)) < 0.05 and 0.95 < np.std(z) < 1.05
+    # the survey's calibration floor is part of mag_err (and of the noise): declared for inference
+    np.testing.assert_array_equal(cat.meta["mag_err_floor"], [nz.floor for nz in GREEN2020_SURVEY.noise])
+    assert np.all(np.nanmin(cat.mag_err, axis=0) >= cat.meta["mag_err_floor"] - 1e-12)
     # parallax: noise unbiased around truth + DR2 zero-point
     plx_true = 10 ** ((10 - t["mu"].to_numpy()) / 5)
     w = cat.parallax_err ** -2.0
@@ -150,5 +153,6 @@ def test_write_read_round_trip(tmp_path):
     path = write_mock(mock, tmp_path / "m.parquet")
     back = read_mock(path)
     np.testing.assert_array_equal(back.catalog.mag, mock.catalog.mag)
+    np.testing.assert_array_equal(back.catalog.meta["mag_err_floor"], mock.catalog.meta["mag_err_floor"])
     np.testing.assert_allclose(back.truth["mu"], mock.truth["mu"])
     assert list(back.truth["id"]) == list(mock.truth["id"])

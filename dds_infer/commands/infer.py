@@ -25,6 +25,12 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="stars per compiled batch (= chunk); default 64 (nuts), 1024 (grid)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sigma-floor", type=float, default=0.02,
+                   help="photometric error floor [mag] added in quadrature; a floor the catalogue already "
+                   "includes (Green2020 HDF5: 0.02; mocks: the survey's) is not added again")
+    p.add_argument("--catalog-err-floor", type=float, default=None,
+                   help="declare the floor [mag] already in the catalogue's errors (overrides its metadata; "
+                   "e.g. for a CSV, which keeps no table metadata)")
     p.add_argument("--reddening", default="flat", choices=("flat", "halfnormal", "dustmap"),
                    help="reddening prior (dustmap: centred on the catalogue's E_prior ± E_prior_err)")
     p.add_argument("--max-tree-depth", type=int, default=8,
@@ -48,7 +54,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..cli import emit_json
-    from ..inference import InferenceConfig
+    from ..inference import InferenceConfig, catalog_mag_floor
     from ..pipeline import infer
     from ..priors import default_prior
     from ._common import read_catalog, read_model
@@ -60,7 +66,9 @@ def run(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     emu = read_model(args.model)
     cat = read_catalog(args.catalog, args.columns, require_labels=False)
-    config = InferenceConfig(zp=args.zp)
+    if args.catalog_err_floor is not None:
+        cat.meta["mag_err_floor"] = float(args.catalog_err_floor)
+    config = InferenceConfig(zp=args.zp, sigma_floor=args.sigma_floor)
     prior = default_prior(emu, kind=args.prior, reddening=args.reddening)
     grid_settings = None
     if args.method == "grid":
@@ -85,6 +93,8 @@ def run(args) -> int:
         "frac_rhat_lt_1_01": (float(np.mean(summ["r_hat_max"] < 1.01)) if args.method == "nuts" else None),
         "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
         "n_flagged": int((summ["flag"] != 0).sum()), "method": args.method,
+        "sigma_floor": args.sigma_floor,
+        "catalog_err_floor": (None if catalog_mag_floor(cat) is None else catalog_mag_floor(cat).tolist()),
         "out": {"posterior": str(out / "posterior.nc"), "summary": str(out / "summary.parquet"),
                 "chunks": str(out / "chunks")},
     }
