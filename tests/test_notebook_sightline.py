@@ -5,26 +5,12 @@ import re
 
 import pytest
 
-from conftest import REPO_ROOT
-
-NB = REPO_ROOT / "notebooks" / "03_sightline_dust.ipynb"
+from conftest import REPO_ROOT, run_notebook_small
 
 
 @pytest.mark.slow
 def test_sightline_notebook_runs_small(monkeypatch, tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("DDS_NB_SMALL", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    figs = REPO_ROOT / "notebooks" / "figures"
-    before = {p.name: p.stat().st_mtime_ns for p in figs.glob("*.png")}
-    nb = nbformat.read(NB, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NB.parent)}})
-    client.execute()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "small run: True" in text
+    _, text = run_notebook_small("03_sightline_dust.ipynb", monkeypatch, timeout=900, tmp_path=tmp_path)
     m = re.search(r"cloud distance: (\d+) pc \(68%: (\d+)-(\d+)\) vs truth 400 pc", text)
     assert m, text[-2000:]
     med, lo, hi = (float(v) for v in m.groups())
@@ -32,5 +18,4 @@ def test_sightline_notebook_runs_small(monkeypatch, tmp_path):
     m = re.search(r"cloud delta_E: ([\d.]+)", text)
     assert m and abs(float(m.group(1)) - 0.5) < 0.1
     for name in ("sightline_stack.png", "sightline_los.png"):
-        assert (figs / name).is_file()
-    assert {p.name: p.stat().st_mtime_ns for p in figs.glob("*.png")} == before  # committed figures untouched
+        assert (REPO_ROOT / "notebooks" / "figures" / name).is_file()
