@@ -39,3 +39,32 @@ def anchor_dir() -> Path:
             pytest.fail(msg + " [DDS_REQUIRE_ANCHORS=1]")
         pytest.skip(msg)
     return d
+
+
+def run_notebook_small(name: str, monkeypatch, *, timeout: int, anchor_dir: Path | None = None,
+                       tmp_path: Path | None = None):
+    """Execute ``notebooks/<name>`` at small size (DDS_NB_SMALL=1) in its own folder.
+
+    Sets the environment (Agg backend, the anchor folder and a private TMPDIR when given),
+    checks that the committed figures under ``notebooks/figures`` were not overwritten, and
+    returns (executed notebook, the text of every code-cell output).
+    """
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("DDS_NB_SMALL", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    if anchor_dir is not None:
+        monkeypatch.setenv("DDS_ANCHOR_DIR", str(anchor_dir))
+    if tmp_path is not None:
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+    path = REPO_ROOT / "notebooks" / name
+    figs = REPO_ROOT / "notebooks" / "figures"
+    stamps = lambda: {p.name: p.stat().st_mtime_ns for p in figs.glob("*.png")}  # noqa: E731
+    before = stamps()
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "small run: True" in text
+    assert stamps() == before, "a small run overwrote the committed figures"
+    return nb, text
