@@ -131,6 +131,18 @@ class StarCatalog:
         return int(self.mag.shape[1])
 
     @property
+    def mag_err_floor(self) -> np.ndarray | None:
+        """(B,) error floor [mag] already included in ``mag_err``, as declared in
+        ``meta["mag_err_floor"]`` (a scalar or one value per band), or None when undeclared."""
+        f = self.meta.get("mag_err_floor")
+        if f is None:
+            return None
+        f = np.broadcast_to(np.asarray(f, dtype=np.float64), (self.n_bands,))
+        if not np.all(np.isfinite(f) & (f >= 0)):
+            raise ValueError(f"meta['mag_err_floor'] must be finite and >= 0, got {f}")
+        return f
+
+    @property
     def has_labels(self) -> bool:
         return self.theta is not None
 

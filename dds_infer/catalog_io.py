@@ -367,9 +367,8 @@ def catalog_to_table(catalog: StarCatalog) -> Table:
     ``teff`` [K], ``logg``, ``feh``, ``*_err``, ``cov_<a>_<b>``, ``E_prior``,
     ``E_prior_err``, ``l``/``b`` [deg], ``id`` (optional blocks only when present)."""
     t = Table(meta={"BANDSET": catalog.bands.name})
-    if catalog.meta.get("mag_err_floor") is not None:  # the floor already in mag_err (see inference)
-        t.meta["MAGFLOOR"] = [float(v) for v in np.broadcast_to(catalog.meta["mag_err_floor"],
-                                                                  (catalog.n_bands,))]
+    if catalog.mag_err_floor is not None:  # the floor already in mag_err (see inference)
+        t.meta["MAGFLOOR"] = catalog.mag_err_floor.tolist()
     if catalog.ids is not None:
         t["id"] = catalog.ids
     for j, b in enumerate(catalog.bands.names):

@@ -35,7 +35,7 @@ from numpyro.distributions import constraints
 from .priors import Prior, log_prior
 
 __all__ = ["InferenceConfig", "StarData", "star_data_from_catalog", "star_data_counts",
-           "catalog_mag_floor", "photometric_variance",
+           "photometric_variance",
            "star_model", "log_likelihood", "ZERO_POINTS", "MISSING_PARALLAX_ERR"]
 
 ZERO_POINTS = {"dr2": -0.029, "dr3": -0.017, "none": 0.0}  # mas
@@ -161,25 +161,13 @@ def star_data_from_catalog(catalog) -> StarData:
         E_ref = jnp.asarray(np.where(ok, catalog.E_prior, 0.0), dtype=jnp.float32)
         E_ref_err = jnp.asarray(np.where(ok, catalog.E_prior_err, 1e3), dtype=jnp.float32)
     f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)  # noqa: E731
-    floor = catalog_mag_floor(catalog)
+    floor = catalog.mag_err_floor
     return StarData(
         mag=f32(np.where(obs, catalog.mag, 0.0)), mag_err=f32(np.where(obs, catalog.mag_err, 1.0)),
         observed=jnp.asarray(obs), parallax=f32(np.where(plx_ok, catalog.parallax, 0.0)),
         parallax_err=f32(np.where(plx_ok, catalog.parallax_err, MISSING_PARALLAX_ERR)),
         l=f32(l), b=f32(b), has_position=jnp.asarray(pos), E_ref=E_ref, E_ref_err=E_ref_err,
         mag_floor=None if floor is None else f32(np.broadcast_to(floor, obs.shape)))
-
-
-def catalog_mag_floor(catalog):
-    """(B,) error floor [mag] the catalogue declares already included in ``mag_err``
-    (``meta["mag_err_floor"]``: a scalar or one value per band), or None."""
-    f = catalog.meta.get("mag_err_floor")
-    if f is None:
-        return None
-    f = np.broadcast_to(np.asarray(f, dtype=float), (catalog.n_bands,))
-    if not np.all(np.isfinite(f) & (f >= 0)):
-        raise ValueError(f"meta['mag_err_floor'] must be finite and >= 0, got {f}")
-    return f
 
 
 def photometric_variance(star: StarData, config: InferenceConfig):

@@ -45,8 +45,8 @@ def catalog_fingerprint(catalog) -> dict:
     h = hashlib.sha256()
     h.update("\x00".join(map(str, catalog.star_ids())).encode())
     _hash_arrays(h, [catalog.mag, catalog.mag_err, catalog.parallax, catalog.parallax_err])
-    if catalog.meta.get("mag_err_floor") is not None:
-        _hash_arrays(h, [np.asarray(catalog.meta["mag_err_floor"], dtype=np.float64)])
+    if catalog.mag_err_floor is not None:
+        _hash_arrays(h, [catalog.mag_err_floor])
     return {"n_stars": int(catalog.n_stars), "sha256": h.hexdigest()}
 
 

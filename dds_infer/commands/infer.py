@@ -54,7 +54,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..cli import emit_json
-    from ..inference import InferenceConfig, catalog_mag_floor
+    from ..inference import InferenceConfig
     from ..pipeline import infer
     from ..priors import default_prior
     from ._common import read_catalog, read_model
@@ -94,7 +94,7 @@ def run(args) -> int:
         "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
         "n_flagged": int((summ["flag"] != 0).sum()), "method": args.method,
         "sigma_floor": args.sigma_floor,
-        "catalog_err_floor": (None if catalog_mag_floor(cat) is None else catalog_mag_floor(cat).tolist()),
+        "catalog_err_floor": None if cat.mag_err_floor is None else cat.mag_err_floor.tolist(),
         "out": {"posterior": str(out / "posterior.nc"), "summary": str(out / "summary.parquet"),
                 "chunks": str(out / "chunks")},
     }
