@@ -1,21 +1,30 @@
 """Inference speed: the batched NUTS engine against a per-star NumPyro MCMC loop, on real stars.
 
 Both run the same single-star model with the published network (imported from the anchor
-folder unless --model), C chains × (warmup + draws), NumPyro's init_to_uniform,
-target acceptance 0.8, max tree depth 10, diagonal mass matrix.
+folder unless --model), C chains × (warmup + draws), the pipeline's chain starts in the
+grid posterior modes (--init uniform: NumPyro's init_to_uniform), target acceptance 0.95
+(--target-accept) and max tree depth 8 (--max-tree-depth) as in the pipeline, diagonal mass
+matrix, and the model's (μ, E) sites whitened on the conditional Gaussian
+(--parameterization direct: the plain (μ, log E) sites, ~10× more leapfrog steps per draw).
 
 (a) engine: ``dds_infer.engine.run_nuts_batch`` on batches of --batch-size stars (one compiled
-    program, the last batch padded). Compile time is measured on a first call and excluded
-    from the rate; ``seconds_engine`` is the steady-state wall time for all N stars.
+    program, the last batch padded), after the batched grid-mode starts. Compile time is
+    measured on a first call and excluded from the rate; ``seconds_engine`` is the steady-state wall time for all N stars.
     ``lockstep_efficiency`` = mean leapfrog steps per draw / mean over draws of the batch's
     largest tree (sampling phase): the fraction of vmapped work that is not padding.
 (b) baseline: one ``numpyro.infer.MCMC(NUTS(model), num_chains=C, chain_method="vectorized",
     jit_model_args=True)`` re-run per star (compiled once: the star is a traced model argument).
     "vectorized" is the fastest fair per-star baseline on CPU ("parallel" needs C devices,
     "sequential" runs the C chains one after another). It is timed on the first
-    --baseline-stars stars after a compile call and extrapolated per star.
+    --baseline-stars stars after a compile call and extrapolated per star. Caveat, measured
+    with jax_log_compiles: numpyro 0.22's ``MCMC.run`` builds a new collection transform on
+    every call, so its sampling loop is recompiled for every star (~11 s of each run here).
+    ``engine_b1_stars_per_s`` is therefore also reported: the same NumPyro NUTS kernel (C
+    vectorised chains) compiled once and looped one star at a time, and
+    ``speedup_vs_engine_b1`` = (a) / that: the gain from batching stars alone.
 
     python bench/infer_bench.py [--json] [--model-source toy|eq19] [--n-stars 200] [--batch-size 64]
+        [--parameterization whitened|direct] [--max-tree-depth 8] [--init grid|uniform]
     python bench/infer_bench.py --method grid [--n-stars 300 --n-mock 300 --work-dir DIR] [--json]
       (keys grid_stars_per_s, grid_setup_seconds, grid_agreement_frac, ...: see bench/grid_compare.py)
 """
@@ -31,7 +40,7 @@ import numpy as np
 from _common import REPO, anchor_dir, report
 
 
-def load_model_source(source: str, emu):
+def load_model_source(source: str, emu, parameterization: str = "whitened"):
     """(model, star_data_fn, prior, config) of the toy placeholder or the Eq. 19 model."""
     if source == "toy":
         sys.path.insert(0, str(REPO / "tests"))
@@ -41,7 +50,7 @@ def load_model_source(source: str, emu):
     from dds_infer.inference import InferenceConfig, star_data_from_catalog, star_model
     from dds_infer.priors import default_prior
 
-    return star_model, star_data_from_catalog, default_prior(emu), InferenceConfig()
+    return star_model, star_data_from_catalog, default_prior(emu), InferenceConfig(parameterization=parameterization)
 
 
 def load_emulator(path: str | None):
@@ -56,23 +65,50 @@ def load_emulator(path: str | None):
                               density_path=a / "green2020_input_density.h5")
 
 
-def time_engine(model, stars, static, n, batch_size, settings):
+def make_init(init: str, model_source: str, static, num_chains: int):
+    """None (NumPyro's init_to_uniform) or the pipeline's grid-mode chain starts."""
+    if init == "uniform":
+        return None
+    if model_source != "eq19":
+        raise SystemExit("--init grid needs --model-source eq19")
+    from dds_infer.pipeline import mode_init_fn
+
+    emu, prior, config = static
+    return mode_init_fn(emu, prior, config, num_chains)
+
+
+def _keys(rows):
+    """(init keys, NUTS keys) per star, split exactly as the pipeline's runner does."""
     import jax
 
-    from dds_infer.engine import run_nuts_batch, star_keys
+    from dds_infer.engine import star_keys
+
+    split = jax.vmap(jax.random.split)(star_keys(0, rows))
+    return split[:, 0], split[:, 1]
+
+
+def time_engine(model, stars, static, n, batch_size, settings, init_fn=None):
+    """Steady-state seconds for n stars (grid-mode starts included when init_fn is given)."""
+    import jax
+
+    from dds_infer.engine import run_nuts_batch
     from dds_infer.posterior import Posterior, concat
 
     take = lambda rows: jax.tree_util.tree_map(lambda a: a[rows], stars)  # noqa: E731
-    rows0 = np.arange(min(batch_size, n))
+
+    def batch(rows):
+        k_init, k_nuts = _keys(rows)
+        init = None if init_fn is None else init_fn(take(rows), k_init)
+        return jax.block_until_ready(run_nuts_batch(model, take(rows), static, init, k_nuts,
+                                                    pad_to=batch_size, **settings))
+
     t0 = time.perf_counter()
-    jax.block_until_ready(run_nuts_batch(model, take(rows0), static, None, star_keys(0, rows0),
-                                         pad_to=batch_size, **settings))
+    batch(np.arange(min(batch_size, n)))
     first = time.perf_counter() - t0
     results, lanes_mean, lanes_max, t0 = [], [], [], time.perf_counter()
     for start in range(0, n, batch_size):
         rows = np.arange(start, min(start + batch_size, n))
-        res = jax.block_until_ready(run_nuts_batch(model, take(rows), static, None, star_keys(0, rows),
-                                                   pad_to=batch_size, **settings))
+        res = batch(rows)
         results.append(Posterior.from_batch(res, rows, static[0]))
         steps = np.asarray(res.num_steps)  # (B, C, S): vmapped NUTS pays the largest tree per draw
         lanes_mean.append(steps.mean())
@@ -83,7 +119,9 @@ def time_engine(model, stars, static, n, batch_size, settings):
     return seconds, max(first - seconds / n_batches, 0.0), concat(results), lockstep
 
 
-def time_baseline(model, stars, static, n, settings):
+def time_baseline(model, stars, static, n, settings, init_fn=None):
+    """Per-star MCMC loop; with init_fn, each star starts from the same grid-mode starts as the
+    engine (computed for all stars in one batched call before the timing: not charged)."""
     import jax
     from numpyro.infer import MCMC, NUTS
 
@@ -95,13 +133,19 @@ def time_baseline(model, stars, static, n, settings):
                 num_chains=settings["num_chains"], chain_method="vectorized", progress_bar=False,
                 jit_model_args=True)
     star = lambda i: jax.tree_util.tree_map(lambda a: a[i], stars)  # noqa: E731
+    rows = np.arange(n)
+    k_init, k_nuts = _keys(rows)
+    inits = None
+    if init_fn is not None:
+        inits = jax.block_until_ready(init_fn(jax.tree_util.tree_map(lambda a: a[rows], stars), k_init))
+    init = lambda i: None if inits is None else jax.tree_util.tree_map(lambda a: a[i], inits)  # noqa: E731
     t0 = time.perf_counter()
-    mcmc.run(jax.random.key(10_000), star(0))
+    mcmc.run(jax.random.key(10_000), star(0), init_params=init(0))
     jax.block_until_ready(mcmc.get_samples())
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(n):
-        mcmc.run(jax.random.key(i), star(i))
+        mcmc.run(k_nuts[i], star(i), init_params=init(i))
         jax.block_until_ready(mcmc.get_samples())
     seconds = time.perf_counter() - t0
     return seconds, max(first - seconds / n, 0.0)
@@ -117,6 +161,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-source", choices=("toy", "eq19"), default="eq19")
     p.add_argument("--model", default=None, help="emulator bundle (default: the published network from the anchors)")
+    p.add_argument("--parameterization", choices=("whitened", "direct"), default="whitened",
+                   help="eq19 model's (mu, E) sites: whitened on the conditional Gaussian (default) or direct")
+    p.add_argument("--max-tree-depth", type=int, default=8,
+                   help="NUTS tree-depth cap for both (default 8, the pipeline's; NumPyro's is 10)")
+    p.add_argument("--target-accept", type=float, default=0.95, help="NUTS target acceptance (default 0.95, as the pipeline)")
+    p.add_argument("--init", choices=("grid", "uniform"), default=None,
+                   help="chain starts for both: the pipeline's grid modes (default for eq19) or NumPyro's "
+                   "init_to_uniform (default for toy)")
+    p.add_argument("--vs-direct", type=int, default=0,
+                   help="also time the engine with the direct (mu, log E) coordinates on this many of the "
+                   "stars, and the whitened engine again on the same ones (keys direct_*, speedup_whitened_vs_direct)")
     p.add_argument("--n-stars", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--baseline-stars", type=int, default=20, help="stars timed for the baseline (0: skip)")
@@ -142,18 +197,24 @@ def main(argv=None) -> int:
     from dds_infer.catalog_io import read_green2020_h5
 
     emu = load_emulator(args.model)
-    model, star_data_fn, prior, config = load_model_source(args.model_source, emu)
+    model, star_data_fn, prior, config = load_model_source(args.model_source, emu, args.parameterization)
     cat = read_green2020_h5(anchor_dir() / "green2020_test_data_small.h5", require_labels=False,
                             require_reddening_prior=False)
     cat = cat.subset(np.arange(args.n_stars))
     stars = star_data_fn(cat)
     static = (emu, prior, config)
     settings = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, num_chains=args.num_chains,
-                    target_accept_prob=0.8, max_tree_depth=10)
+                    target_accept_prob=args.target_accept, max_tree_depth=args.max_tree_depth)
 
-    sec_e, compile_e, post, lockstep = time_engine(model, stars, static, args.n_stars, args.batch_size, settings)
+    if args.init is None:
+        args.init = "grid" if args.model_source == "eq19" else "uniform"
+    init_fn = make_init(args.init, args.model_source, static, args.num_chains)
+    sec_e, compile_e, post, lockstep = time_engine(model, stars, static, args.n_stars, args.batch_size, settings,
+                                                   init_fn)
     summ = post.summary()
-    figures = {"model_source": args.model_source, "n_stars": args.n_stars, "batch_size": args.batch_size,
+    figures = {"model_source": args.model_source, "parameterization": args.parameterization, "init": args.init,
+               "target_accept": args.target_accept,
+               "max_tree_depth": args.max_tree_depth, "n_stars": args.n_stars, "batch_size": args.batch_size,
                "num_chains": args.num_chains, "num_warmup": args.num_warmup, "num_samples": args.num_samples,
                "seconds_engine": sec_e, "engine_compile_seconds": compile_e,
                "engine_stars_per_s": args.n_stars / sec_e,
@@ -164,8 +225,8 @@ def main(argv=None) -> int:
                "lockstep_efficiency": lockstep}
     if args.baseline_stars > 0:
         nb = min(args.baseline_stars, args.n_stars)
-        sec_b, compile_b = time_baseline(model, stars, static, nb, settings)
-        sec_1, _, _, _ = time_engine(model, jax_take(stars, nb), static, nb, 1, settings)
+        sec_b, compile_b = time_baseline(model, stars, static, nb, settings, init_fn)
+        sec_1, _, _, _ = time_engine(model, jax_take(stars, nb), static, nb, 1, settings, init_fn)
         figures.update({"engine_b1_stars_per_s": nb / sec_1, "speedup_vs_engine_b1": (args.n_stars / sec_e) / (nb / sec_1)})
         figures.update({"baseline": f"per-star MCMC(NUTS, chain_method='vectorized', jit_model_args=True), "
                                     f"timed on {nb} stars, extrapolated per star",
@@ -173,6 +234,21 @@ def main(argv=None) -> int:
                         "seconds_baseline_extrapolated": sec_b / nb * args.n_stars,
                         "baseline_compile_seconds": compile_b, "baseline_stars_per_s": nb / sec_b,
                         "speedup": (args.n_stars / sec_e) / (nb / sec_b)})
+    if args.vs_direct > 0 and args.model_source == "eq19":
+        import dataclasses
+
+        nd = min(args.vs_direct, args.n_stars)
+        static_d = (emu, prior, dataclasses.replace(config, parameterization="direct"))
+        init_d = make_init(args.init, args.model_source, static_d, args.num_chains)
+        sec_d, _, post_d, lock_d = time_engine(model, jax_take(stars, nd), static_d, nd, args.batch_size, settings, init_d)
+        sec_w, _, _, _ = time_engine(model, jax_take(stars, nd), static, nd, args.batch_size, settings, init_fn)
+        summ_d = post_d.summary()
+        figures.update({"direct_stars": nd, "direct_engine_stars_per_s": nd / sec_d,
+                        "direct_frac_rhat_lt_1_01": float(np.mean(summ_d["r_hat_max"] < 1.01)),
+                        "direct_median_ess": float(np.nanmedian(summ_d["ess_bulk_min"])),
+                        "direct_mean_leapfrog_steps_per_draw": float(post_d.sample_stats["num_steps"].mean()),
+                        "direct_lockstep_efficiency": lock_d,
+                        "speedup_whitened_vs_direct": sec_d / sec_w})
     report(figures, args.json)
     return 0
 

@@ -130,6 +130,11 @@ class Emulator:
         """R(θ) from normalised input x."""
         return self._apply_x(x)[1]
 
+    def mags_and_reddening_x(self, x):
+        """(M(θ), R(θ)) in band space from normalised input x, one forward pass (Eq. 2)."""
+        bm, r = self._apply_x(x)
+        return _bm_to_m(bm), r
+
     def predict_x(self, x, E):
         """M(θ) + E R(θ) (band space) from normalised input x."""
         bm, r = self._apply_x(x)

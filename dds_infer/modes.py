@@ -39,7 +39,7 @@ import numpy as np
 from flax import struct
 from jax.scipy.special import log_ndtr, logsumexp
 
-from .inference import InferenceConfig, parallax_model_mas, photometric_variance
+from .inference import InferenceConfig, mu_E_normal_equations, parallax_model_mas, photometric_variance
 from .priors import Prior, log_prior
 
 __all__ = ["ThetaGrid", "Modes", "ModeResult", "make_theta_grid", "mu_E_normal_equations", "grid_log_posterior",
@@ -47,23 +47,6 @@ __all__ = ["ThetaGrid", "Modes", "ModeResult", "make_theta_grid", "mu_E_normal_e
            "FLAG_OK", "FLAG_MULTIMODAL", "FLAG_UNRESOLVED"]
 
 FLAG_OK, FLAG_MULTIMODAL, FLAG_UNRESOLVED = 0, 1, 2
-_RIDGE_MU, _RIDGE_E, _MU0 = 1e-4, 1e-4, 12.0  # σ = 100 mag pull to (μ0, 0): keeps A invertible
-
-
-def mu_E_normal_equations(w, y, R, w_p=0.0, mu_p=0.0):
-    """Eq. 2 at fixed θ is linear in (μ, E): y = m̂ − M(θ) = μ + E R(θ) + noise. The weighted
-    least-squares normal equations A [μ, E]ᵀ = b (band weights ``w`` (B,); y, R (K, B); an optional
-    Gaussian μ constraint of weight ``w_p`` at ``mu_p``, e.g. a linearised parallax; the weak
-    ridge pulls _RIDGE_MU, _RIDGE_E keep A invertible) and their closed-form 2×2 solution.
-    Returns dict of (K,) arrays: a00, a01, a11, b0, b1, det, mu, E."""
-    a00 = jnp.sum(w) + w_p + _RIDGE_MU
-    a01 = R @ w
-    a11 = (R * R) @ w + _RIDGE_E
-    b0 = y @ w + w_p * mu_p + _RIDGE_MU * _MU0
-    b1 = (y * R) @ w
-    det = a00 * a11 - a01 * a01
-    return dict(a00=a00, a01=a01, a11=a11, b0=b0, b1=b1, det=det,
-                mu=(a11 * b0 - a01 * b1) / det, E=(a00 * b1 - a01 * b0) / det)
 
 
 @struct.dataclass

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from .engine import run_nuts_batch, star_keys
+from .inference import direct_log_density
 from .posterior import Posterior, concat
 
 __all__ = ["infer_catalog", "catalog_fingerprint", "run_config_hash", "ManifestMismatchError"]
@@ -168,7 +169,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         modes = None
         if combine_fn is not None:
             samples = {key: np.asarray(v) for key, v in res.samples.items()}
-            logp = -np.asarray(res.potential_energy)
+            logp = direct_log_density(-np.asarray(res.potential_energy), samples)  # of (x, μ, log E)
             modes = [combine_fn({key: v[i] for key, v in samples.items()}, logp[i]) for i in range(len(rows))]
         post = Posterior.from_batch(res, ids[rows], emulator, modes, attrs={"config_hash": chash, "rows": [
             int(rows[0]), int(rows[-1]) + 1]})

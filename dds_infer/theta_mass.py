@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from jax.scipy.special import log_ndtr, logsumexp
 
 from . import galaxy
-from .inference import InferenceConfig, parallax_model_mas, photometric_variance
-from .modes import _MU0, _RIDGE_E, _RIDGE_MU, mu_E_normal_equations  # the same weak pulls as the NUTS-path grid
+from .inference import (_MU0, _RIDGE_E, _RIDGE_MU, InferenceConfig, mu_E_normal_equations,  # the same weak pulls
+                        parallax_model_mas, photometric_variance)
 from .priors import Prior, log_distance_prior, log_hr_prior, log_metallicity_prior
 
 __all__ = ["photometric_gaussian", "reddening_integral", "coarse_log_mass", "mu_prior_tables", "theta_log_mass"]

@@ -56,7 +56,8 @@ def test_log_density_matches_numpy_eq19(emu):
     obs[0] = True
     offsets = tuple(rng.normal(0, 0.02, 13))
     plx, plx_err = 0.75, 0.04
-    cfg = InferenceConfig(sigma_floor=0.03, zp="dr2", parallax_inflation=1.3, band_offsets=offsets)
+    cfg = InferenceConfig(sigma_floor=0.03, zp="dr2", parallax_inflation=1.3, band_offsets=offsets,
+                          parameterization="direct")
     prior = default_prior(emu, kind="flat", theta="flat", reddening="halfnormal", E_scale=0.8)
     star = _star(np.where(obs, mag, 0.0), np.where(obs, err, 1.0), obs, plx, plx_err)
     params = {"x": emu.normalize(jnp.asarray(theta)), "mu": jnp.array(mu), "E": jnp.array(E)}
@@ -109,21 +110,90 @@ def test_unobserved_bands_and_missing_parallax_contribute_nothing(emu):
     assert float(f(none)) == 0.0
 
 
-def test_potential_energy_gradient_finite_everywhere_nuts_goes(emu):
-    """Unconstrained space (x, μ, log E): finite value and gradient far outside the domain too."""
+@pytest.mark.parametrize("param,sites", [("direct", ("mu", "E")), ("whitened", ("z_mu", "z_E"))])
+def test_potential_energy_gradient_finite_everywhere_nuts_goes(emu, param, sites):
+    """Unconstrained space (x, μ, log E) or (x, z_μ, z_E): finite value and gradient far outside
+    the domain too."""
     star = _star(np.full(13, 14.0), np.full(13, 0.02), np.ones(13, bool), 0.3, 0.05)
     prior = default_prior(emu, reddening="halfnormal")
-    cfg = InferenceConfig()
+    cfg = InferenceConfig(parameterization=param)
     args = (star, emu, prior, cfg)
     vg = jax.jit(jax.value_and_grad(lambda q: potential_energy(star_model, args, {}, q)))
     for x, mu, u in ((np.zeros(3), 10.0, -1.0), (np.array([8.0, -8.0, 6.0]), 35.0, 3.0),
-                     (np.array([-6.0, 9.0, -7.0]), -6.0, -25.0), (np.array([3.0, 0.0, 0.0]), 8.0, 1.5)):
-        p = {"x": jnp.asarray(x, jnp.float32), "mu": jnp.array(mu), "E": jnp.array(u)}
+                     (np.array([-6.0, 9.0, -7.0]), -6.0, -25.0), (np.array([3.0, 0.0, 0.0]), 8.0, 1.5),
+                     (np.array([0.5, 0.5, 0.5]), 40.0, -60.0)):
+        p = {"x": jnp.asarray(x, jnp.float32), sites[0]: jnp.array(mu), sites[1]: jnp.array(u)}
         v, g = vg(p)
         assert np.isfinite(float(v))
         assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(g))
     info = initialize_model(jax.random.PRNGKey(0), star_model, model_args=args)
-    assert set(info.param_info.z) == {"x", "mu", "E"}
+    assert set(info.param_info.z) == {"x", *sites}
+
+
+def _real_ish_star(emu, rng, theta, mu, E, n_obs=13):
+    M, R = _numpy_absolute_mags(emu, theta)
+    err = rng.uniform(0.02, 0.05, 13)
+    obs = np.zeros(13, bool)
+    obs[rng.permutation(13)[:n_obs]] = True
+    mag = M + mu + E * R + rng.normal(0, err)
+    return _star(np.where(obs, mag, 0.0), np.where(obs, err, 1.0), obs, 10 ** ((10 - mu) / 5) + 0.01, 0.05)
+
+
+@pytest.mark.parametrize("n_obs", [13, 4, 1])
+def test_whitened_parameterization_is_an_exact_change_of_variables(emu, n_obs):
+    """−PE_whitened(x, z) − reparam_log_jac = −PE_direct(x, μ, log E) at the mapped point (the
+    same posterior), the recorded log-Jacobian equals autodiff's, and the inverse map round-trips;
+    with 1 observed band too (the ridge keeps the 2×2 system invertible)."""
+    from numpyro.handlers import substitute, trace
+
+    from dds_infer.inference import (conditional_mu_E, direct_log_density, mu_E_to_whitened,
+                                     unconstrained_init, whitened_to_mu_E)
+
+    rng = np.random.default_rng(10 + n_obs)
+    star = _real_ish_star(emu, rng, np.array([5300.0, 4.2, -0.2]), 9.5, 0.3, n_obs)
+    prior = default_prior(emu, reddening="halfnormal", E_scale=0.5)
+    cw, cd = InferenceConfig(), InferenceConfig(parameterization="direct")
+    for _ in range(6):
+        x = jnp.asarray(rng.normal(0, 0.5, 3), jnp.float32)
+        z = {"x": x, "z_mu": jnp.array(rng.normal(0, 2.0)), "z_E": jnp.array(rng.normal(0, 3.0))}
+        tr = trace(substitute(lambda: star_model(star, emu, prior, cw), z)).get_trace()
+        assert {"mu", "E", "reparam_log_jac"} <= set(tr)
+        mu, E = tr["mu"]["value"], tr["E"]["value"]
+        assert float(E) > 0
+        pe_w = potential_energy(star_model, (star, emu, prior, cw), {}, z)
+        pe_d = potential_energy(star_model, (star, emu, prior, cd), {}, {"x": x, "mu": mu, "E": jnp.log(E)})
+        lp_direct = direct_log_density(-np.asarray(pe_w), {"reparam_log_jac": np.asarray(tr["reparam_log_jac"]["value"])})
+        assert float(lp_direct) == pytest.approx(-float(pe_d), abs=2e-3, rel=1e-5)
+
+        M, R = emu.mags_and_reddening_x(x)
+        ne = conditional_mu_E(M, R, star, emu, cw)
+        jac = jax.jacfwd(lambda v: jnp.stack(whitened_to_mu_E(v[0], v[1], ne)[:2]))(jnp.stack([z["z_mu"], z["z_E"]]))
+        _, _, log_jac = whitened_to_mu_E(z["z_mu"], z["z_E"], ne)
+        assert float(log_jac) == pytest.approx(float(jnp.log(jnp.abs(jnp.linalg.det(jac)))), abs=1e-3)
+        back = mu_E_to_whitened(mu, E, ne)
+        np.testing.assert_allclose([float(back[0]), float(back[1])], [float(z["z_mu"]), float(z["z_E"])],
+                                   atol=2e-3 * (1 + abs(float(z["z_E"]))))
+        init = unconstrained_init({"x": x[None], "mu": mu[None], "E": jnp.log(E)[None]}, star, emu, cw)
+        assert float(init["z_E"][0]) == pytest.approx(float(back[1]), abs=2e-3)
+        assert unconstrained_init({"x": x, "mu": mu, "E": E}, star, emu, cd)["mu"] is mu
+
+
+def test_whitened_coordinates_are_near_standard_on_the_likelihood(emu):
+    """The point of the whitening: on a noise-free star the photometric likelihood's (μ, E) at
+    fixed true θ map to z ≈ 0, and one unit of z moves μ and E by about their conditional σ."""
+    from dds_infer.inference import conditional_mu_E, mu_E_to_whitened, whitened_to_mu_E
+
+    theta = np.array([5600.0, 4.4, 0.0])
+    M, R = _numpy_absolute_mags(emu, theta)
+    star = _star(M + 10.0 + 0.4 * R, np.full(13, 0.02), np.ones(13, bool))
+    x = emu.normalize(jnp.asarray(theta))
+    Mj, Rj = emu.mags_and_reddening_x(x)
+    ne = conditional_mu_E(Mj, Rj, star, emu, InferenceConfig(sigma_floor=0.0))
+    z_mu, z_E = mu_E_to_whitened(10.0, 0.4, ne)
+    assert abs(float(z_mu)) < 0.05 and abs(float(z_E)) < 0.05
+    mu1, E1, _ = whitened_to_mu_E(0.0, 1.0, ne)
+    s_E = float(jnp.sqrt(ne["a00"] / ne["det"]))
+    assert float(E1) - 0.4 == pytest.approx(s_E, rel=0.05)
 
 
 def test_star_data_from_catalog_fills_missing_values():

@@ -227,7 +227,7 @@ def test_end_to_end_nuts_on_real_stars(published, anchor_dir):
     from numpyro.infer import MCMC, NUTS
 
     from dds_infer.catalog_io import read_green2020_h5
-    from dds_infer.inference import star_data_from_catalog, star_model
+    from dds_infer.inference import direct_log_density, star_data_from_catalog, star_model, unconstrained_init
 
     cat = read_green2020_h5(anchor_dir / "green2020_test_data_small.h5").subset(np.array([6320, 5435]))
     data = star_data_from_catalog(cat)
@@ -239,11 +239,11 @@ def test_end_to_end_nuts_on_real_stars(published, anchor_dir):
     for i in range(cat.n_stars):
         star = jax.tree_util.tree_map(lambda a: a[i], data)
         modes = star_modes(star, published, prior, cfg, grid)
-        mcmc.run(jax.random.PRNGKey(i), star, init_params=initial_params(modes, 2, jax.random.PRNGKey(9)),
-                 extra_fields=("potential_energy",))
+        init = unconstrained_init(initial_params(modes, 2, jax.random.PRNGKey(9)), star, published, cfg)
+        mcmc.run(jax.random.PRNGKey(i), star, init_params=init, extra_fields=("potential_energy",))
         s = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-        res = combine_chain_modes(s, -np.asarray(mcmc.get_extra_fields(group_by_chain=True)["potential_energy"]),
-                                  modes)
+        logp = direct_log_density(-np.asarray(mcmc.get_extra_fields(group_by_chain=True)["potential_energy"]), s)
+        res = combine_chain_modes(s, logp, modes)
         assert res.flag == FLAG_OK
         assert max(float(split_gelman_rubin(s[k])) for k in ("teff", "logg", "mu", "E")) < 1.1
         teff, logg = np.median(s["teff"]), np.median(s["logg"])

@@ -57,7 +57,7 @@ def test_cli_infer_json_and_resume(small_mock, tmp_path, capsys):
     assert res["n_stars"] == 6 and res["stars_per_s"] > 0
     assert 0.0 <= res["frac_rhat_lt_1_01"] <= 1.0 and res["median_ess"] > 0
     # the mock's errors include its survey's floor: declared through the Parquet file, not added again
-    assert res["sigma_floor"] == 0.02
+    assert res["sigma_floor"] == 0.02 and res["parameterization"] == "whitened"
     assert res["catalog_err_floor"] == pytest.approx(list(mock.catalog.meta["mag_err_floor"]))
     chunks = sorted((out / "chunks").glob("*.nc"))
     assert len(chunks) == 2

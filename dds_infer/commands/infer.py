@@ -35,6 +35,11 @@ def register(sub) -> None:
                    help="reddening prior (dustmap: centred on the catalogue's E_prior ± E_prior_err)")
     p.add_argument("--max-tree-depth", type=int, default=8,
                    help="NUTS tree-depth cap (default 8: twice the ESS per second of NumPyro's 10 here)")
+    p.add_argument("--target-accept", type=float, default=0.95,
+                   help="NUTS target acceptance probability (default 0.95: fewer divergences than NumPyro's 0.8)")
+    p.add_argument("--parameterization", default="whitened", choices=("whitened", "direct"),
+                   help="NUTS sample sites for (mu, E): whitened on their conditional Gaussian at each theta "
+                   "(default, ~10x fewer leapfrog steps) or direct (mu, log E); the posterior is the same")
     p.add_argument("--method", default="nuts", choices=("nuts", "grid"),
                    help="nuts: batched NUTS chains; grid: importance sampling in θ with (μ, E) by closed form and "
                    "quadrature (~10^3 stars/s, one chain of i.i.d. draws, flag 2 = low weight ESS)")
@@ -68,7 +73,7 @@ def run(args) -> int:
     cat = read_catalog(args.catalog, args.columns, require_labels=False)
     if args.catalog_err_floor is not None:
         cat.meta["mag_err_floor"] = float(args.catalog_err_floor)
-    config = InferenceConfig(zp=args.zp, sigma_floor=args.sigma_floor)
+    config = InferenceConfig(zp=args.zp, sigma_floor=args.sigma_floor, parameterization=args.parameterization)
     prior = default_prior(emu, kind=args.prior, reddening=args.reddening)
     grid_settings = None
     if args.method == "grid":
@@ -84,7 +89,8 @@ def run(args) -> int:
                  method=args.method, grid_settings=grid_settings,
                  num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
                  seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite,
-                 multimodal=not args.no_multimodal, max_tree_depth=args.max_tree_depth)
+                 multimodal=not args.no_multimodal, max_tree_depth=args.max_tree_depth,
+                 target_accept_prob=args.target_accept)
     seconds = time.perf_counter() - t0
     summ = post.summary()
     out = Path(args.out)
@@ -93,7 +99,8 @@ def run(args) -> int:
         "frac_rhat_lt_1_01": (float(np.mean(summ["r_hat_max"] < 1.01)) if args.method == "nuts" else None),
         "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
         "n_flagged": int((summ["flag"] != 0).sum()), "method": args.method,
-        "sigma_floor": args.sigma_floor,
+        "sigma_floor": args.sigma_floor, "parameterization": args.parameterization,
+        "target_accept": args.target_accept,
         "catalog_err_floor": None if cat.mag_err_floor is None else cat.mag_err_floor.tolist(),
         "out": {"posterior": str(out / "posterior.nc"), "summary": str(out / "summary.parquet"),
                 "chunks": str(out / "chunks")},
