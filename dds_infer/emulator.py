@@ -137,8 +137,8 @@ class Emulator:
 
     def predict_x(self, x, E):
         """M(θ) + E R(θ) (band space) from normalised input x."""
-        bm, r = self._apply_x(x)
-        return _bm_to_m(bm) + jnp.asarray(E)[..., None] * r
+        M, r = self.mags_and_reddening_x(x)
+        return M + jnp.asarray(E)[..., None] * r
 
     def network_outputs(self, theta):
         """(B M(θ), R(θ)) from one forward pass: the two sectors' raw outputs (Eqs. 2, 5)."""

@@ -222,6 +222,11 @@ def conditional_mu_E(M, R, star: StarData, emulator, config: InferenceConfig) ->
     return mu_E_normal_equations(w, star.mag - M - config.offsets(emulator.n_bands), R)
 
 
+def _whitening(ne: dict):
+    """(σ_E, E ↦ μ's conditional mean given E) of the Gaussian ``ne`` (:func:`conditional_mu_E`)."""
+    return jnp.sqrt(ne["a00"] / ne["det"]), lambda E: (ne["b0"] - ne["a01"] * E) / ne["a00"]
+
+
 def whitened_to_mu_E(z_mu, z_E, ne: dict):
     """(μ, E, log|∂(μ, E)/∂(z_μ, z_E)|) of the whitened parameterisation.
 
@@ -231,23 +236,19 @@ def whitened_to_mu_E(z_mu, z_E, ne: dict):
         μ = (b0 − a01 E)/a00 + z_μ/√a00.
     The Jacobian is triangular: log|J| = log σ_E + log sigmoid(t) − ½ log a00.
     """
-    a00 = ne["a00"]
-    s_E = jnp.sqrt(a00 / ne["det"])
+    s_E, mu_given_E = _whitening(ne)
     t = ne["E"] / s_E + z_E
     E = s_E * jax.nn.softplus(t)
-    mu = (ne["b0"] - ne["a01"] * E) / a00 + z_mu * jax.lax.rsqrt(a00)
-    return mu, E, jnp.log(s_E) + jax.nn.log_sigmoid(t) - 0.5 * jnp.log(a00)
+    mu = mu_given_E(E) + z_mu * jax.lax.rsqrt(ne["a00"])
+    return mu, E, jnp.log(s_E) + jax.nn.log_sigmoid(t) - 0.5 * jnp.log(ne["a00"])
 
 
 def mu_E_to_whitened(mu, E, ne: dict):
     """Inverse of :func:`whitened_to_mu_E`: (z_μ, z_E) of (μ, E > 0)."""
-    a00 = ne["a00"]
-    s_E = jnp.sqrt(a00 / ne["det"])
+    s_E, mu_given_E = _whitening(ne)
     u = E / s_E
     t = u + jnp.log(-jnp.expm1(-u))  # softplus⁻¹(u), stable for small and large u
-    z_E = t - ne["E"] / s_E
-    z_mu = (mu - (ne["b0"] - ne["a01"] * E) / a00) * jnp.sqrt(a00)
-    return z_mu, z_E
+    return (mu - mu_given_E(E)) * jnp.sqrt(ne["a00"]), t - ne["E"] / s_E
 
 
 def unconstrained_init(params: dict, star: StarData, emulator, config: InferenceConfig) -> dict:

@@ -35,8 +35,9 @@ def register(sub) -> None:
                    help="reddening prior (dustmap: centred on the catalogue's E_prior ± E_prior_err)")
     p.add_argument("--max-tree-depth", type=int, default=8,
                    help="NUTS tree-depth cap (default 8: twice the ESS per second of NumPyro's 10 here)")
-    p.add_argument("--target-accept", type=float, default=0.95,
-                   help="NUTS target acceptance probability (default 0.95: fewer divergences than NumPyro's 0.8)")
+    p.add_argument("--target-accept", type=float, default=None,
+                   help="NUTS target acceptance probability (default: the pipeline's 0.95, fewer divergences "
+                   "than NumPyro's 0.8)")
     p.add_argument("--parameterization", default="whitened", choices=("whitened", "direct"),
                    help="NUTS sample sites for (mu, E): whitened on their conditional Gaussian at each theta "
                    "(default, ~10x fewer leapfrog steps) or direct (mu, log E); the posterior is the same")
@@ -60,10 +61,12 @@ def run(args) -> int:
 
     from ..cli import emit_json
     from ..inference import InferenceConfig
-    from ..pipeline import infer
+    from ..pipeline import TARGET_ACCEPT, infer
     from ..priors import default_prior
     from ._common import read_catalog, read_model
 
+    if args.target_accept is None:
+        args.target_accept = TARGET_ACCEPT
     if args.batch_size is None:
         args.batch_size = 64 if args.method == "nuts" else 1024
     for name in ("num_warmup", "num_samples", "num_chains", "batch_size"):
