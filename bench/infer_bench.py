@@ -22,9 +22,13 @@ matrix, and the model's (μ, E) sites whitened on the conditional Gaussian
     ``engine_b1_stars_per_s`` is therefore also reported: the same NumPyro NUTS kernel (C
     vectorised chains) compiled once and looped one star at a time, and
     ``speedup_vs_engine_b1`` = (a) / that: the gain from batching stars alone.
+(c) --queue N: the queue engine (:mod:`dds_infer.nuts_queue`, no lockstep: each chain advances
+    one leapfrog step per iteration and a finished chain's slot takes the next (star, chain)
+    job) on the first N stars in one call, same model, starts and settings; compiled ahead of
+    time (``queue_compile_seconds``), timed with its grid-mode starts.
 
     python bench/infer_bench.py [--json] [--model-source toy|eq19] [--n-stars 200] [--batch-size 64]
-        [--parameterization whitened|direct] [--max-tree-depth 8] [--init grid|uniform]
+        [--parameterization whitened|direct] [--max-tree-depth 8] [--init grid|uniform] [--queue N --n-slots 256]
     python bench/infer_bench.py --method grid [--n-stars 300 --n-mock 300 --work-dir DIR] [--json]
       (keys grid_stars_per_s, grid_setup_seconds, grid_agreement_frac, ...: see bench/grid_compare.py)
 """
@@ -119,6 +123,35 @@ def time_engine(model, stars, static, n, batch_size, settings, init_fn=None):
     return seconds, max(first - seconds / n_batches, 0.0), concat(results), lockstep
 
 
+def time_queue(model, stars, static, n, settings, init_fn, n_slots):
+    """The queue engine (dds_infer.nuts_queue) on the first n stars in ONE call (n × C jobs on
+    n_slots slots): (steady seconds incl. the grid-mode starts, compile seconds, Posterior,
+    iterations). Compiled ahead of time so that the compile is measured apart."""
+    import jax
+
+    from dds_infer import nuts_queue
+    from dds_infer.engine import BatchResult, NutsSettings, _split_static
+    from dds_infer.posterior import Posterior
+
+    rows = np.arange(n)
+    sub = jax.tree_util.tree_map(lambda a: a[rows], stars)
+    k_init, k_nuts = _keys(rows)
+    nuts = NutsSettings(settings["num_warmup"], settings["num_samples"], settings["num_chains"],
+                        settings["target_accept_prob"], settings["max_tree_depth"], False)
+    static_key, arrays = _split_static(tuple(static))
+    fn = nuts_queue._compiled(model, static_key, nuts, int(n_slots), init_fn is not None, nuts_queue.DEFAULT_BLOCK)
+    init = None if init_fn is None else jax.block_until_ready(init_fn(sub, k_init))
+    t0 = time.perf_counter()
+    exe = fn.lower(sub, arrays, init, k_nuts).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    init = None if init_fn is None else init_fn(sub, k_init)
+    out, n_iter = jax.block_until_ready(exe(sub, arrays, init, k_nuts))
+    seconds = time.perf_counter() - t0
+    res = BatchResult(**out, iterations=n_iter)
+    return seconds, compile_s, Posterior.from_batch(res, rows, static[0]), int(n_iter)
+
+
 def time_baseline(model, stars, static, n, settings, init_fn=None):
     """Per-star MCMC loop; with init_fn, each star starts from the same grid-mode starts as the
     engine (computed for all stars in one batched call before the timing: not charged)."""
@@ -172,6 +205,10 @@ def main(argv=None) -> int:
     p.add_argument("--vs-direct", type=int, default=0,
                    help="also time the engine with the direct (mu, log E) coordinates on this many of the "
                    "stars, and the whitened engine again on the same ones (keys direct_*, speedup_whitened_vs_direct)")
+    p.add_argument("--queue", type=int, default=0,
+                   help="also run the queue engine (dds_infer.nuts_queue: no lockstep, finished chains refilled) "
+                   "on this many of the stars in one call (keys queue_*, speedup_queue_vs_engine)")
+    p.add_argument("--n-slots", type=int, default=256, help="--queue: chains advanced together")
     p.add_argument("--n-stars", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--baseline-stars", type=int, default=20, help="stars timed for the baseline (0: skip)")
@@ -249,6 +286,22 @@ def main(argv=None) -> int:
                         "direct_mean_leapfrog_steps_per_draw": float(post_d.sample_stats["num_steps"].mean()),
                         "direct_lockstep_efficiency": lock_d,
                         "speedup_whitened_vs_direct": sec_d / sec_w})
+    if args.queue > 0:
+        nq = min(args.queue, args.n_stars)
+        sec_q, compile_q, post_q, iters = time_queue(model, stars, static, nq, settings, init_fn, args.n_slots)
+        summ_q = post_q.summary()
+        steps = post_q.sample_stats["num_steps"]
+        figures.update({"queue_stars": nq, "queue_n_slots": args.n_slots, "queue_seconds": sec_q,
+                        "queue_compile_seconds": compile_q, "queue_stars_per_s": nq / sec_q,
+                        "queue_frac_rhat_lt_1_01": float(np.mean(summ_q["r_hat_max"] < 1.01)),
+                        "queue_median_ess": float(np.nanmedian(summ_q["ess_bulk_min"])),
+                        "queue_frac_divergent_stars": float(np.mean(summ_q["n_divergent"] > 0)),
+                        "queue_mean_leapfrog_steps_per_draw": float(steps.mean()),
+                        "queue_iterations": iters,
+                        # sampling-phase leapfrog steps per slot-iteration: a lower bound on the
+                        # useful fraction (warmup steps are not recorded)
+                        "queue_sampling_steps_per_slot_iteration": float(steps.sum()) / (iters * args.n_slots),
+                        "speedup_queue_vs_engine": (nq / sec_q) / (args.n_stars / sec_e)})
     report(figures, args.json)
     return 0
 

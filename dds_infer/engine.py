@@ -29,7 +29,7 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
-__all__ = ["NutsSettings", "BatchResult", "run_nuts_batch", "star_keys", "pad_batch"]
+__all__ = ["NutsSettings", "BatchResult", "run_nuts_batch", "check_batch", "star_keys", "pad_batch"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class BatchResult:
     accept_prob: (B, C) mean acceptance probability over the sampling phase.
     step_size: (B, C) adapted step size; inverse_mass_matrix: (B, C, D) or (B, C, D, D).
     init_valid: (B, C) bool, the initial point had finite potential and gradient.
+    iterations: () loop iterations of :func:`dds_infer.nuts_queue.run_nuts_queue` (one leapfrog
+        step per slot each), None for :func:`run_nuts_batch`.
     """
 
     samples: dict
@@ -73,6 +75,7 @@ class BatchResult:
     step_size: jnp.ndarray
     inverse_mass_matrix: jnp.ndarray
     init_valid: jnp.ndarray
+    iterations: jnp.ndarray | None = None
 
     @property
     def num_divergent(self):
@@ -188,6 +191,25 @@ def _leading(tree) -> set:
     return {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in jax.tree_util.tree_leaves(tree)}
 
 
+def check_batch(stars, keys, init_params, num_chains: int):
+    """(B, keys (B,)) after checking a batch's leading star axis, keys and (B, C) init shapes."""
+    sizes = _leading(stars)
+    if len(sizes) != 1 or -1 in sizes:
+        raise ValueError(f"every leaf of `stars` needs the same leading star axis; got sizes {sorted(sizes)}")
+    n = sizes.pop()
+    keys = jnp.asarray(keys)
+    typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    if keys.ndim == (0 if typed else 1):  # one key for the batch
+        keys = jax.random.split(keys, n)
+    if keys.shape[0] != n:
+        raise ValueError(f"got {keys.shape[0]} keys for {n} stars")
+    if init_params is not None:
+        bad = {k: np.shape(v) for k, v in init_params.items() if np.shape(v)[:2] != (n, num_chains)}
+        if bad:
+            raise ValueError(f"init_params leaves must have leading shape (B, C) = {(n, num_chains)}; got {bad}")
+    return n, keys
+
+
 def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params: dict | None, keys, *,
                    num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
                    target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
@@ -207,20 +229,7 @@ def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params:
     """
     settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth,
                             bool(dense_mass))
-    sizes = _leading(stars)
-    if len(sizes) != 1 or -1 in sizes:
-        raise ValueError(f"every leaf of `stars` needs the same leading star axis; got sizes {sorted(sizes)}")
-    n = sizes.pop()
-    keys = jnp.asarray(keys)
-    typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
-    if keys.ndim == (0 if typed else 1):  # one key for the batch
-        keys = jax.random.split(keys, n)
-    if keys.shape[0] != n:
-        raise ValueError(f"got {keys.shape[0]} keys for {n} stars")
-    if init_params is not None:
-        bad = {k: np.shape(v) for k, v in init_params.items() if np.shape(v)[:2] != (n, num_chains)}
-        if bad:
-            raise ValueError(f"init_params leaves must have leading shape (B, C) = {(n, num_chains)}; got {bad}")
+    n, keys = check_batch(stars, keys, init_params, num_chains)
     static, arrays = _split_static(tuple(static_args))
     size = n if pad_to is None else int(pad_to)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
