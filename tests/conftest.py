@@ -6,6 +6,8 @@ in which case they fail.
 """
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,30 @@ ANCHOR_FILES = (
     "green2020_test_data_small.h5",
     "green2020_input_density.h5",
 )
+
+
+def pytest_configure(config):
+    """One persistent JAX compilation cache per test session, in a fresh temporary folder (never
+    reused between runs): a program compiled by one test, notebook kernel or CLI subprocess is
+    loaded, not recompiled, by the next with the same program and shapes. The environment
+    variables reach the subprocesses; ``DDS_TEST_JAX_CACHE=0`` turns it off."""
+    if os.environ.get("DDS_TEST_JAX_CACHE", "1") == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    folder = tempfile.mkdtemp(prefix="dds_test_jax_cache_")
+    config._dds_jax_cache = folder
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_dds_jax_cache", None)
+    if folder:
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _anchor_dir() -> Path:
