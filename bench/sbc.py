@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", choices=("nuts", "grid"), default="nuts")
+    ap.add_argument("--engine", choices=("batch", "queue"), default="batch",
+                    help="NUTS engine (dds_infer.runner.ENGINES): batch (lockstep) or queue")
     ap.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     ap.add_argument("--figure", default=None, help="rank histograms (default bench/figures/sbc_ranks[_grid].png)")
     ap.add_argument("--no-progress", action="store_true")
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                   batch_size=args.batch_size))
+                   batch_size=args.batch_size, engine=args.engine))
         post = infer(cat, emu, args.out or tmp, prior=prior, config=config, seed=args.seed,
                      progress=not args.no_progress, overwrite=args.out is None, **kw)
     seconds = time.perf_counter() - t0
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
         "method": args.method,
         "settings": {"model": args.model, "E_scale": args.E_scale, "num_chains": args.num_chains,
                      "num_warmup": args.num_warmup, "num_samples": args.num_samples, "seed": args.seed},
-        "figure": args.figure, "seconds": round(seconds, 1),
+        "figure": args.figure, "seconds": round(seconds, 1), "engine": args.engine if args.method == "nuts" else None,
         "goals": {"coverage68": [0.64, 0.72], "coverage95": [0.93, 0.97]},
     }
     report(figures, args.json)

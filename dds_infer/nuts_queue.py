@@ -52,7 +52,7 @@ from numpyro.infer.hmc_util import (IntegratorState, TreeInfo, _biased_transitio
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
-from .engine import BatchResult, NutsSettings, _split_static, check_batch
+from .engine import BatchResult, NutsSettings, _split_static, check_batch, pad_batch
 
 __all__ = ["run_nuts_queue", "DEFAULT_SLOTS", "DEFAULT_BLOCK"]
 
@@ -321,7 +321,7 @@ def _compiled(model: Callable, static, settings: NutsSettings, n_slots: int, has
 def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params: dict | None, keys, *,
                    num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
                    target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
-                   n_slots: int = DEFAULT_SLOTS, block: int = DEFAULT_BLOCK) -> BatchResult:
+                   n_slots: int = DEFAULT_SLOTS, block: int = DEFAULT_BLOCK, pad_to: int | None = None) -> BatchResult:
     """NUTS for B stars × C chains on ``n_slots`` chain slots fed from a queue of B × C jobs.
 
     Same arguments and result as :func:`dds_infer.engine.run_nuts_batch` (which see), plus
@@ -329,6 +329,8 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     iteration; random numbers come ``block`` iterations at a time. A star's draws depend on its
     key and start only: not on ``n_slots``, ``block`` or the other stars of the call. A call
     with many more jobs than slots wastes least (the idle tail is at most one job per slot).
+    pad_to: pad the batch to this many stars by repeating the last (as ``run_nuts_batch``: one
+    compiled program for a catalogue's short last chunk; here the padding stars do run).
     """
     settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth, bool(dense_mass))
     n, keys = check_batch(stars, keys, init_params, num_chains)
@@ -336,5 +338,9 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
         raise ValueError(f"n_slots and block must be >= 1, got {n_slots}, {block}")
     static, arrays = _split_static(tuple(static_args))
     fn = _compiled(model, static, settings, int(n_slots), init_params is not None, int(block))
-    out, n_iter = fn(stars, arrays, init_params, keys)
+    size = n if pad_to is None else int(pad_to)
+    stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
+    out, n_iter = fn(stars_p, arrays, init_p, keys_p)
+    if size != n:
+        out = jax.tree_util.tree_map(lambda a: a[:n], out)
     return BatchResult(**out, iterations=n_iter)

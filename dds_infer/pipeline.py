@@ -74,6 +74,9 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
     its longest trees, not by the mean step count: 8.4 / 12.2 / 17.1 steps per draw).
     method: "nuts" (default) or "grid": the importance-sampling grid path
     (:mod:`dds_infer.gridpath`, settings ``grid_settings``), ~10³ stars/s, same outputs.
+    runner_kw: e.g. ``engine="queue"`` (:func:`dds_infer.runner.infer_catalog`): NUTS without
+    lockstep, 1.57× faster on 200 real stars (``bench/infer_bench.py --queue``); use a
+    ``batch_size`` of a few hundred stars so that each chunk's queue keeps its slots busy.
     """
     from .runner import infer_catalog
 

@@ -32,8 +32,9 @@ def test_schedule_does_not_change_any_draw():
     run = dict(num_warmup=40, num_samples=30, num_chains=3, max_tree_depth=6)
     ref = run_nuts_queue(gauss_model, stars, SCALE, None, keys, n_slots=4, block=8, **run)
     other = run_nuts_queue(gauss_model, stars, SCALE, None, keys, n_slots=16, block=3, **run)
+    # other companions: stars 1-2 padded with copies of star 2 (pad_to: the same compiled program)
     sub = run_nuts_queue(gauss_model, jax.tree_util.tree_map(lambda a: a[1:3], stars), SCALE, None, keys[1:3],
-                         n_slots=4, block=32, **run)
+                         n_slots=4, block=8, pad_to=5, **run)
     for k in ("x", "y", "w"):
         a = np.asarray(ref.samples[k])
         assert a.shape[:3] == (5, 3, 30)
@@ -86,3 +87,32 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="init_params"):
         run_nuts_queue(gauss_model, stars, SCALE, {"x": jnp.zeros((2, 3, 3))}, keys, num_chains=2,
                        num_warmup=2, num_samples=2)
+
+
+@pytest.mark.slow
+def test_runner_with_the_queue_engine_resumes_and_is_fingerprinted(tmp_path):
+    """infer_catalog(engine="queue"): chunks (last one padded), resume = uninterrupted run, and a
+    folder written by the batch engine is not silently resumed by the queue engine."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _toy_model import InferenceConfig, mock_catalog, star_data_from_catalog, star_model
+
+    from dds_infer import init_emulator
+    from dds_infer.runner import ManifestMismatchError, infer_catalog
+
+    emu = init_emulator(jax.random.key(0))
+    cat, _ = mock_catalog(emu, 6, seed=2)
+    kw = dict(batch_size=4, num_chains=2, num_warmup=40, num_samples=30, seed=0, model=star_model,
+              star_data_fn=star_data_from_catalog, progress=False, engine="queue", n_slots=4)
+    full = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "a", **kw)
+    assert full.samples["mu"].shape == (6, 2, 30)
+    assert infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", stop_after_chunks=1, **kw) is None
+    resumed = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", **dict(kw, n_slots=8))
+    for k in full.samples:  # n_slots is not part of the fingerprint: it does not change the draws
+        np.testing.assert_array_equal(full.samples[k], resumed.samples[k])
+    with pytest.raises(ManifestMismatchError, match="different run"):
+        infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", **dict(kw, engine="batch"))
+    with pytest.raises(ValueError, match="engine"):
+        infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "c", **dict(kw, engine="fast"))

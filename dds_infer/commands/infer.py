@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--num-chains", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="stars per compiled batch (= chunk); default 64 (nuts), 1024 (grid)")
+                   help="stars per compiled batch (= chunk); default 64 (nuts), 256 (nuts --engine queue), 1024 (grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sigma-floor", type=float, default=0.02,
                    help="photometric error floor [mag] added in quadrature; a floor the catalogue already "
@@ -41,6 +41,11 @@ def register(sub) -> None:
     p.add_argument("--parameterization", default="whitened", choices=("whitened", "direct"),
                    help="NUTS sample sites for (mu, E): whitened on their conditional Gaussian at each theta "
                    "(default, ~10x fewer leapfrog steps) or direct (mu, log E); the posterior is the same")
+    p.add_argument("--engine", default="batch", choices=("batch", "queue"),
+                   help="NUTS engine: batch (vmapped NumPyro NUTS, chains in lockstep) or queue (each chain "
+                   "advances on its own and finished chains are refilled: ~1.6x faster; default batch size 256)")
+    p.add_argument("--n-slots", type=int, default=None,
+                   help="--engine queue: chains advanced together (default min(256, batch size x chains))")
     p.add_argument("--method", default="nuts", choices=("nuts", "grid"),
                    help="nuts: batched NUTS chains; grid: importance sampling in θ with (μ, E) by closed form and "
                    "quadrature (~10^3 stars/s, one chain of i.i.d. draws, flag 2 = low weight ESS)")
@@ -68,7 +73,7 @@ def run(args) -> int:
     if args.target_accept is None:
         args.target_accept = TARGET_ACCEPT
     if args.batch_size is None:
-        args.batch_size = 64 if args.method == "nuts" else 1024
+        args.batch_size = 1024 if args.method == "grid" else (256 if args.engine == "queue" else 64)
     for name in ("num_warmup", "num_samples", "num_chains", "batch_size"):
         if getattr(args, name) < (0 if name == "num_warmup" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -93,7 +98,8 @@ def run(args) -> int:
                  num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
                  seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite,
                  multimodal=not args.no_multimodal, max_tree_depth=args.max_tree_depth,
-                 target_accept_prob=args.target_accept)
+                 target_accept_prob=args.target_accept,
+                 **({"engine": args.engine, "n_slots": args.n_slots} if args.method == "nuts" else {}))
     seconds = time.perf_counter() - t0
     summ = post.summary()
     out = Path(args.out)
@@ -103,7 +109,7 @@ def run(args) -> int:
         "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
         "n_flagged": int((summ["flag"] != 0).sum()), "method": args.method,
         "sigma_floor": args.sigma_floor, "parameterization": args.parameterization,
-        "target_accept": args.target_accept,
+        "target_accept": args.target_accept, "engine": args.engine if args.method == "nuts" else None,
         "catalog_err_floor": None if cat.mag_err_floor is None else cat.mag_err_floor.tolist(),
         "out": {"posterior": str(out / "posterior.nc"), "summary": str(out / "summary.parquet"),
                 "chunks": str(out / "chunks")},
