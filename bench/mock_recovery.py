@@ -6,7 +6,8 @@ Compares the trained emulator with the truth model (:func:`dds_infer.truth.build
 at the *true* θ of the held-out test split (the split stored in the bundle), restricted to the
 central 95% of the mock θ distribution: stars whose true Teff, logg and [Fe/H] each lie within
 their 2.5-97.5% quantiles. Prints per band RMS(M_learned − M_true) and the mean R ratio
-learned/true − 1, the goals (≤ 0.03 mag; |ratio − 1| ≤ 3%) and whether each band meets them.
+learned/true − 1, the goals (≤ 0.03 mag; |ratio − 1| ≤ 3%) and whether each band meets them,
+and the bundle's training ``label_update`` (from its ``extras/history.json``).
 """
 
 from __future__ import annotations
@@ -58,8 +59,14 @@ def main(argv=None) -> int:
     names = list(emu.bands.names)
     rms = np.sqrt(np.mean(dM**2, axis=0))
     ratio = R_new / R_true - 1
+    hist_file = Path(args.model) / "extras" / "history.json"
+    label_update = None
+    if hist_file.is_file():
+        import json
+
+        label_update = json.loads(hist_file.read_text()).get("config", {}).get("label_update", "none")
     figures = {
-        "n_stars": int(len(sel)), "split": args.split,
+        "n_stars": int(len(sel)), "split": args.split, "label_update": label_update,
         "theta_box_2.5_97.5": {"lo": lo.round(3).tolist(), "hi": hi.round(3).tolist()},
         "rms_dM": dict(zip(names, rms.round(4).tolist())),
         "median_dM": dict(zip(names, np.median(dM, axis=0).round(4).tolist())),

@@ -64,10 +64,10 @@ def main(argv=None) -> int:
         return out
 
     t = time.perf_counter()
-    E, var, W, _, _ = refresh()
+    E, var, W = refresh()[:3]
     refresh_compile = time.perf_counter() - t
     t = time.perf_counter()
-    E, var, W, _, _ = refresh()
+    E, var, W = refresh()[:3]
     refresh_s = time.perf_counter() - t
 
     data = StarBatchData(x=emu.normalize(th), E=E, c_obs=phot.c_obs, W=W, mask=phot.mask,

@@ -19,7 +19,10 @@ from .emulator import Emulator, apply_colour_transform, model_colours
 from .likelihood import (
     chi2_colours,
     colour_covariance,
+    E_VARIANCE_FLOOR_ABS,
+    E_VARIANCE_FLOOR_REL,
     distance_modulus_from_parallax,
+    label_update,
     magnitude_covariance,
     model_jacobian,
     modelled_entries,
@@ -28,7 +31,7 @@ from .likelihood import (
     z_scores,
 )
 
-__all__ = ["PreparedPhotometry", "prepare_photometry", "star_terms", "fit_reddening", "evaluate_catalog",
+__all__ = ["PreparedPhotometry", "prepare_photometry", "star_terms", "fit_reddening", "fit_labels", "evaluate_catalog",
            "EvaluationResult",
            "robust_sigma"]
 
@@ -118,6 +121,39 @@ def fit_reddening(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: P
 
 
 _fit_reddening = jax.jit(fit_reddening)
+
+
+def fit_labels(emu: Emulator, theta0, E0, theta_prior, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry):
+    """Per-star (θ, C_θ, E, var_E) re-estimated from the photometry, priors held fixed (Eqs. 8-9 extended to θ).
+
+    One Gauss-Newton step of :func:`dds_infer.likelihood.label_update` from
+    the current estimate (θ₀, E₀), prior N(θ̂, C_θ) × N(Ê, σ_E²), computed in
+    the emulator's normalised θ coordinates. As in Eqs. 8-9, E is clipped at
+    ≥ 0 and var_E floored; the returned C_θ is the posterior covariance (the
+    θ-E cross term is dropped). Used by training with ``label_update="joint"``
+    (errors-in-variables: labels noisier than the photometry's constraint).
+    """
+    f32 = jnp.float32
+    std = emu.theta_std.astype(f32)
+    x0 = emu.normalize(jnp.asarray(theta0, dtype=f32))
+    E0 = jnp.asarray(E0, dtype=f32)
+    bm, R = emu._apply_x(x0)
+    c0 = model_colours(bm, R, E0)
+    jx = jax.vmap(lambda x, e: jax.jacfwd(lambda xx: emu.predict_x(xx, e))(x))(x0, E0)  # (N, B, 3) band space
+    jac = jnp.concatenate([apply_colour_transform(jnp.swapaxes(jx, -1, -2)).swapaxes(-1, -2),
+                           apply_colour_transform(R)[..., None]], axis=-1)
+    cov_c = colour_covariance(magnitude_covariance(phot.mag_err, sigma_mu=phot.sigma_mu))
+    n = x0.shape[0]
+    prior = jnp.zeros((n, 4, 4), f32)
+    prior = prior.at[:, :3, :3].set(jnp.asarray(theta_cov, dtype=f32) / (std[:, None] * std[None, :]))
+    prior = prior.at[:, 3, 3].set(jnp.asarray(E_prior_err, dtype=f32) ** 2)
+    dz_prior = jnp.concatenate([emu.normalize(jnp.asarray(theta_prior, dtype=f32)) - x0,
+                                (jnp.asarray(E_prior, dtype=f32) - E0)[:, None]], axis=-1)
+    dz, post = label_update(phot.c_obs - c0, jac, cov_c, phot.mask, dz_prior, prior)
+    theta = emu.denormalize(x0 + dz[:, :3])
+    E = jnp.maximum(E0 + dz[:, 3], 0.0)
+    var = jnp.maximum(post[:, 3, 3], E_VARIANCE_FLOOR_ABS**2 + (E_VARIANCE_FLOOR_REL * E) ** 2)
+    return theta, post[:, :3, :3] * (std[:, None] * std[None, :]), E, var
 
 
 def robust_sigma(x) -> float:

@@ -37,6 +37,7 @@ __all__ = [
     "whitening_matrix",
     "chi2_colours",
     "reddening_update",
+    "label_update",
     "z_scores",
     "E_VARIANCE_FLOOR_ABS",
     "E_VARIANCE_FLOOR_REL",
@@ -179,6 +180,39 @@ def reddening_update(resid0, cov_c, mask, R, E_prior, E_prior_err, *, clip: bool
     if floor:
         var = jnp.maximum(var, E_VARIANCE_FLOOR_ABS**2 + (E_VARIANCE_FLOOR_REL * e) ** 2)
     return e, var
+
+
+def _spd_inverse(a):
+    """Inverse of small symmetric positive-definite matrices (..., K, K) via :mod:`smallmat`."""
+    eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
+    li = solve_lower(cholesky(a), eye)  # L⁻¹
+    return jnp.einsum("...ki,...kj->...ij", li, li)  # L⁻ᵀ L⁻¹
+
+
+def label_update(resid, jac, cov_c, mask, dz_prior, prior_cov):
+    """Per-star Gaussian update of the labels z = (θ, E) given the colours (Eqs. 8-9 extended to θ).
+
+    Eqs. 8-9 re-estimate E from the photometry with the prior (Ê, σ_E) held
+    fixed; this does the same jointly for z = (θ, E), prior N(ẑ, P) with
+    P = diag(C_θ, σ_E²) held fixed, linearised at the current estimate z₀
+    (one Gauss-Newton step per call):
+
+        Λ = P⁻¹ + Jᵀ C_c⁻¹ J,   z - z₀ = Λ⁻¹ [P⁻¹ (ẑ - z₀) + Jᵀ C_c⁻¹ r],
+
+    with r = ĉ - c(z₀), J = ∂c/∂z at z₀ (colour space), and C_c the colour
+    covariance of the photometry and parallax alone (σ_m², σ_μ²: the labels'
+    uncertainty is carried by P). Returns (dz, Λ⁻¹), shapes (N, K), (N, K, K).
+    resid: (N, B); jac: (N, B, K); mask: (N, B); dz_prior = ẑ - z₀: (N, K); prior_cov: (N, K, K).
+    """
+    m = mask.astype(resid.dtype)
+    k = cholesky(mask_covariance(cov_c, mask))
+    wj = solve_lower(k, jac * m[..., None])  # W J
+    wr = solve_lower_vec(k, jnp.where(mask, resid, 0.0))
+    prior_prec = _spd_inverse(prior_cov)
+    prec = prior_prec + jnp.einsum("nbi,nbj->nij", wj, wj)
+    post_cov = _spd_inverse(prec)
+    rhs = jnp.einsum("nij,nj->ni", prior_prec, dz_prior) + jnp.einsum("nbi,nb->ni", wj, wr)
+    return jnp.einsum("nij,nj->ni", post_cov, rhs), post_cov
 
 
 def z_scores(resid, cov_c, mask):

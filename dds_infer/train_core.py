@@ -26,7 +26,7 @@ import optax
 from flax import struct
 
 from .emulator import Emulator, StellarModelNet, model_colours
-from .evaluate import PreparedPhotometry, fit_reddening, star_terms
+from .evaluate import PreparedPhotometry, fit_labels, fit_reddening, star_terms
 from .likelihood import chi2_colours, whitening_matrix
 
 __all__ = ["StarBatchData", "star_loss", "regularization", "weighted_mean_loss", "make_epoch_fn",
@@ -126,14 +126,18 @@ def make_eval_fn(n_bands: int, hidden: tuple):
     return jax.jit(lambda p, d: weighted_mean_loss(net, p, d))
 
 
-@functools.partial(jax.jit, static_argnames=("first",))
+@functools.partial(jax.jit, static_argnames=("first", "joint"))
 def _refresh_chunk(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry, first: bool,
-                   inflation):
+                   inflation, theta_cur, E_cur, joint: bool):
     if first:
         # iteration 1: ∇M = 0 and R = 0 in the covariance, E = Ê (prior)
         E, var = E_prior, E_prior_err**2
         c_model, cov_c, _ = star_terms(emu, theta, theta_cov, E, E_prior_err, phot,
                                        use_jacobian=False, use_reddening=False)
+    elif joint:
+        # (θ, E) re-estimated together from the photometry, priors held fixed (Eqs. 8-9 extended)
+        theta, theta_cov, E, var = fit_labels(emu, theta_cur, E_cur, theta, theta_cov, E_prior, E_prior_err, phot)
+        c_model, cov_c, _ = star_terms(emu, theta, theta_cov, E, jnp.sqrt(var), phot)
     else:
         # Eqs. 8-9 with the prior mean held fixed
         E, var = fit_reddening(emu, theta, theta_cov, E_prior, E_prior_err, phot)
@@ -141,7 +145,7 @@ def _refresh_chunk(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: 
         c_model, cov_c, _ = star_terms(emu, theta, theta_cov, E, jnp.sqrt(var), phot)
     chi2, n_mod = chi2_colours(phot.c_obs - c_model, cov_c, phot.mask)
     W = whitening_matrix(inflate_diagonal(cov_c, inflation[0], inflation[1]), phot.mask)
-    return E, var, W, chi2, n_mod
+    return E, var, W, chi2, n_mod, theta, theta_cov
 
 
 def inflate_diagonal(cov, absolute, relative):
@@ -151,22 +155,28 @@ def inflate_diagonal(cov, absolute, relative):
 
 
 def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry,
-                       *, first: bool, chunk_size: int = 16384, inflation=(0.0, 0.0)):
-    """Per-star (E, var_E, W, χ², n_modelled) under ``emu``, chunked over stars.
+                       *, first: bool, chunk_size: int = 16384, inflation=(0.0, 0.0), labels=None):
+    """Per-star (E, var_E, W, χ², n_modelled, θ, C_θ) under ``emu``, chunked over stars.
 
     first=True: the iteration-1 terms (E = Ê, covariance without J C_θ Jᵀ and
     R Rᵀ σ_E²). Otherwise E, var_E from Eqs. 8-9 (prior held fixed) and the
-    full covariance of Eqs. 4-6 at that E. The stars are padded to a multiple
-    of the chunk size, so one compiled function serves every chunk and every
-    iteration. Inputs must be finite (fill unusable stars beforehand).
-    ``inflation`` = (a, b): W whitens C_c + diag(a + b diag C_c) (χ² does not).
+    full covariance of Eqs. 4-6 at that E; θ, C_θ are the inputs. With
+    ``labels=(θ_cur, E_cur)`` (not first): θ, C_θ, E, var_E are instead the
+    joint re-estimate of :func:`dds_infer.evaluate.fit_labels` linearised at
+    the current estimates, priors (θ, C_θ) and (Ê, σ_E) held fixed, and the
+    covariance is taken there. The stars are padded to a multiple of the chunk
+    size, so one compiled function serves every chunk and every iteration.
+    Inputs must be finite (fill unusable stars beforehand). ``inflation`` =
+    (a, b): W whitens C_c + diag(a + b diag C_c) (χ² does not).
     """
     n = int(np.shape(theta)[0])
     chunk = int(min(chunk_size, max(256, -(-n // 256) * 256)))
     n_pad = -(-n // chunk) * chunk
+    joint = labels is not None and not first
+    cur = labels if joint else (theta, E_prior)
     # Slice on the host and wait for each chunk: long chains of queued async
     # CPU dispatches can deadlock jaxlib (jax-ml/jax#25861, seen here at 1e5 stars).
-    args = jax.tree_util.tree_map(np.asarray, (theta, theta_cov, E_prior, E_prior_err, phot))
+    args = jax.tree_util.tree_map(np.asarray, (theta, theta_cov, E_prior, E_prior_err, phot, *cur))
 
     def padded(a):
         if n_pad == n:
@@ -178,5 +188,6 @@ def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, ph
     outs = []
     for s in range(0, n_pad, chunk):
         sl = jax.tree_util.tree_map(lambda a: a[s:s + chunk], args)
-        outs.append(jax.device_get(jax.block_until_ready(_refresh_chunk(emu, *sl, first=first, inflation=infl))))
-    return tuple(jnp.asarray(np.concatenate([o[k] for o in outs])[:n]) for k in range(5))
+        out = _refresh_chunk(emu, *sl[:5], first=first, inflation=infl, theta_cur=sl[5], E_cur=sl[6], joint=joint)
+        outs.append(jax.device_get(jax.block_until_ready(out)))
+    return tuple(jnp.asarray(np.concatenate([o[k] for o in outs])[:n]) for k in range(7))

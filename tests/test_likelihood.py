@@ -143,3 +143,72 @@ def test_paper_test_set_figures(published, real):
     assert np.array_equal(res.dof, np.maximum(res.n_modelled - 1, 0))
     res0 = evaluate_catalog(published, real.subset(np.arange(2000)), n_fitted=0)
     assert res0.summary["chi2_dof_mean"] < s["chi2_dof_mean"]
+
+
+def test_label_update_is_the_dense_gaussian_posterior():
+    """label_update = the exact Gaussian posterior of a linear model on the modelled entries (numpy reference)."""
+    from dds_infer.likelihood import label_update
+
+    rng = np.random.default_rng(5)
+    n, nb, k = 6, 7, 4
+    jac = rng.normal(size=(n, nb, k))
+    a = rng.normal(size=(n, nb, nb))
+    cov = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(nb)
+    p = rng.normal(size=(n, k, k))
+    prior = p @ np.swapaxes(p, 1, 2) + 0.3 * np.eye(k)
+    resid, dzp = rng.normal(size=(n, nb)), rng.normal(size=(n, k))
+    mask = rng.random((n, nb)) > 0.3
+    mask[:, 0] = True
+    resid[~mask] = np.nan  # unmodelled entries may be anything
+    dz, post = label_update(jnp.asarray(resid), jnp.asarray(jac), jnp.asarray(cov), jnp.asarray(mask),
+                            jnp.asarray(dzp), jnp.asarray(prior))
+    for i in range(n):
+        m = mask[i]
+        ci = np.linalg.inv(cov[i][np.ix_(m, m)])
+        ji = jac[i][m]
+        pi = np.linalg.inv(prior[i])
+        lam = pi + ji.T @ ci @ ji
+        np.testing.assert_allclose(post[i], np.linalg.inv(lam), rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(dz[i], np.linalg.solve(lam, pi @ dzp[i] + ji.T @ ci @ resid[i][m]),
+                                   rtol=2e-4, atol=1e-5)
+
+
+def test_fit_labels_pulls_noisy_labels_to_what_the_photometry_says(published, real):
+    """Exact colours + parallax from the published net at true θ: a few Gauss-Newton steps of
+    fit_labels move noisy labels towards the truth (logg, Teff); with useless photometry they stay put."""
+    from dds_infer.evaluate import PreparedPhotometry, fit_labels
+
+    sub = real.subset(np.arange(400))
+    ok = np.all(np.isfinite(sub.theta), axis=1) & np.all(np.isfinite(sub.theta_cov), axis=(1, 2))
+    th_true = sub.theta[ok].astype(np.float32)
+    cov = sub.theta_cov[ok].astype(np.float32)
+    E_true = np.clip(np.nan_to_num(sub.E_prior[ok]), 0.0, None).astype(np.float32)
+    n = th_true.shape[0]
+    rng = np.random.default_rng(0)
+    th_hat = (th_true + np.einsum("nij,nj->ni", np.linalg.cholesky(cov), rng.normal(size=(n, 3)))).astype(np.float32)
+    E_err = np.full(n, 0.05, np.float32)
+    bm, R = published.network_outputs(jnp.asarray(th_true))
+
+    def phot(mag_err, sigma_mu):
+        return PreparedPhotometry(c_obs=bm + E_true[:, None] * apply_colour_transform(R),
+                                  mag_err=jnp.full((n, 13), mag_err, jnp.float32), mask=jnp.ones((n, 13), bool),
+                                  mu=jnp.zeros(n), sigma_mu=jnp.full(n, sigma_mu, jnp.float32),
+                                  good_parallax=jnp.ones(n, bool))
+
+    def iterate(ph, steps=6):
+        th, E = jnp.asarray(th_hat), jnp.asarray(E_true)
+        for _ in range(steps):
+            th, post, E, var = fit_labels(published, th, E, th_hat, cov, E_true, E_err, ph)
+        return np.asarray(th), np.asarray(post)
+
+    th, post = iterate(phot(0.01, 0.03))
+    err_prior = np.sqrt(np.median((th_hat - th_true) ** 2, axis=0))
+    err_post = np.sqrt(np.median((th - th_true) ** 2, axis=0))
+    assert np.all(np.isfinite(th))
+    print("label error prior / after:", err_prior, err_post)
+    assert err_post[0] < 0.7 * err_prior[0] and err_post[1] < 0.5 * err_prior[1], (err_prior, err_post)
+    var_ratio = np.diagonal(post, axis1=1, axis2=2) / np.diagonal(cov, axis1=1, axis2=2)
+    assert np.all(var_ratio <= 1 + 1e-3) and np.median(var_ratio[:, 1]) < 0.5
+    th0, post0 = iterate(phot(30.0, 30.0), steps=2)
+    assert np.all(np.abs(th0 - th_hat).max(axis=0) < [2.0, 2e-3, 2e-3]), np.abs(th0 - th_hat).max(axis=0)
+    np.testing.assert_allclose(np.diagonal(post0, axis1=1, axis2=2), np.diagonal(cov, axis1=1, axis2=2), rtol=1e-2)

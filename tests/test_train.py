@@ -111,6 +111,27 @@ def test_resume_after_interruption_matches_uninterrupted(real_cat, tiny_run, tmp
         train(real_cat, replace(cfg, resume=True, batch_size=64))
 
 
+def test_joint_label_update_moves_labels_and_resumes_exactly(real_cat, tiny_run, tmp_path):
+    """label_update="joint": θ re-estimated with E after each iteration (labels held as the prior);
+    an interrupted run resumes to the uninterrupted result; the default run keeps θ̂."""
+    cfg = replace(TINY, iterations=3, label_update="joint", checkpoint_dir=str(tmp_path / "ck"))
+    emu, h = train(real_cat, cfg)
+    idx = h["E_fit"]["index"]
+    moved = h["E_fit"]["theta"] - real_cat.theta[idx]
+    assert np.all(np.isfinite(h["E_fit"]["theta"]))
+    assert np.median(np.abs(moved[:, 1])) > 1e-3  # labels moved ...
+    assert [r["median_abs_dtheta_sigma"][1] for r in h["iterations"]][-1] < 3.0  # ... by a fraction of their σ
+    assert np.array_equal(tiny_run[1]["E_fit"]["theta"], real_cat.theta[tiny_run[1]["E_fit"]["index"]])
+    assert not all(np.array_equal(a, b) for a, b in zip(_leaves(tiny_run[0]), _leaves(emu)))
+    part, _ = train(real_cat, replace(cfg, stop_after=2, checkpoint_dir=str(tmp_path / "ck2")))
+    emu2, h2 = train(real_cat, replace(cfg, resume=True, checkpoint_dir=str(tmp_path / "ck2")))
+    for a, b in zip(_leaves(emu), _leaves(emu2)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(h2["E_fit"]["theta"], h["E_fit"]["theta"], rtol=1e-6)
+    with pytest.raises(ValueError, match="loss_reddening"):
+        train(real_cat, replace(cfg, loss_reddening="prior"))
+
+
 def test_validation_loss_and_updated_reddening_are_reported(real_cat):
     """Per-epoch validation loss; final E from Eqs. 8-9 (clipped ≥ 0, σ_E floored at 0.02)."""
     cfg = replace(TINY, iterations=1, epochs=1)
@@ -203,7 +224,8 @@ def test_warm_start_from_a_bundle(real_cat, anchor_dir, tmp_path):
         train(real_cat, replace(TINY, hidden=(16,), init_from=str(tmp_path / "pub")))
 
 
-@pytest.mark.parametrize("field, value", [("loss_reddening", "posterior"), ("r_kernel_init", "ones"), ("r_init", 0.0)])
+@pytest.mark.parametrize("field, value", [("loss_reddening", "posterior"), ("r_kernel_init", "ones"), ("r_init", 0.0),
+                                          ("label_update", "em")])
 def test_bad_training_options_name_the_field(real_cat, field, value):
     with pytest.raises(ValueError, match=field):
         train(real_cat, replace(TINY, **{field: value}))

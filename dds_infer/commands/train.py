@@ -22,6 +22,10 @@ def register(sub) -> None:
     p.add_argument("--parallax-zp", type=float, default=0.0,
                    help="parallax zero-point [mas] subtracted before μ̂ = 10 − 5 log10 ϖ (Gaia DR2: −0.029; "
                         "0 reproduces the paper's training)")
+    p.add_argument("--label-update", choices=("none", "joint"), default="none",
+                   help="'joint': after each iteration re-estimate every star's θ together with E from its "
+                        "photometry, spectroscopic labels held fixed as the prior (Eqs. 8-9 extended to θ; "
+                        "reduces the errors-in-variables bias of noisy labels). 'none': the paper's procedure")
     p.add_argument("--hidden", default="32,32", help="hidden layer widths, comma separated")
     p.add_argument("--max-stars", type=int, default=None, help="use only the first N catalogue rows")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default <out>.ckpt)")
@@ -49,7 +53,8 @@ def run(args) -> int:
     cat = read_catalog(args.catalog, args.columns, require_labels=True, require_reddening_prior=True)
     ckpt = args.checkpoint_dir or f"{str(args.out).rstrip('/')}.ckpt"
     cfg = replace(TrainConfig(), iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size,
-                  lr=args.lr, seed=args.seed, hidden=hidden, parallax_zero_point=args.parallax_zp, max_stars=args.max_stars, checkpoint_dir=ckpt,
+                  lr=args.lr, seed=args.seed, hidden=hidden, parallax_zero_point=args.parallax_zp,
+                  label_update=args.label_update, max_stars=args.max_stars, checkpoint_dir=ckpt,
                   resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     emu, hist = train(cat, cfg)
     out = save_training_bundle(emu, hist, args.out, catalog_path=args.catalog)
@@ -62,6 +67,7 @@ def run(args) -> int:
         "final_train_loss": last_it.get("train_loss"), "final_val_loss": last_it.get("val_loss"),
         "final_chi2_threshold": last_it.get("chi2_threshold"),
         "final_outlier_frac_train": last_it.get("outlier_frac_train"),
+        "label_update": cfg.label_update,
     }
     if args.json:
         emit_json(summary)
