@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--method", choices=("nuts", "grid"), default="nuts")
     ap.add_argument("--engine", choices=("batch", "queue"), default="batch",
                     help="NUTS engine (dds_infer.runner.ENGINES): batch (lockstep) or queue")
+    ap.add_argument("--dense-mass", action="store_true", help="dense (not diagonal) NUTS mass matrices")
     ap.add_argument("--reddening", default="flat", help="E prior kind (dds_infer.priors.REDDENING_KINDS)")
     ap.add_argument("--E-scale", type=float, default=1.0, help="half-normal E prior scale [mag]")
     ap.add_argument("--sigma-floor", type=float, default=0.02, help="photometric error floor [mag]")
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                   batch_size=args.batch_size, engine=args.engine))
+                   batch_size=args.batch_size, engine=args.engine, dense_mass=args.dense_mass))
         prior = default_prior(emu, reddening=args.reddening, E_scale=args.E_scale)
         post = infer(blind, emu, args.out or tmp, prior=prior, config=InferenceConfig(sigma_floor=args.sigma_floor),
                      seed=args.seed, progress=not args.no_progress,
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
         "median_weight_ess": float(np.median(s["weight_ess"])) if args.method == "grid" else None,
         "frac_multimodal": float(np.mean(s["n_modes"] > 1)),
         "method": args.method,
-        "settings": ({"num_chains": args.num_chains, "num_warmup": args.num_warmup, "num_samples": args.num_samples}
+        "settings": ({"num_chains": args.num_chains, "num_warmup": args.num_warmup, "num_samples": args.num_samples,
+                      "dense_mass": args.dense_mass}
                      if args.method == "nuts" else {"grid": "GridSettings()"})
         | {"seed": args.seed, "zp": "dr2", "prior": "galactic (sky average)", "reddening": args.reddening,
            "sigma_floor": args.sigma_floor, "catalog_mag_err_floor": ref.meta.get("mag_err_floor")},
