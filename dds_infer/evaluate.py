@@ -24,6 +24,7 @@ from .likelihood import (
     distance_modulus_from_parallax,
     label_update,
     magnitude_covariance,
+    spd_inverse,
     model_jacobian,
     modelled_entries,
     observed_colours,
@@ -123,7 +124,8 @@ def fit_reddening(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: P
 _fit_reddening = jax.jit(fit_reddening)
 
 
-def fit_labels(emu: Emulator, theta0, E0, theta_prior, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry):
+def fit_labels(emu: Emulator, theta0, E0, theta_prior, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry,
+               max_offset: float = 5.0):
     """Per-star (θ, C_θ, E, var_E) re-estimated from the photometry, priors held fixed (Eqs. 8-9 extended to θ).
 
     One Gauss-Newton step of :func:`dds_infer.likelihood.label_update` from
@@ -132,6 +134,10 @@ def fit_labels(emu: Emulator, theta0, E0, theta_prior, theta_cov, E_prior, E_pri
     ≥ 0 and var_E floored; the returned C_θ is the posterior covariance (the
     θ-E cross term is dropped). Used by training with ``label_update="joint"``
     (errors-in-variables: labels noisier than the photometry's constraint).
+    A trust region keeps the linearisation honest: an estimate further than
+    ``max_offset`` from the prior mean (Mahalanobis, prior metric) is pulled
+    back onto that distance (a poor fit or a Gauss-Newton overshoot: a true
+    5σ label error has probability 4·10⁻⁵ for four Gaussian labels). Returns (θ, C_θ, E, var_E, capped).
     """
     f32 = jnp.float32
     std = emu.theta_std.astype(f32)
@@ -150,10 +156,14 @@ def fit_labels(emu: Emulator, theta0, E0, theta_prior, theta_cov, E_prior, E_pri
     dz_prior = jnp.concatenate([emu.normalize(jnp.asarray(theta_prior, dtype=f32)) - x0,
                                 (jnp.asarray(E_prior, dtype=f32) - E0)[:, None]], axis=-1)
     dz, post = label_update(phot.c_obs - c0, jac, cov_c, phot.mask, dz_prior, prior)
+    off = dz - dz_prior  # new estimate − prior mean
+    maha = jnp.sqrt(jnp.maximum(jnp.einsum("ni,nij,nj->n", off, spd_inverse(prior), off), 0.0))
+    capped = maha > max_offset
+    dz = dz_prior + off * jnp.where(capped, max_offset / jnp.maximum(maha, 1e-30), 1.0)[:, None]
     theta = emu.denormalize(x0 + dz[:, :3])
     E = jnp.maximum(E0 + dz[:, 3], 0.0)
     var = jnp.maximum(post[:, 3, 3], E_VARIANCE_FLOOR_ABS**2 + (E_VARIANCE_FLOOR_REL * E) ** 2)
-    return theta, post[:, :3, :3] * (std[:, None] * std[None, :]), E, var
+    return theta, post[:, :3, :3] * (std[:, None] * std[None, :]), E, var, capped
 
 
 def robust_sigma(x) -> float:

@@ -38,6 +38,7 @@ __all__ = [
     "chi2_colours",
     "reddening_update",
     "label_update",
+    "spd_inverse",
     "z_scores",
     "E_VARIANCE_FLOOR_ABS",
     "E_VARIANCE_FLOOR_REL",
@@ -182,7 +183,7 @@ def reddening_update(resid0, cov_c, mask, R, E_prior, E_prior_err, *, clip: bool
     return e, var
 
 
-def _spd_inverse(a):
+def spd_inverse(a):
     """Inverse of small symmetric positive-definite matrices (..., K, K) via :mod:`smallmat`."""
     eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
     li = solve_lower(cholesky(a), eye)  # L⁻¹
@@ -208,9 +209,9 @@ def label_update(resid, jac, cov_c, mask, dz_prior, prior_cov):
     k = cholesky(mask_covariance(cov_c, mask))
     wj = solve_lower(k, jac * m[..., None])  # W J
     wr = solve_lower_vec(k, jnp.where(mask, resid, 0.0))
-    prior_prec = _spd_inverse(prior_cov)
+    prior_prec = spd_inverse(prior_cov)
     prec = prior_prec + jnp.einsum("nbi,nbj->nij", wj, wj)
-    post_cov = _spd_inverse(prec)
+    post_cov = spd_inverse(prec)
     rhs = jnp.einsum("nij,nj->ni", prior_prec, dz_prior) + jnp.einsum("nbi,nb->ni", wj, wr)
     return jnp.einsum("nij,nj->ni", post_cov, rhs), post_cov
 

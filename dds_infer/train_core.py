@@ -129,6 +129,7 @@ def make_eval_fn(n_bands: int, hidden: tuple):
 @functools.partial(jax.jit, static_argnames=("first", "joint"))
 def _refresh_chunk(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry, first: bool,
                    inflation, theta_cur, E_cur, joint: bool):
+    capped = jnp.zeros(jnp.shape(E_prior), bool)
     if first:
         # iteration 1: ∇M = 0 and R = 0 in the covariance, E = Ê (prior)
         E, var = E_prior, E_prior_err**2
@@ -136,7 +137,8 @@ def _refresh_chunk(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: 
                                        use_jacobian=False, use_reddening=False)
     elif joint:
         # (θ, E) re-estimated together from the photometry, priors held fixed (Eqs. 8-9 extended)
-        theta, theta_cov, E, var = fit_labels(emu, theta_cur, E_cur, theta, theta_cov, E_prior, E_prior_err, phot)
+        theta, theta_cov, E, var, capped = fit_labels(emu, theta_cur, E_cur, theta, theta_cov, E_prior,
+                                                      E_prior_err, phot)
         c_model, cov_c, _ = star_terms(emu, theta, theta_cov, E, jnp.sqrt(var), phot)
     else:
         # Eqs. 8-9 with the prior mean held fixed
@@ -145,7 +147,7 @@ def _refresh_chunk(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: 
         c_model, cov_c, _ = star_terms(emu, theta, theta_cov, E, jnp.sqrt(var), phot)
     chi2, n_mod = chi2_colours(phot.c_obs - c_model, cov_c, phot.mask)
     W = whitening_matrix(inflate_diagonal(cov_c, inflation[0], inflation[1]), phot.mask)
-    return E, var, W, chi2, n_mod, theta, theta_cov
+    return E, var, W, chi2, n_mod, theta, theta_cov, capped
 
 
 def inflate_diagonal(cov, absolute, relative):
@@ -156,7 +158,7 @@ def inflate_diagonal(cov, absolute, relative):
 
 def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry,
                        *, first: bool, chunk_size: int = 16384, inflation=(0.0, 0.0), labels=None):
-    """Per-star (E, var_E, W, χ², n_modelled, θ, C_θ) under ``emu``, chunked over stars.
+    """Per-star (E, var_E, W, χ², n_modelled, θ, C_θ, capped) under ``emu``, chunked over stars.
 
     first=True: the iteration-1 terms (E = Ê, covariance without J C_θ Jᵀ and
     R Rᵀ σ_E²). Otherwise E, var_E from Eqs. 8-9 (prior held fixed) and the
@@ -164,7 +166,8 @@ def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, ph
     ``labels=(θ_cur, E_cur)`` (not first): θ, C_θ, E, var_E are instead the
     joint re-estimate of :func:`dds_infer.evaluate.fit_labels` linearised at
     the current estimates, priors (θ, C_θ) and (Ê, σ_E) held fixed, and the
-    covariance is taken there. The stars are padded to a multiple of the chunk
+    covariance is taken there (``capped``: the estimate was pulled back to
+    fit_labels' trust region; always False otherwise). The stars are padded to a multiple of the chunk
     size, so one compiled function serves every chunk and every iteration.
     Inputs must be finite (fill unusable stars beforehand). ``inflation`` =
     (a, b): W whitens C_c + diag(a + b diag C_c) (χ² does not).
@@ -190,4 +193,4 @@ def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, ph
         sl = jax.tree_util.tree_map(lambda a: a[s:s + chunk], args)
         out = _refresh_chunk(emu, *sl[:5], first=first, inflation=infl, theta_cur=sl[5], E_cur=sl[6], joint=joint)
         outs.append(jax.device_get(jax.block_until_ready(out)))
-    return tuple(jnp.asarray(np.concatenate([o[k] for o in outs])[:n]) for k in range(7))
+    return tuple(jnp.asarray(np.concatenate([o[k] for o in outs])[:n]) for k in range(8))

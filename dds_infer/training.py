@@ -38,6 +38,7 @@ from .catalog import CatalogError, StarCatalog
 from .domain import density_from_samples
 from .emulator import Emulator, init_emulator
 from .evaluate import prepare_photometry
+from .label_noise import tweedie_label_means
 from .train_config import RESUME_KEYS, TrainConfig, chi2_threshold, epochs_of_iteration, learning_rate, split_indices
 from .train_core import StarBatchData, make_epoch_fn, make_eval_fn, make_optimizer, refresh_star_terms
 from .train_io import checkpoint_path, load_checkpoint, save_checkpoint, save_training_bundle
@@ -60,6 +61,16 @@ def _fit_inputs(cat: StarCatalog, usable: np.ndarray):
     E = np.where(usable, cat.E_prior, 0.0)
     Ee = np.where(usable, cat.E_prior_err, 1.0)
     return tuple(jnp.asarray(a, dtype=jnp.float32) for a in (th, cov, E, Ee))
+
+
+def _shrunk_labels(th, cov, usable: np.ndarray, n_tr: int):
+    """Usable stars' labels → Tweedie posterior means under the training split's label density,
+    and the number of stars whose shift was capped (reported in the history)."""
+    th_np, cov_np = np.asarray(th, dtype=float), np.asarray(cov, dtype=float)
+    ref = th_np[:n_tr][usable[:n_tr]]
+    out = th_np.copy()
+    out[usable], capped = tweedie_label_means(th_np[usable], cov_np[usable], reference=ref)
+    return jnp.asarray(out, dtype=th.dtype), int(capped.sum())
 
 
 def _with_output_bias(params, phot, usable: np.ndarray, n_tr: int):
@@ -109,6 +120,11 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
                               parallax_zero_point=cfg.parallax_zero_point)
     usable = usable_stars(cat, phot)
     th, cov, Ep, Epe = _fit_inputs(cat, usable)
+    n_capped = 0
+    if cfg.label_shrinkage not in ("none", "tweedie"):
+        raise ValueError(f"label_shrinkage must be 'none' or 'tweedie', got {cfg.label_shrinkage!r}")
+    if cfg.label_shrinkage == "tweedie":
+        th, n_capped = _shrunk_labels(th, cov, usable, n_tr)
     theta_tr = cat.theta[:n_tr][usable[:n_tr]]
     if theta_tr.shape[0] < 2:
         raise ValueError("fewer than 2 usable training stars")
@@ -173,7 +189,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         first = False
     # whitening matrices for the next iteration (deterministic function of params: identical on resume)
     # (with joint label updates: a function of params and the stored linearisation point)
-    E_ref, var_ref, W, _, _, th_cur, cov_cur = refresh_star_terms(
+    E_ref, var_ref, W, _, _, th_cur, cov_cur, _ = refresh_star_terms(
         emu.replace(params=params), th, cov, Ep, Epe, phot, first=first, chunk_size=cfg.chunk_size,
         inflation=infl, labels=lin if joint else None)
     if state is None and not first and cfg.loss_reddening == "updated":
@@ -202,7 +218,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
                 bar.set_postfix(it=it + 1, train=f"{rec['train_loss']:.4f}", val=f"{rec['val_loss']:.4f}")
         # after the iteration: Eqs. 8-9, refreshed covariances, χ²/dof cut
         lin_used = lin
-        E_new, var, W, chi2, n_mod, th_cur, cov_cur = refresh_star_terms(
+        E_new, var, W, chi2, n_mod, th_cur, cov_cur, capped = refresh_star_terms(
             emu.replace(params=params), th, cov, Ep, Epe, phot, first=False, chunk_size=cfg.chunk_size,
             inflation=infl, labels=lin if joint else None)
         thr = chi2_threshold(it + 1, cfg.chi2_start, cfg.chi2_end, cfg.chi2_end_iteration)
@@ -218,6 +234,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
             "outlier_frac_val": float(out[n_tr:][usable[n_tr:]].mean()),
             "n_fit_train": int(include[:n_tr].sum()), "n_fit_val": int(include[n_tr:].sum()),
             "median_abs_dE": float(np.median(dE)) if dE.size else float("nan"),
+            "n_labels_capped": int(np.asarray(capped)[usable].sum()),
             "median_abs_dtheta_sigma": (np.median(np.abs(dth), axis=0).round(4).tolist() if dth.size
                                         else [float("nan")] * 3),
             "train_loss": history["epochs"][-1]["train_loss"] if n_epochs else float("nan"),
@@ -241,10 +258,11 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
     emu = emu.replace(params=params).with_domain(density_from_samples(theta_tr)).with_provenance(
         source="trained by dds_infer.training (Green et al. 2021 iterative chi^2 procedure)",
         catalog=str(catalog.meta.get("source", "")), n_stars=n, n_train=int(n_tr),
-        iterations_done=len(history["iterations"]), seed=cfg.seed)
+        iterations_done=len(history["iterations"]), seed=cfg.seed, label_update=cfg.label_update,
+        label_shrinkage=cfg.label_shrinkage, n_labels_shrink_capped=n_capped)
     history = dict(history)
     history.update({
-        "config": cfg.to_dict(), "n_stars": n, "split": split,
+        "config": cfg.to_dict(), "n_stars": n, "split": split, "n_labels_shrink_capped": n_capped,
         "E_fit": {"index": fit_idx, "E": np.asarray(E), "E_err": np.sqrt(np.asarray(var)),
                   "included": np.asarray(include), "theta": np.asarray(th_cur)},
     })

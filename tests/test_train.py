@@ -121,6 +121,7 @@ def test_joint_label_update_moves_labels_and_resumes_exactly(real_cat, tiny_run,
     assert np.all(np.isfinite(h["E_fit"]["theta"]))
     assert np.median(np.abs(moved[:, 1])) > 1e-3  # labels moved ...
     assert [r["median_abs_dtheta_sigma"][1] for r in h["iterations"]][-1] < 3.0  # ... by a fraction of their σ
+    assert all(0 <= r["n_labels_capped"] <= len(idx) for r in h["iterations"])
     assert np.array_equal(tiny_run[1]["E_fit"]["theta"], real_cat.theta[tiny_run[1]["E_fit"]["index"]])
     assert not all(np.array_equal(a, b) for a, b in zip(_leaves(tiny_run[0]), _leaves(emu)))
     part, _ = train(real_cat, replace(cfg, stop_after=2, checkpoint_dir=str(tmp_path / "ck2")))
@@ -130,6 +131,23 @@ def test_joint_label_update_moves_labels_and_resumes_exactly(real_cat, tiny_run,
     np.testing.assert_allclose(h2["E_fit"]["theta"], h["E_fit"]["theta"], rtol=1e-6)
     with pytest.raises(ValueError, match="loss_reddening"):
         train(real_cat, replace(cfg, loss_reddening="prior"))
+
+
+def test_tweedie_label_shrinkage_trains_on_shrunk_labels(real_cat):
+    """label_shrinkage="tweedie": the fit uses θ̂ + C_θ ∇log p(θ̂) (label_noise.tweedie_label_means)."""
+    from dds_infer.label_noise import tweedie_label_means
+
+    cfg = replace(TINY, iterations=1, epochs=1, label_shrinkage="tweedie")
+    emu, h = train(real_cat, cfg)
+    idx = h["E_fit"]["index"]
+    used = h["E_fit"]["theta"]
+    raw = real_cat.theta[idx]
+    ok = np.all(np.isfinite(raw), axis=1)
+    n_tr = h["split"]["train"].size
+    expected, capped = tweedie_label_means(raw[ok], real_cat.theta_cov[idx][ok], reference=raw[:n_tr][ok[:n_tr]])
+    assert h["n_labels_shrink_capped"] == int(capped.sum()) and emu.provenance["label_shrinkage"] == "tweedie"
+    np.testing.assert_allclose(used[ok], expected, rtol=1e-5, atol=1e-3)
+    assert np.median(np.abs(used[ok] - raw[ok])[:, 1]) > 1e-3
 
 
 def test_validation_loss_and_updated_reddening_are_reported(real_cat):
@@ -225,7 +243,7 @@ def test_warm_start_from_a_bundle(real_cat, anchor_dir, tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("loss_reddening", "posterior"), ("r_kernel_init", "ones"), ("r_init", 0.0),
-                                          ("label_update", "em")])
+                                          ("label_update", "em"), ("label_shrinkage", "deconvolve")])
 def test_bad_training_options_name_the_field(real_cat, field, value):
     with pytest.raises(ValueError, match=field):
         train(real_cat, replace(TINY, **{field: value}))

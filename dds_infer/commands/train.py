@@ -26,6 +26,10 @@ def register(sub) -> None:
                    help="'joint': after each iteration re-estimate every star's θ together with E from its "
                         "photometry, spectroscopic labels held fixed as the prior (Eqs. 8-9 extended to θ; "
                         "reduces the errors-in-variables bias of noisy labels). 'none': the paper's procedure")
+    p.add_argument("--label-shrinkage", choices=("none", "tweedie"), default="none",
+                   help="'tweedie': before training, shrink each label to its posterior mean under the "
+                        "catalogue's label density (Tweedie's formula; corrects the regression dilution of "
+                        "noisy labels to first order). 'none': the paper's procedure")
     p.add_argument("--hidden", default="32,32", help="hidden layer widths, comma separated")
     p.add_argument("--max-stars", type=int, default=None, help="use only the first N catalogue rows")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default <out>.ckpt)")
@@ -54,7 +58,7 @@ def run(args) -> int:
     ckpt = args.checkpoint_dir or f"{str(args.out).rstrip('/')}.ckpt"
     cfg = replace(TrainConfig(), iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, seed=args.seed, hidden=hidden, parallax_zero_point=args.parallax_zp,
-                  label_update=args.label_update, max_stars=args.max_stars, checkpoint_dir=ckpt,
+                  label_update=args.label_update, label_shrinkage=args.label_shrinkage, max_stars=args.max_stars, checkpoint_dir=ckpt,
                   resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     emu, hist = train(cat, cfg)
     out = save_training_bundle(emu, hist, args.out, catalog_path=args.catalog)
@@ -67,7 +71,7 @@ def run(args) -> int:
         "final_train_loss": last_it.get("train_loss"), "final_val_loss": last_it.get("val_loss"),
         "final_chi2_threshold": last_it.get("chi2_threshold"),
         "final_outlier_frac_train": last_it.get("outlier_frac_train"),
-        "label_update": cfg.label_update,
+        "label_update": cfg.label_update, "label_shrinkage": cfg.label_shrinkage,
     }
     if args.json:
         emit_json(summary)

@@ -1,0 +1,86 @@
+"""Errors-in-variables corrections for noisy spectroscopic labels used in training.
+
+Training fits M(θ) at the labels θ̂ = θ + ε, ε ~ N(0, C_θ). The fit then
+learns E[M(θ) | θ̂], not M(θ̂): where the label density is steep (the main
+sequence in log g, the edges of the HR diagram) the learned model is biased
+(regression dilution; on the 120,000-star physical mock ``bench/mock_recovery.py``
+measures 0.09 mag RMS in M with realistic label errors, 0.02-0.03 mag with
+near-exact labels).
+
+:func:`tweedie_label_means` replaces each label by an estimate of its
+posterior mean given the label population, by Tweedie's formula
+(Robbins 1956; Efron 2011, JASA 106, 1602):
+
+    E[θ | θ̂] = θ̂ + C_θ ∇ log p(θ̂),
+
+where p is the density of the *noisy* labels, which the catalogue itself
+samples. p is a Gaussian-smoothed histogram of the labels in units of the
+median label σ per axis. The formula is exact for Gaussian errors with one
+common C_θ; with per-star C_θ it uses the pooled density, an approximation
+(the smoothing bandwidth keeps stars with large errors from being
+over-corrected). Pure numpy/scipy, once per training run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+__all__ = ["label_density_score", "tweedie_label_means"]
+
+
+def label_density_score(theta, reference, scale, *, bandwidth: float = 1.0, bin_width: float = 0.5):
+    """∇ log p(θ) (physical units⁻¹, shape (N, 3)) of the density of the ``reference`` labels.
+
+    p: histogram of ``reference / scale`` with bins of ``bin_width``, smoothed by a
+    Gaussian of σ = ``bandwidth`` (both in units of ``scale`` per axis); the
+    gradient of log p by central differences, interpolated linearly at ``theta``.
+    Where no reference label lies within 6 bandwidths the density is 0 and the
+    score is 0 (no information, no shift).
+    """
+    scale = np.asarray(scale, dtype=float)
+    u_ref = np.asarray(reference, dtype=float) / scale
+    u = np.asarray(theta, dtype=float) / scale
+    if not (bandwidth > 0 and bin_width > 0):
+        raise ValueError(f"bandwidth and bin_width must be > 0, got {bandwidth}, {bin_width}")
+    if not np.all(np.isfinite(u_ref)) or not np.all(np.isfinite(u)):
+        raise ValueError("label_density_score needs finite labels (drop or fill unusable rows first)")
+    pad = 5.0 * bandwidth + 2 * bin_width
+    lo = np.minimum(u_ref.min(axis=0), u.min(axis=0)) - pad
+    hi = np.maximum(u_ref.max(axis=0), u.max(axis=0)) + pad
+    n_bins = np.ceil((hi - lo) / bin_width).astype(int) + 1
+    edges = [lo[k] + bin_width * np.arange(n_bins[k] + 1) - bin_width / 2 for k in range(3)]
+    hist, _ = np.histogramdd(u_ref, bins=edges)
+    dens = gaussian_filter(hist, sigma=bandwidth / bin_width, mode="constant", truncate=6.0)
+    logd = np.log(np.maximum(dens, 1e-300))
+    coords = ((u - lo) / bin_width).T  # fractional bin-centre index
+    grads = np.gradient(logd, bin_width)
+    score_u = np.stack([map_coordinates(g, coords, order=1, mode="nearest") for g in grads], axis=-1)
+    return score_u / scale
+
+
+def tweedie_label_means(theta, theta_cov, *, reference=None, bandwidth: float = 1.0, bin_width: float = 0.5,
+                        max_shift: float = 3.0):
+    """Labels shrunk to their posterior means under the label population: θ̂ + C_θ ∇ log p(θ̂) (Tweedie).
+
+    theta: (N, 3) labels θ̂; theta_cov: (N, 3, 3) their covariances; reference:
+    labels whose density is p (default ``theta``; e.g. the training split only).
+    The unit per axis is the median label σ of ``theta_cov``. Far from the bulk
+    of the labels the smoothed density's log-gradient grows without bound, so a
+    shift longer than ``max_shift`` in the star's own Mahalanobis metric
+    (√(δᵀ C_θ⁻¹ δ)) is shortened to it. Returns (θ̃ (N, 3), capped (N,) bool).
+    """
+    theta = np.asarray(theta, dtype=float)
+    cov = np.asarray(theta_cov, dtype=float)
+    ref = theta if reference is None else np.asarray(reference, dtype=float)
+    scale = np.sqrt(np.median(np.diagonal(cov, axis1=1, axis2=2), axis=0))
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise ValueError(f"label covariances must have positive finite diagonals (median σ {scale})")
+    if not max_shift > 0:
+        raise ValueError(f"max_shift must be > 0, got {max_shift}")
+    score = label_density_score(theta, ref, scale, bandwidth=bandwidth, bin_width=bin_width)
+    shift = np.einsum("nij,nj->ni", cov, score)
+    maha = np.sqrt(np.maximum(np.einsum("ni,ni->n", shift, score), 0.0))  # δᵀ C⁻¹ δ = ∇ᵀ C ∇
+    capped = maha > max_shift
+    factor = np.where(capped, max_shift / np.maximum(maha, 1e-300), 1.0)
+    return theta + factor[:, None] * shift, capped

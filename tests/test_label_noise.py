@@ -1,0 +1,57 @@
+"""Tweedie shrinkage of noisy training labels (errors-in-variables, dds_infer.label_noise)."""
+
+import numpy as np
+import pytest
+
+from dds_infer.label_noise import label_density_score, tweedie_label_means
+
+
+def _gaussian_population(n, seed=0):
+    rng = np.random.default_rng(seed)
+    mean = np.array([5000.0, 4.0, -0.2])
+    tau = np.array([400.0, 0.3, 0.2])  # population spread
+    sig = np.array([100.0, 0.15, 0.1])  # label errors
+    truth = mean + tau * rng.normal(size=(n, 3))
+    labels = truth + sig * rng.normal(size=(n, 3))
+    cov = np.broadcast_to(np.diag(sig**2), (n, 3, 3)).copy()
+    return truth, labels, cov, mean, tau, sig
+
+
+def test_tweedie_matches_the_exact_gaussian_posterior_mean():
+    """Gaussian population × Gaussian errors: E[θ|θ̂] = m + τ²/(τ²+σ²)(θ̂ − m) exactly."""
+    truth, labels, cov, mean, tau, sig = _gaussian_population(200_000)
+    shrunk, capped = tweedie_label_means(labels, cov, bandwidth=0.5, bin_width=0.25)
+    assert capped.mean() < 1e-3
+    exact = mean + tau**2 / (tau**2 + sig**2) * (labels - mean)
+    central = np.all(np.abs(labels - mean) < 2 * np.sqrt(tau**2 + sig**2), axis=1)
+    shift_exact = (exact - labels)[central]
+    shift = (shrunk - labels)[central]
+    # the regression slope of the applied shift on the exact one is ~1 (the smoothing adds a few %)
+    slope = np.sum(shift * shift_exact, axis=0) / np.sum(shift_exact**2, axis=0)
+    assert np.all(np.abs(slope - 1) < 0.1), slope
+    mse_raw = np.mean((labels - truth) ** 2, axis=0)
+    mse = np.mean((shrunk - truth) ** 2, axis=0)
+    mse_exact = np.mean((exact - truth) ** 2, axis=0)
+    assert np.all(mse < mse_raw) and np.all(mse < 1.1 * mse_exact), (mse_raw, mse, mse_exact)
+    assert mse[1] < 0.85 * mse_raw[1]  # log g: τ/σ = 2, a large gain
+
+
+def test_score_of_a_gaussian_and_input_checks():
+    truth, labels, cov, mean, tau, sig = _gaussian_population(100_000, seed=1)
+    probe = mean + np.array([[0.0, 0.0, 0.0], [1.0, -1.0, 0.5]]) * np.sqrt(tau**2 + sig**2)
+    h, bw = 0.5, 0.25
+    score = label_density_score(probe, labels, sig, bandwidth=h, bin_width=bw)
+    # d log N(m, τ² + σ² + smoothing²): the label density seen through the kernel and the bins
+    expected = -(probe - mean) / (tau**2 + sig**2 + (h**2 + bw**2 / 12) * sig**2)
+    np.testing.assert_allclose(score[1], expected[1], rtol=0.2)  # a 10^5-star histogram in 3-D is noisy
+    assert np.all(np.abs(score[0] * sig) < 0.1)  # at the mode the shift σ² ∇log p is < 0.1 σ
+    with pytest.raises(ValueError, match="finite"):
+        label_density_score(np.array([[np.nan, 4.0, 0.0]]), labels, sig)
+    # a label in the far tail of the population: the shift is capped at max_shift (its own Mahalanobis metric)
+    tail = (mean + np.array([0.0, 6.0, 0.0]) * np.sqrt(tau**2 + sig**2))[None]
+    shrunk, capped = tweedie_label_means(tail, np.diag(sig**2)[None], reference=labels, max_shift=3.0)
+    d = (shrunk[0] - tail[0]) / sig
+    assert capped[0] and np.sqrt(d @ d) == pytest.approx(3.0, rel=1e-6)
+    assert d[1] < 0  # towards the population
+    with pytest.raises(ValueError, match="positive"):
+        tweedie_label_means(labels[:10], np.zeros((10, 3, 3)))
