@@ -207,6 +207,23 @@ def test_cli_train_writes_bundle_and_resumes(anchor_dir, tmp_path, capsys):
     assert main(["train", "--catalog", str(cat), "--out", str(out), "--hidden", "a,b"]) == 2
 
 
+def test_cli_train_label_options_report_their_counts(anchor_dir, tmp_path, capsys):
+    from dds_infer.cli import main
+
+    cat = anchor_dir / "green2020_test_data_small.h5"
+    args = ["train", "--catalog", str(cat), "--out", str(tmp_path / "m"), "--iterations", "2", "--epochs", "1",
+            "--max-stars", "300", "--no-progress", "--label-update", "joint", "--label-shrinkage", "tweedie"]
+    assert main(args + ["--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["label_update"] == "joint" and s["label_shrinkage"] == "tweedie"
+    assert 0 <= s["n_labels_shrink_capped"] <= s["n_train"] + s["n_validation"]
+    assert 0 <= s["final_n_labels_capped"] <= s["n_train"] + s["n_validation"]
+    hist = json.loads((tmp_path / "m" / "extras" / "history.json").read_text())
+    assert hist["config"]["label_update"] == "joint" and hist["iterations"][-1]["n_labels_capped"] == s["final_n_labels_capped"]
+    assert main(args + ["--out", str(tmp_path / "m2")]) == 0
+    assert "shrinkage tweedie" in capsys.readouterr().out
+
+
 def test_epochs_first_sets_iteration_one_length(real_cat):
     cfg = replace(TINY, iterations=2, epochs=2, epochs_first=5)
     _, h = train(real_cat, cfg)

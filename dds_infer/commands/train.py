@@ -72,6 +72,8 @@ def run(args) -> int:
         "final_chi2_threshold": last_it.get("chi2_threshold"),
         "final_outlier_frac_train": last_it.get("outlier_frac_train"),
         "label_update": cfg.label_update, "label_shrinkage": cfg.label_shrinkage,
+        "n_labels_shrink_capped": hist.get("n_labels_shrink_capped", 0),
+        "final_n_labels_capped": last_it.get("n_labels_capped", 0),
     }
     if args.json:
         emit_json(summary)
@@ -79,5 +81,9 @@ def run(args) -> int:
     print(f"trained on {summary['n_train']} stars ({summary['n_validation']} validation, "
           f"{summary['n_test']} test held out); {summary['iterations_done']}/{cfg.iterations} iterations")
     print(f"final loss: train {summary['final_train_loss']:.4f}, validation {summary['final_val_loss']:.4f}")
+    if cfg.label_shrinkage != "none" or cfg.label_update != "none":
+        print(f"labels: shrinkage {cfg.label_shrinkage} ({summary['n_labels_shrink_capped']} shifts capped at 3σ), "
+              f"update {cfg.label_update} ({summary['final_n_labels_capped']} at the 5σ trust region "
+              "in the last iteration)")
     print(f"bundle: {out}")
     return 0
