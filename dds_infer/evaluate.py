@@ -19,8 +19,6 @@ from .emulator import Emulator, apply_colour_transform, model_colours
 from .likelihood import (
     chi2_colours,
     colour_covariance,
-    E_VARIANCE_FLOOR_ABS,
-    E_VARIANCE_FLOOR_REL,
     distance_modulus_from_parallax,
     label_update,
     magnitude_covariance,
@@ -29,6 +27,7 @@ from .likelihood import (
     modelled_entries,
     observed_colours,
     reddening_update,
+    reddening_variance_floor,
     z_scores,
 )
 
@@ -141,11 +140,12 @@ def fit_labels(emu: Emulator, theta0, E0, theta_prior, theta_cov, E_prior, E_pri
     """
     f32 = jnp.float32
     std = emu.theta_std.astype(f32)
-    x0 = emu.normalize(jnp.asarray(theta0, dtype=f32))
+    theta0 = jnp.asarray(theta0, dtype=f32)
+    x0 = emu.normalize(theta0)
     E0 = jnp.asarray(E0, dtype=f32)
-    bm, R = emu._apply_x(x0)
+    bm, R = emu.network_outputs(theta0)
     c0 = model_colours(bm, R, E0)
-    jx = jax.vmap(lambda x, e: jax.jacfwd(lambda xx: emu.predict_x(xx, e))(x))(x0, E0)  # (N, B, 3) band space
+    jx = model_jacobian(emu, theta0, E0) * std  # (N, B, 3) band space, per unit of normalised θ
     jac = jnp.concatenate([apply_colour_transform(jnp.swapaxes(jx, -1, -2)).swapaxes(-1, -2),
                            apply_colour_transform(R)[..., None]], axis=-1)
     cov_c = colour_covariance(magnitude_covariance(phot.mag_err, sigma_mu=phot.sigma_mu))
@@ -155,14 +155,15 @@ def fit_labels(emu: Emulator, theta0, E0, theta_prior, theta_cov, E_prior, E_pri
     prior = prior.at[:, 3, 3].set(jnp.asarray(E_prior_err, dtype=f32) ** 2)
     dz_prior = jnp.concatenate([emu.normalize(jnp.asarray(theta_prior, dtype=f32)) - x0,
                                 (jnp.asarray(E_prior, dtype=f32) - E0)[:, None]], axis=-1)
-    dz, post = label_update(phot.c_obs - c0, jac, cov_c, phot.mask, dz_prior, prior)
+    prior_prec = spd_inverse(prior)
+    dz, post = label_update(phot.c_obs - c0, jac, cov_c, phot.mask, dz_prior, prior_prec)
     off = dz - dz_prior  # new estimate − prior mean
-    maha = jnp.sqrt(jnp.maximum(jnp.einsum("ni,nij,nj->n", off, spd_inverse(prior), off), 0.0))
+    maha = jnp.sqrt(jnp.maximum(jnp.einsum("ni,nij,nj->n", off, prior_prec, off), 0.0))
     capped = maha > max_offset
     dz = dz_prior + off * jnp.where(capped, max_offset / jnp.maximum(maha, 1e-30), 1.0)[:, None]
     theta = emu.denormalize(x0 + dz[:, :3])
     E = jnp.maximum(E0 + dz[:, 3], 0.0)
-    var = jnp.maximum(post[:, 3, 3], E_VARIANCE_FLOOR_ABS**2 + (E_VARIANCE_FLOOR_REL * E) ** 2)
+    var = jnp.maximum(post[:, 3, 3], reddening_variance_floor(E))
     return theta, post[:, :3, :3] * (std[:, None] * std[None, :]), E, var, capped
 
 

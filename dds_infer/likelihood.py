@@ -37,6 +37,7 @@ __all__ = [
     "whitening_matrix",
     "chi2_colours",
     "reddening_update",
+    "reddening_variance_floor",
     "label_update",
     "spd_inverse",
     "z_scores",
@@ -179,8 +180,13 @@ def reddening_update(resid0, cov_c, mask, R, E_prior, E_prior_err, *, clip: bool
     if clip:
         e = jnp.maximum(e, 0.0)
     if floor:
-        var = jnp.maximum(var, E_VARIANCE_FLOOR_ABS**2 + (E_VARIANCE_FLOOR_REL * e) ** 2)
+        var = jnp.maximum(var, reddening_variance_floor(e))
     return e, var
+
+
+def reddening_variance_floor(E):
+    """The σ_E² floor of Eqs. 8-9 as the published model applies it: (0.02)² + (0.1 E)²."""
+    return E_VARIANCE_FLOOR_ABS**2 + (E_VARIANCE_FLOOR_REL * E) ** 2
 
 
 def spd_inverse(a):
@@ -190,7 +196,7 @@ def spd_inverse(a):
     return jnp.einsum("...ki,...kj->...ij", li, li)  # L⁻ᵀ L⁻¹
 
 
-def label_update(resid, jac, cov_c, mask, dz_prior, prior_cov):
+def label_update(resid, jac, cov_c, mask, dz_prior, prior_prec):
     """Per-star Gaussian update of the labels z = (θ, E) given the colours (Eqs. 8-9 extended to θ).
 
     Eqs. 8-9 re-estimate E from the photometry with the prior (Ê, σ_E) held
@@ -203,13 +209,13 @@ def label_update(resid, jac, cov_c, mask, dz_prior, prior_cov):
     with r = ĉ - c(z₀), J = ∂c/∂z at z₀ (colour space), and C_c the colour
     covariance of the photometry and parallax alone (σ_m², σ_μ²: the labels'
     uncertainty is carried by P). Returns (dz, Λ⁻¹), shapes (N, K), (N, K, K).
-    resid: (N, B); jac: (N, B, K); mask: (N, B); dz_prior = ẑ - z₀: (N, K); prior_cov: (N, K, K).
+    resid: (N, B); jac: (N, B, K); mask: (N, B); dz_prior = ẑ - z₀: (N, K); prior_prec = P⁻¹:
+    (N, K, K) (:func:`spd_inverse` of P).
     """
     m = mask.astype(resid.dtype)
     k = cholesky(mask_covariance(cov_c, mask))
     wj = solve_lower(k, jac * m[..., None])  # W J
     wr = solve_lower_vec(k, jnp.where(mask, resid, 0.0))
-    prior_prec = spd_inverse(prior_cov)
     prec = prior_prec + jnp.einsum("nbi,nbj->nij", wj, wj)
     post_cov = spd_inverse(prec)
     rhs = jnp.einsum("nij,nj->ni", prior_prec, dz_prior) + jnp.einsum("nbi,nb->ni", wj, wr)

@@ -71,7 +71,6 @@ class _Traj(NamedTuple):
     sub: TreeInfo  # the doubling's subtree so far (num_proposals = leaves built)
     r_ckpts: jnp.ndarray  # (max_depth, D) U-turn checkpoints of the subtree
     r_sum_ckpts: jnp.ndarray
-    max_depth: jnp.ndarray  # tree-depth cap of this draw
 
 
 class _Slot(NamedTuple):
@@ -129,11 +128,10 @@ def _combine(current: TreeInfo, new: TreeInfo, inverse_mass_matrix, going_right,
                                current.num_proposals + new.num_proposals))
 
 
-def _start_doubling(t: _Traj, tree: TreeInfo, u_direction, max_depth: int, latent_size: int) -> _Traj:
+def _start_doubling(energy_current, tree: TreeInfo, u_direction, max_depth: int, latent_size: int) -> _Traj:
     """build_tree's loop body up to the subtree: a direction, an empty subtree, no checkpoints."""
     zeros = jnp.zeros((max_depth, latent_size))
-    return t._replace(tree=tree, going_right=u_direction < 0.5, sub=_tree_like(tree, num_proposals=0),
-                      r_ckpts=zeros, r_sum_ckpts=zeros)
+    return _Traj(energy_current, tree, u_direction < 0.5, _tree_like(tree, num_proposals=0), zeros, zeros)
 
 
 def _start_draw(state, u_direction, eps, settings: NutsSettings, latent_size: int) -> _Traj:
@@ -146,10 +144,7 @@ def _start_draw(state, u_direction, eps, settings: NutsSettings, latent_size: in
     z, g, pe = state.z, state.z_grad, state.potential_energy
     tree = _tree_like(TreeInfo(z, r, g, z, r, g, z, pe, g, energy, depth=0, weight=0.0, r_sum=r, turning=False,
                                diverging=False, sum_accept_probs=0.0, num_proposals=0))
-    zeros = jnp.zeros((settings.max_tree_depth, latent_size))
-    t = _Traj(energy, tree, jnp.asarray(False), tree, zeros, zeros,
-              jnp.asarray(settings.max_tree_depth, jnp.result_type(int)))
-    return _start_doubling(t, tree, u_direction, settings.max_tree_depth, latent_size)
+    return _start_doubling(energy, tree, u_direction, settings.max_tree_depth, latent_size)
 
 
 def _any_turning(inverse_mass_matrix, r, r_sum, r_ckpts, r_sum_ckpts, idx_min, idx_max):
@@ -189,8 +184,8 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
     # --- _double_tree's merge and build_tree's loop condition
     finished_sub = _tree_like(sub, depth=t.tree.depth, turning=turning)
     merged = _combine(t.tree, finished_sub, inv_mm, t.going_right, u[1], True)
-    draw_done = sub_done & ~((merged.depth < t.max_depth) & ~merged.turning & ~merged.diverging)
-    next_doubling = _start_doubling(t, merged, u[2], settings.max_tree_depth, latent_size)
+    draw_done = sub_done & ~((merged.depth < settings.max_tree_depth) & ~merged.turning & ~merged.diverging)
+    next_doubling = _start_doubling(t.energy_current, merged, u[2], settings.max_tree_depth, latent_size)
     in_subtree = t._replace(sub=sub, r_ckpts=r_ckpts, r_sum_ckpts=r_sum_ckpts)
     traj = _where(sub_done, next_doubling, in_subtree)
     # --- sample_kernel after build_tree: the draw, adaptation, next draw's start

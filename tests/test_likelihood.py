@@ -161,7 +161,7 @@ def test_label_update_is_the_dense_gaussian_posterior():
     mask[:, 0] = True
     resid[~mask] = np.nan  # unmodelled entries may be anything
     dz, post = label_update(jnp.asarray(resid), jnp.asarray(jac), jnp.asarray(cov), jnp.asarray(mask),
-                            jnp.asarray(dzp), jnp.asarray(prior))
+                            jnp.asarray(dzp), jnp.asarray(np.linalg.inv(prior)))
     for i in range(n):
         m = mask[i]
         ci = np.linalg.inv(cov[i][np.ix_(m, m)])
