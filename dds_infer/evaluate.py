@@ -20,6 +20,7 @@ from .likelihood import (
     chi2_colours,
     colour_covariance,
     distance_modulus_from_parallax,
+    distance_modulus_linearized,
     label_update,
     magnitude_covariance,
     spd_inverse,
@@ -31,7 +32,7 @@ from .likelihood import (
     z_scores,
 )
 
-__all__ = ["PreparedPhotometry", "prepare_photometry", "star_terms", "fit_reddening", "fit_labels", "evaluate_catalog",
+__all__ = ["PreparedPhotometry", "prepare_photometry", "with_linearized_parallax", "star_terms", "fit_reddening", "fit_labels", "evaluate_catalog",
            "EvaluationResult",
            "robust_sigma"]
 
@@ -72,6 +73,40 @@ def prepare_photometry(cat: StarCatalog, *, min_parallax_snr: float = 5.0,
         mu=mu.astype(jnp.float32),
         sigma_mu=sig_mu.astype(jnp.float32),
         good_parallax=good,
+    )
+
+
+def with_linearized_parallax(emu: Emulator, theta, theta_cov, E, E_err, phot: PreparedPhotometry,
+                             mag_ref, parallax, parallax_err, *, zero_point: float = 0.0) -> PreparedPhotometry:
+    """``phot`` with ĉ_0 = m̂_ref - μ̃ from the parallax likelihood linearised about the photometric μ.
+
+    μ_ref = m̂_ref - M_ref(θ) - E R_ref(θ) (Eq. 2 for the reference band) with
+    variance σ_ref² + (J C_θ Jᵀ)_ref + R_ref² σ_E² (Eq. 4), then
+    :func:`dds_infer.likelihood.distance_modulus_linearized`. Every star with
+    a parallax and the reference band observed gets c_0 modelled (no S/N cut);
+    the colours c_j (j > 0) are unchanged. ``mag_ref`` (N,): the catalogue's
+    reference-band magnitude (non-finite where missing). Pass labels that do
+    not use the parallax (θ̂, Ê), so μ_ref is independent of its noise.
+    """
+    theta = jnp.asarray(theta, dtype=jnp.float32)
+    E = jnp.asarray(E, dtype=jnp.float32)
+    bm, R = emu.network_outputs(theta)
+    jac = model_jacobian(emu, theta, E)[:, 0, :]
+    var_ref = (phot.mag_err[:, 0] ** 2 + jnp.einsum("ni,nij,nj->n", jac, jnp.asarray(theta_cov, jnp.float32), jac)
+               + (R[:, 0] * jnp.asarray(E_err, jnp.float32)) ** 2)
+    mag_ref = jnp.asarray(mag_ref, dtype=jnp.float32)
+    has_ref = jnp.isfinite(mag_ref)
+    mu_ref = jnp.where(has_ref, mag_ref, 0.0) - bm[:, 0] - E * R[:, 0]
+    mu, sigma_mu, ok = distance_modulus_linearized(parallax, parallax_err, jnp.where(has_ref, mu_ref, jnp.nan),
+                                                   var_ref, zero_point=zero_point)
+    c0 = has_ref & ok
+    return PreparedPhotometry(
+        c_obs=phot.c_obs.at[:, 0].set(jnp.where(c0, mag_ref - mu, 0.0)),
+        mag_err=phot.mag_err,
+        mask=phot.mask.at[:, 0].set(c0),
+        mu=jnp.where(c0, mu, 0.0).astype(jnp.float32),
+        sigma_mu=jnp.where(c0, sigma_mu, 0.0).astype(jnp.float32),
+        good_parallax=c0,
     )
 
 

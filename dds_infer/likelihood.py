@@ -28,6 +28,7 @@ __all__ = [
     "colour_transform_matrix",
     "apply_colour_transform",
     "distance_modulus_from_parallax",
+    "distance_modulus_linearized",
     "observed_colours",
     "modelled_entries",
     "model_jacobian",
@@ -72,6 +73,33 @@ def distance_modulus_from_parallax(parallax, parallax_err, *, min_snr: float = 5
     mu = jnp.where(good, 10.0 - 5.0 * jnp.log10(safe), 0.0)
     sigma_mu = jnp.where(good, 5.0 / LN10 * err / safe, 0.0)
     return mu, sigma_mu, good
+
+
+def distance_modulus_linearized(parallax, parallax_err, mu_ref, var_ref, *, zero_point: float = 0.0):
+    """μ̃, σ_μ̃ of the Gaussian parallax likelihood linearised about a reference μ (replaces Eq. 3's μ̂).
+
+    The parallax error is Gaussian in ϖ, not in μ: ϖ̂ - ϖ_zp ~ N(ϖ(μ), σ_ϖ),
+    ϖ(μ) = 10^((10 - μ)/5) mas. To first order about μ_ref (ϖ_ref = ϖ(μ_ref)):
+    μ ~ N(μ̃, σ_μ̃) with μ̃ = μ_ref + (5/ln 10)(1 - (ϖ̂ - ϖ_zp)/ϖ_ref) and
+    σ_μ̃ = (5/ln 10) σ_ϖ / ϖ_ref. If μ_ref scatters about the true μ with
+    variance ``var_ref``, the expansion's second-order term biases μ̃ by
+    -(ln 10/10) var_ref; that is added back. Unlike μ̂ = 10 - 5 log10 ϖ̂ (biased
+    by ≈ +(ln 10/10) σ_μ² and, after a cut on ϖ̂/σ_ϖ, by the selection on the
+    noise) μ̃ is unbiased at any S/N and defined for ϖ̂ ≤ 0, so no S/N cut is
+    needed (forward-model the parallax: Luri et al. 2018, A&A 616, A9, §4).
+    μ_ref must not use the parallax. Returns (μ̃, σ_μ̃, has_parallax);
+    μ̃ = σ_μ̃ = 0 where ``has_parallax`` is False.
+    """
+    plx = jnp.asarray(parallax) - zero_point
+    err = jnp.asarray(parallax_err)
+    mu_ref = jnp.asarray(mu_ref)
+    ok = jnp.isfinite(plx) & jnp.isfinite(err) & (err > 0) & jnp.isfinite(mu_ref) & jnp.isfinite(var_ref)
+    ref = jnp.where(ok, mu_ref, 10.0)
+    plx_ref = 10.0 ** ((10.0 - ref) / 5.0)
+    k = 5.0 / LN10
+    mu = ref + k * (1.0 - jnp.where(ok, plx, 0.0) / plx_ref) + jnp.where(ok, var_ref, 0.0) / (2.0 * k)
+    sigma = k * jnp.where(ok, err, 0.0) / plx_ref
+    return jnp.where(ok, mu, 0.0), jnp.where(ok, sigma, 0.0), ok
 
 
 def observed_colours(mag, mu):

@@ -83,6 +83,17 @@ class TrainConfig:
         0.062-0.071; joint 0.059-0.063; both 0.042-0.046 (offset +0.03 mag).
         The shift is capped at 3σ per star (counted: ``n_labels_shrink_capped``
         in the history and the bundle's provenance).
+    parallax_likelihood: "inverted" (the paper's: μ̂ = 10 - 5 log10 ϖ̂ with
+        σ_μ = (5/ln 10) σ_ϖ/ϖ̂, c_0 modelled only where ϖ̂/σ_ϖ > min_parallax_snr)
+        or "linearized": from iteration 2 on, the parallax likelihood is
+        Gaussian in ϖ, linearised once per iteration about each star's
+        photometric μ under the current network at its labels
+        (:func:`dds_infer.evaluate.with_linearized_parallax`), and every star
+        with a parallax has c_0 modelled (no cut on the noisy ϖ̂/σ_ϖ). The
+        inverted parallax is biased low in μ at low S/N (≈ -(ln 10/10) σ_μ²), and
+        the S/N cut on ϖ̂ selects stars whose parallax scattered high: on the
+        physical mock the stars kept have mean μ̂ - μ = -0.028 mag at the
+        turn-off (-0.073 at S/N 5-7), which the fit turns into M(θ) too faint.
     stop_after: stop (after checkpointing) once this many iterations are done
     (simulates an interruption; continue with ``resume=True``).
     checkpoint_dir: where ``checkpoint.pkl`` is written after each iteration
@@ -115,6 +126,7 @@ class TrainConfig:
     loss_reddening: str = "updated"
     label_update: str = "none"
     label_shrinkage: str = "none"
+    parallax_likelihood: str = "inverted"
     r_kernel_init: str = "zero"
     r_init: float = 1.0
     freeze_r_kernel_first: bool = False
@@ -139,7 +151,7 @@ class TrainConfig:
 RESUME_KEYS = ("epochs", "epochs_first", "batch_size", "lr", "lr_decay", "seed", "hidden", "split", "l2_hidden",
                 "l1_reddening", "chi2_start", "chi2_end", "chi2_end_iteration", "max_sigma_E_first",
                 "n_fitted", "min_parallax_snr", "parallax_zero_point", "max_stars", "min_steps_first", "min_steps", "max_epoch_factor",
-                "loss_reddening", "label_update", "label_shrinkage", "r_kernel_init", "r_init",
+                "loss_reddening", "label_update", "label_shrinkage", "parallax_likelihood", "r_kernel_init", "r_init",
                 "freeze_r_kernel_first", "cov_inflation", "init_from")
 
 

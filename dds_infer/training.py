@@ -37,7 +37,7 @@ import numpy as np
 from .catalog import CatalogError, StarCatalog
 from .domain import density_from_samples
 from .emulator import Emulator, init_emulator
-from .evaluate import prepare_photometry
+from .evaluate import prepare_photometry, with_linearized_parallax
 from .label_noise import tweedie_label_means
 from .train_config import RESUME_KEYS, TrainConfig, chi2_threshold, epochs_of_iteration, learning_rate, split_indices
 from .train_core import StarBatchData, make_epoch_fn, make_eval_fn, make_optimizer, refresh_star_terms
@@ -134,6 +134,8 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         raise ValueError(f"label_update must be 'none' or 'joint', got {cfg.label_update!r}")
     if cfg.label_update == "joint" and cfg.loss_reddening != "updated":
         raise ValueError("label_update='joint' re-estimates E with θ: it needs loss_reddening='updated'")
+    if cfg.parallax_likelihood not in ("inverted", "linearized"):
+        raise ValueError(f"parallax_likelihood must be 'inverted' or 'linearized', got {cfg.parallax_likelihood!r}")
     if cfg.r_kernel_init not in ("random", "zero"):
         raise ValueError(f"r_kernel_init must be 'random' or 'zero', got {cfg.r_kernel_init!r}")
     if cfg.init_from is not None:
@@ -187,10 +189,20 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         history = state["history"]
         start = int(state["iterations_done"])
         first = False
+    plx_args = (np.where(cat.observed[:, 0], cat.mag[:, 0], np.nan), cat.parallax, cat.parallax_err)
+
+    def photometry_under(p, first_iteration):
+        """The observed colours of the next iteration: the paper's μ̂, or the parallax linearised under ``p``."""
+        if first_iteration or cfg.parallax_likelihood == "inverted":
+            return phot
+        return _linearized_photometry(emu.replace(params=p), th, cov, Ep, Epe, phot, *plx_args,
+                                      zero_point=cfg.parallax_zero_point, chunk=cfg.chunk_size)
+
     # whitening matrices for the next iteration (deterministic function of params: identical on resume)
     # (with joint label updates: a function of params and the stored linearisation point)
+    phot_cur = photometry_under(params, first)
     E_ref, var_ref, W, _, _, th_cur, cov_cur, _ = refresh_star_terms(
-        emu.replace(params=params), th, cov, Ep, Epe, phot, first=first, chunk_size=cfg.chunk_size,
+        emu.replace(params=params), th, cov, Ep, Epe, phot_cur, first=first, chunk_size=cfg.chunk_size,
         inflation=infl, labels=lin if joint else None)
     if state is None and not first and cfg.loss_reddening == "updated":
         E, var = E_ref, var_ref
@@ -201,7 +213,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
     for it in range(start, cfg.iterations):
         lr = learning_rate(it + 1, cfg.lr, cfg.lr_decay)
         opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, dtype=jnp.float32)
-        data = StarBatchData(x=emu.normalize(th_cur), E=E, c_obs=phot.c_obs, W=W, mask=phot.mask,
+        data = StarBatchData(x=emu.normalize(th_cur), E=E, c_obs=phot_cur.c_obs, W=W, mask=phot_cur.mask,
                              weight=jnp.asarray(include, dtype=jnp.float32))
         d_tr = jax.tree_util.tree_map(lambda a: a[:n_tr], data)
         d_va = jax.tree_util.tree_map(lambda a: a[n_tr:], data)
@@ -218,8 +230,9 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
                 bar.set_postfix(it=it + 1, train=f"{rec['train_loss']:.4f}", val=f"{rec['val_loss']:.4f}")
         # after the iteration: Eqs. 8-9, refreshed covariances, χ²/dof cut
         lin_used = lin
+        phot_cur = photometry_under(params, False)
         E_new, var, W, chi2, n_mod, th_cur, cov_cur, capped = refresh_star_terms(
-            emu.replace(params=params), th, cov, Ep, Epe, phot, first=False, chunk_size=cfg.chunk_size,
+            emu.replace(params=params), th, cov, Ep, Epe, phot_cur, first=False, chunk_size=cfg.chunk_size,
             inflation=infl, labels=lin if joint else None)
         thr = chi2_threshold(it + 1, cfg.chi2_start, cfg.chi2_end, cfg.chi2_end_iteration)
         out = _outlier_mask(chi2, n_mod, thr, cfg.n_fitted) & usable
@@ -235,6 +248,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
             "n_fit_train": int(include[:n_tr].sum()), "n_fit_val": int(include[n_tr:].sum()),
             "median_abs_dE": float(np.median(dE)) if dE.size else float("nan"),
             "n_labels_capped": int(np.asarray(capped)[usable].sum()),
+            "n_parallax_modelled": int(np.asarray(phot_cur.good_parallax)[usable].sum()),
             "median_abs_dtheta_sigma": (np.median(np.abs(dth), axis=0).round(4).tolist() if dth.size
                                         else [float("nan")] * 3),
             "train_loss": history["epochs"][-1]["train_loss"] if n_epochs else float("nan"),
@@ -259,7 +273,8 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         source="trained by dds_infer.training (Green et al. 2021 iterative chi^2 procedure)",
         catalog=str(catalog.meta.get("source", "")), n_stars=n, n_train=int(n_tr),
         iterations_done=len(history["iterations"]), seed=cfg.seed, label_update=cfg.label_update,
-        label_shrinkage=cfg.label_shrinkage, n_labels_shrink_capped=n_capped)
+        label_shrinkage=cfg.label_shrinkage, n_labels_shrink_capped=n_capped,
+        parallax_likelihood=cfg.parallax_likelihood)
     history = dict(history)
     history.update({
         "config": cfg.to_dict(), "n_stars": n, "split": split, "n_labels_shrink_capped": n_capped,
@@ -267,6 +282,21 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
                   "included": np.asarray(include), "theta": np.asarray(th_cur)},
     })
     return emu, history
+
+
+_with_linearized_parallax = jax.jit(with_linearized_parallax, static_argnames=("zero_point",))
+
+
+def _linearized_photometry(emu, th, cov, Ep, Epe, phot, mag_ref, parallax, parallax_err, *, zero_point, chunk):
+    """:func:`dds_infer.evaluate.with_linearized_parallax` at the labels and prior E, chunked over stars."""
+    n = int(np.shape(th)[0])
+    args = jax.tree_util.tree_map(np.asarray, (th, cov, Ep, Epe, phot, mag_ref, parallax, parallax_err))
+    outs = []
+    for s in range(0, n, chunk):
+        sl = jax.tree_util.tree_map(lambda a: a[s:s + chunk], args)
+        outs.append(jax.device_get(jax.block_until_ready(
+            _with_linearized_parallax(emu, *sl[:4], sl[4], *sl[5:], zero_point=float(zero_point)))))
+    return jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate(a)), *outs)
 
 
 def _check_resumable(state: dict, cfg: TrainConfig, split: dict) -> None:

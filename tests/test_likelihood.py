@@ -14,6 +14,7 @@ from dds_infer.likelihood import (
     colour_covariance,
     colour_transform_matrix,
     distance_modulus_from_parallax,
+    distance_modulus_linearized,
     magnitude_covariance,
     modelled_entries,
     whitening_matrix,
@@ -54,6 +55,63 @@ def test_parallax_to_distance_modulus():
     # zero-point is subtracted before the S/N cut
     mu_zp, _, good_zp = distance_modulus_from_parallax(jnp.array([1.029]), jnp.array([0.1]), zero_point=0.029)
     assert bool(good_zp[0]) and abs(float(mu_zp[0]) - 10.0) < 1e-5
+
+
+def test_linearized_parallax_is_unbiased_at_low_snr_where_the_inverted_one_is_not():
+    """ϖ̂ ~ N(ϖ, σ_ϖ) at S/N 3 with a reference μ scattering 0.3 mag about the truth: μ̃ is unbiased;
+    dropping its second-order term biases it by -(ln 10/10)·0.09; the inverted μ̂ after the S/N cut is biased."""
+    rng = np.random.default_rng(0)
+    n, mu_true = 400_000, 11.0
+    plx_true = 10 ** ((10 - mu_true) / 5)
+    err = np.full(n, plx_true / 3)
+    plx = plx_true + err * rng.normal(size=n)
+    mu_ref = mu_true + 0.3 * rng.normal(size=n)
+    mu, sig, ok = map(np.asarray, distance_modulus_linearized(plx, err, mu_ref, np.full(n, 0.09)))
+    assert ok.all() and np.all(np.isfinite(mu)) and (plx < 0).any()  # defined for ϖ̂ ≤ 0 too
+    w = 1 / sig**2
+    assert abs(np.mean(mu) - mu_true) < 0.006 and abs(np.sum(w * mu) / np.sum(w) - mu_true) < 0.006
+    mu0 = np.asarray(distance_modulus_linearized(plx, err, mu_ref, np.zeros(n))[0])
+    assert np.mean(mu0) - mu_true == pytest.approx(-np.log(10) / 10 * 0.09, abs=0.006)
+    mu_inv, _, good = map(np.asarray, distance_modulus_from_parallax(plx, err))
+    assert np.mean(mu_inv[good]) - mu_true < -0.05
+    # at μ_ref = μ: σ_μ̃ is the first-order σ_μ, and μ̃ = μ for ϖ̂ = ϖ; zero-point subtracted; bad input flagged
+    mu1, sig1, ok1 = map(np.asarray, distance_modulus_linearized(
+        np.array([plx_true + 0.029, 1.0, np.nan, 1.0]), np.array([0.1, 0.1, 0.1, -1.0]),
+        np.array([mu_true, np.nan, 10.0, 10.0]), np.zeros(4), zero_point=0.029))
+    assert ok1.tolist() == [True, False, False, False] and np.all(mu1[1:] == 0) and np.all(sig1[1:] == 0)
+    assert mu1[0] == pytest.approx(mu_true, abs=1e-5)
+    assert sig1[0] == pytest.approx(5 / np.log(10) * 0.1 / plx_true, rel=1e-5)
+
+
+def test_with_linearized_parallax_models_c0_for_every_star_with_a_parallax(published, real):
+    """Exact photometry at true θ, μ, E and a noise-free parallax: ĉ_0 = M_G + E R_G whatever the S/N;
+    stars without the reference band or a parallax keep c_0 unmodelled; colours untouched."""
+    from dds_infer.evaluate import with_linearized_parallax
+
+    sub = real.subset(np.arange(200))
+    ok = np.all(np.isfinite(sub.theta), axis=1) & np.all(np.isfinite(sub.theta_cov), axis=(1, 2))
+    th = jnp.asarray(sub.theta[ok], jnp.float32)
+    n = th.shape[0]
+    E = jnp.full(n, 0.1, jnp.float32)
+    mu_true = np.linspace(8.0, 14.0, n)
+    bm, R = published.network_outputs(th)
+    mag = np.asarray(published.predict(th, E)) + mu_true[:, None]
+    plx = 10 ** ((10 - mu_true) / 5)
+    err = np.where(np.arange(n) % 2 == 0, 0.02, 2.0) * plx  # S/N 50 and 0.5
+    mag_ref = mag[:, 0].copy()
+    mag_ref[:3] = np.nan
+    plx[3:6] = np.nan
+    base = prepare_photometry(sub.subset(np.flatnonzero(ok)))
+    out = with_linearized_parallax(published, th, jnp.zeros((n, 3, 3)), E, jnp.zeros(n), base,
+                                   mag_ref, plx, err)
+    c0 = np.asarray(out.mask[:, 0])
+    assert not c0[:6].any() and c0[6:].all()
+    want = np.asarray(bm[:, 0] + E * R[:, 0])
+    np.testing.assert_allclose(np.asarray(out.c_obs[6:, 0]), want[6:], atol=2e-3)
+    np.testing.assert_allclose(np.asarray(out.mu[6:]), mu_true[6:], atol=2e-3)
+    np.testing.assert_allclose(np.asarray(out.sigma_mu[6:]), 5 / np.log(10) * err[6:] / plx[6:], rtol=1e-3)
+    np.testing.assert_array_equal(np.asarray(out.c_obs[:, 1:]), np.asarray(base.c_obs[:, 1:]))
+    np.testing.assert_array_equal(np.asarray(out.mask[:, 1:]), np.asarray(base.mask[:, 1:]))
 
 
 def test_modelled_entries_rules():

@@ -133,6 +133,26 @@ def test_joint_label_update_moves_labels_and_resumes_exactly(real_cat, tiny_run,
         train(real_cat, replace(cfg, loss_reddening="prior"))
 
 
+def test_linearized_parallax_models_c0_beyond_the_snr_cut_and_resumes_exactly(real_cat, tiny_run, tmp_path):
+    """parallax_likelihood="linearized": from iteration 2 every usable star with G and a parallax has c_0
+    modelled (the inverted μ̂ keeps only ϖ̂/σ_ϖ > 5); the result differs from the paper's; resume is exact."""
+    cfg = replace(TINY, iterations=3, parallax_likelihood="linearized", checkpoint_dir=str(tmp_path / "ck"))
+    emu, h = train(real_cat, cfg)
+    sub = real_cat.subset(h["E_fit"]["index"])
+    usable = np.all(np.isfinite(sub.theta), axis=1) & np.isfinite(sub.E_prior) & (sub.E_prior_err > 0)
+    has_plx = sub.observed[:, 0] & np.isfinite(sub.parallax) & (sub.parallax_err > 0)
+    snr_ok = has_plx & (sub.parallax / np.where(has_plx, sub.parallax_err, 1.0) > 5)
+    assert (has_plx & ~snr_ok & usable).sum() > 20  # the real stars below the cut
+    assert all(r["n_parallax_modelled"] == int((has_plx & usable).sum()) for r in h["iterations"])
+    assert tiny_run[1]["iterations"][-1]["n_parallax_modelled"] == int((snr_ok & usable).sum())
+    assert emu.provenance["parallax_likelihood"] == "linearized"
+    assert not all(np.array_equal(a, b) for a, b in zip(_leaves(tiny_run[0]), _leaves(emu)))
+    train(real_cat, replace(cfg, stop_after=2, checkpoint_dir=str(tmp_path / "ck2")))
+    emu2, _ = train(real_cat, replace(cfg, resume=True, checkpoint_dir=str(tmp_path / "ck2")))
+    for a, b in zip(_leaves(emu), _leaves(emu2)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 def test_tweedie_label_shrinkage_trains_on_shrunk_labels(real_cat):
     """label_shrinkage="tweedie": the fit uses θ̂ + C_θ ∇log p(θ̂) (label_noise.tweedie_label_means)."""
     from dds_infer.label_noise import tweedie_label_means
@@ -212,16 +232,19 @@ def test_cli_train_label_options_report_their_counts(anchor_dir, tmp_path, capsy
 
     cat = anchor_dir / "green2020_test_data_small.h5"
     args = ["train", "--catalog", str(cat), "--out", str(tmp_path / "m"), "--iterations", "2", "--epochs", "1",
-            "--max-stars", "300", "--no-progress", "--label-update", "joint", "--label-shrinkage", "tweedie"]
+            "--max-stars", "300", "--no-progress", "--label-update", "joint", "--label-shrinkage", "tweedie",
+            "--parallax-likelihood", "linearized"]
     assert main(args + ["--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["label_update"] == "joint" and s["label_shrinkage"] == "tweedie"
+    assert s["parallax_likelihood"] == "linearized" and 0 < s["final_n_parallax_modelled"] <= 300
     assert 0 <= s["n_labels_shrink_capped"] <= s["n_train"] + s["n_validation"]
     assert 0 <= s["final_n_labels_capped"] <= s["n_train"] + s["n_validation"]
     hist = json.loads((tmp_path / "m" / "extras" / "history.json").read_text())
     assert hist["config"]["label_update"] == "joint" and hist["iterations"][-1]["n_labels_capped"] == s["final_n_labels_capped"]
     assert main(args + ["--out", str(tmp_path / "m2")]) == 0
-    assert "shrinkage tweedie" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "shrinkage tweedie" in text and "parallax: linearized likelihood" in text
 
 
 def test_epochs_first_sets_iteration_one_length(real_cat):
@@ -260,7 +283,8 @@ def test_warm_start_from_a_bundle(real_cat, anchor_dir, tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("loss_reddening", "posterior"), ("r_kernel_init", "ones"), ("r_init", 0.0),
-                                          ("label_update", "em"), ("label_shrinkage", "deconvolve")])
+                                          ("label_update", "em"), ("label_shrinkage", "deconvolve"),
+                                          ("parallax_likelihood", "bailer-jones")])
 def test_bad_training_options_name_the_field(real_cat, field, value):
     with pytest.raises(ValueError, match=field):
         train(real_cat, replace(TINY, **{field: value}))

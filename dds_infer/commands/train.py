@@ -30,6 +30,10 @@ def register(sub) -> None:
                    help="'tweedie': before training, shrink each label to its posterior mean under the "
                         "catalogue's label density (Tweedie's formula; corrects the regression dilution of "
                         "noisy labels to first order). 'none': the paper's procedure")
+    p.add_argument("--parallax-likelihood", choices=("inverted", "linearized"), default="inverted",
+                   help="'linearized': from iteration 2, a Gaussian likelihood in ϖ linearised about each star's "
+                        "photometric distance, for every star with a parallax (removes the low-S/N bias of "
+                        "μ̂ = 10 − 5 log10 ϖ and of the S/N cut). 'inverted': the paper's μ̂, S/N > 5 only")
     p.add_argument("--hidden", default="32,32", help="hidden layer widths, comma separated")
     p.add_argument("--max-stars", type=int, default=None, help="use only the first N catalogue rows")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default <out>.ckpt)")
@@ -58,7 +62,8 @@ def run(args) -> int:
     ckpt = args.checkpoint_dir or f"{str(args.out).rstrip('/')}.ckpt"
     cfg = replace(TrainConfig(), iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, seed=args.seed, hidden=hidden, parallax_zero_point=args.parallax_zp,
-                  label_update=args.label_update, label_shrinkage=args.label_shrinkage, max_stars=args.max_stars, checkpoint_dir=ckpt,
+                  label_update=args.label_update, label_shrinkage=args.label_shrinkage,
+                  parallax_likelihood=args.parallax_likelihood, max_stars=args.max_stars, checkpoint_dir=ckpt,
                   resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     emu, hist = train(cat, cfg)
     out = save_training_bundle(emu, hist, args.out, catalog_path=args.catalog)
@@ -74,6 +79,8 @@ def run(args) -> int:
         "label_update": cfg.label_update, "label_shrinkage": cfg.label_shrinkage,
         "n_labels_shrink_capped": hist.get("n_labels_shrink_capped", 0),
         "final_n_labels_capped": last_it.get("n_labels_capped", 0),
+        "parallax_likelihood": cfg.parallax_likelihood,
+        "final_n_parallax_modelled": last_it.get("n_parallax_modelled"),
     }
     if args.json:
         emit_json(summary)
@@ -85,5 +92,8 @@ def run(args) -> int:
         print(f"labels: shrinkage {cfg.label_shrinkage} ({summary['n_labels_shrink_capped']} shifts capped at 3σ), "
               f"update {cfg.label_update} ({summary['final_n_labels_capped']} at the 5σ trust region "
               "in the last iteration)")
+    if cfg.parallax_likelihood != "inverted":
+        print(f"parallax: {cfg.parallax_likelihood} likelihood, c_0 modelled for "
+              f"{summary['final_n_parallax_modelled']} stars in the last iteration")
     print(f"bundle: {out}")
     return 0
