@@ -139,7 +139,7 @@ def time_queue(model, stars, static, n, settings, init_fn, n_slots):
     nuts = NutsSettings(settings["num_warmup"], settings["num_samples"], settings["num_chains"],
                         settings["target_accept_prob"], settings["max_tree_depth"], False)
     static_key, arrays = _split_static(tuple(static))
-    fn = nuts_queue._compiled(model, static_key, nuts, int(n_slots), init_fn is not None, nuts_queue.DEFAULT_BLOCK)
+    fn = nuts_queue.queue_program(model, static_key, nuts, int(n_slots), init_fn is not None, nuts_queue.DEFAULT_BLOCK)
     init = None if init_fn is None else jax.block_until_ready(init_fn(sub, k_init))
     t0 = time.perf_counter()
     exe = fn.lower(sub, arrays, init, k_nuts).compile()

@@ -64,13 +64,13 @@ def main(argv=None) -> int:
         return out
 
     t = time.perf_counter()
-    E, var, W = refresh()[:3]
+    refresh()
     refresh_compile = time.perf_counter() - t
     t = time.perf_counter()
-    E, var, W = refresh()[:3]
+    terms = refresh()
     refresh_s = time.perf_counter() - t
 
-    data = StarBatchData(x=emu.normalize(th), E=E, c_obs=phot.c_obs, W=W, mask=phot.mask,
+    data = StarBatchData(x=emu.normalize(th), E=terms.E, c_obs=phot.c_obs, W=terms.W, mask=phot.mask,
                          weight=jnp.ones(n_fit, jnp.float32))
     d_tr = jax.tree_util.tree_map(lambda a: a[:n_tr], data)
     d_va = jax.tree_util.tree_map(lambda a: a[n_tr:], data)

@@ -54,7 +54,7 @@ from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potent
 
 from .engine import BatchResult, NutsSettings, _split_static, check_batch, pad_batch
 
-__all__ = ["run_nuts_queue", "DEFAULT_SLOTS", "DEFAULT_BLOCK"]
+__all__ = ["run_nuts_queue", "queue_program", "DEFAULT_SLOTS", "DEFAULT_BLOCK"]
 
 DEFAULT_SLOTS = 256  # chains advanced together
 DEFAULT_BLOCK = 32  # iterations per block of random numbers
@@ -203,8 +203,10 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
 
 
 @lru_cache(maxsize=16)
-def _compiled(model: Callable, static, settings: NutsSettings, n_slots: int, has_init: bool, block: int):
-    """jit of the queue sampler for (model, static args, settings, slots); shapes key the cache."""
+def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int, has_init: bool, block: int):
+    """The jitted queue sampler ``run(stars, arrays, init, keys)`` for (model, static args, settings,
+    slots), cached; what :func:`run_nuts_queue` calls. Public so that benchmarks can compile it
+    ahead of time (``.lower(...).compile()``) and time the compilation apart."""
     total = settings.num_warmup + settings.num_samples
 
     def run(stars, arrays, init, keys):
@@ -332,7 +334,7 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     if int(n_slots) < 1 or int(block) < 1:
         raise ValueError(f"n_slots and block must be >= 1, got {n_slots}, {block}")
     static, arrays = _split_static(tuple(static_args))
-    fn = _compiled(model, static, settings, int(n_slots), init_params is not None, int(block))
+    fn = queue_program(model, static, settings, int(n_slots), init_params is not None, int(block))
     size = n if pad_to is None else int(pad_to)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
     out, n_iter = fn(stars_p, arrays, init_p, keys_p)

@@ -18,6 +18,7 @@ Everything here is pure JAX and runs unchanged on CPU or GPU.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ from .evaluate import PreparedPhotometry, fit_labels, fit_reddening, star_terms
 from .likelihood import chi2_colours, whitening_matrix
 
 __all__ = ["StarBatchData", "star_loss", "regularization", "weighted_mean_loss", "make_epoch_fn",
-           "make_optimizer", "refresh_star_terms"]
+           "make_optimizer", "refresh_star_terms", "StarTerms"]
 
 
 @struct.dataclass
@@ -156,9 +157,22 @@ def inflate_diagonal(cov, absolute, relative):
     return cov + jax.vmap(jnp.diag)(absolute + relative * d)
 
 
+class StarTerms(NamedTuple):
+    """Per-star results of :func:`refresh_star_terms` (leading axis = star)."""
+
+    E: jnp.ndarray  # reddening for the loss (Eqs. 8-9, or the joint update)
+    var_E: jnp.ndarray
+    W: jnp.ndarray  # (N, B, B) whitening matrices Lᵀ of C_c (Eqs. 12-13)
+    chi2: jnp.ndarray  # Eqs. 11-14
+    n_modelled: jnp.ndarray
+    theta: jnp.ndarray  # labels the loss uses next (the inputs, or the joint update's)
+    theta_cov: jnp.ndarray
+    capped: jnp.ndarray  # joint update pulled back to its trust region
+
+
 def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, phot: PreparedPhotometry,
                        *, first: bool, chunk_size: int = 16384, inflation=(0.0, 0.0), labels=None):
-    """Per-star (E, var_E, W, χ², n_modelled, θ, C_θ, capped) under ``emu``, chunked over stars.
+    """Per-star :class:`StarTerms` (E, var_E, W, χ², n_modelled, θ, C_θ, capped) under ``emu``, chunked over stars.
 
     first=True: the iteration-1 terms (E = Ê, covariance without J C_θ Jᵀ and
     R Rᵀ σ_E²). Otherwise E, var_E from Eqs. 8-9 (prior held fixed) and the
@@ -193,4 +207,4 @@ def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, ph
         sl = jax.tree_util.tree_map(lambda a: a[s:s + chunk], args)
         out = _refresh_chunk(emu, *sl[:5], first=first, inflation=infl, theta_cur=sl[5], E_cur=sl[6], joint=joint)
         outs.append(jax.device_get(jax.block_until_ready(out)))
-    return tuple(jnp.asarray(np.concatenate([o[k] for o in outs])[:n]) for k in range(8))
+    return StarTerms(*(jnp.asarray(np.concatenate([o[k] for o in outs])[:n]) for k in range(8)))
