@@ -38,7 +38,7 @@ from .catalog import CatalogError, StarCatalog
 from .domain import density_from_samples
 from .emulator import Emulator, init_emulator
 from .evaluate import prepare_photometry, with_linearized_parallax
-from .label_noise import tweedie_label_means
+from .label_noise import grouped_tweedie_label_means, tweedie_label_means
 from .train_config import RESUME_KEYS, TrainConfig, chi2_threshold, epochs_of_iteration, learning_rate, split_indices
 from .train_core import StarBatchData, make_epoch_fn, make_eval_fn, make_optimizer, refresh_star_terms
 from .train_io import checkpoint_path, load_checkpoint, save_checkpoint, save_training_bundle
@@ -63,13 +63,21 @@ def _fit_inputs(cat: StarCatalog, usable: np.ndarray):
     return tuple(jnp.asarray(a, dtype=jnp.float32) for a in (th, cov, E, Ee))
 
 
-def _shrunk_labels(th, cov, usable: np.ndarray, n_tr: int):
-    """Usable stars' labels → Tweedie posterior means under the training split's label density,
-    and the number of stars whose shift was capped (reported in the history)."""
+def _shrunk_labels(th, cov, usable: np.ndarray, n_tr: int, parallax=None, groups: int = 1):
+    """Usable stars' labels → Tweedie posterior means under the training split's label density
+    (in ``groups`` parallax-quantile groups if > 1), and the number of stars whose shift was
+    capped (reported in the history)."""
     th_np, cov_np = np.asarray(th, dtype=float), np.asarray(cov, dtype=float)
-    ref = th_np[:n_tr][usable[:n_tr]]
     out = th_np.copy()
-    out[usable], capped = tweedie_label_means(th_np[usable], cov_np[usable], reference=ref)
+    if groups > 1:
+        is_ref = np.zeros(len(th_np), bool)
+        is_ref[:n_tr] = True
+        out[usable], capped, _ = grouped_tweedie_label_means(
+            th_np[usable], cov_np[usable], np.asarray(parallax, float)[usable], n_groups=groups,
+            reference=is_ref[usable])
+    else:
+        ref = th_np[:n_tr][usable[:n_tr]]
+        out[usable], capped = tweedie_label_means(th_np[usable], cov_np[usable], reference=ref)
     return jnp.asarray(out, dtype=th.dtype), int(capped.sum())
 
 
@@ -123,8 +131,11 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
     n_capped = 0
     if cfg.label_shrinkage not in ("none", "tweedie"):
         raise ValueError(f"label_shrinkage must be 'none' or 'tweedie', got {cfg.label_shrinkage!r}")
+    if int(cfg.label_shrinkage_groups) < 1:
+        raise ValueError(f"label_shrinkage_groups must be >= 1, got {cfg.label_shrinkage_groups!r}")
     if cfg.label_shrinkage == "tweedie":
-        th, n_capped = _shrunk_labels(th, cov, usable, n_tr)
+        th, n_capped = _shrunk_labels(th, cov, usable, n_tr, cat.parallax - cfg.parallax_zero_point,
+                                      int(cfg.label_shrinkage_groups))
     theta_tr = cat.theta[:n_tr][usable[:n_tr]]
     if theta_tr.shape[0] < 2:
         raise ValueError("fewer than 2 usable training stars")
@@ -273,7 +284,8 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         source="trained by dds_infer.training (Green et al. 2021 iterative chi^2 procedure)",
         catalog=str(catalog.meta.get("source", "")), n_stars=n, n_train=int(n_tr),
         iterations_done=len(history["iterations"]), seed=cfg.seed, label_update=cfg.label_update,
-        label_shrinkage=cfg.label_shrinkage, n_labels_shrink_capped=n_capped,
+        label_shrinkage=cfg.label_shrinkage, label_shrinkage_groups=int(cfg.label_shrinkage_groups),
+        n_labels_shrink_capped=n_capped,
         parallax_likelihood=cfg.parallax_likelihood)
     history = dict(history)
     history.update({

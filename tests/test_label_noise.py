@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dds_infer.label_noise import label_density_score, tweedie_label_means
+from dds_infer.label_noise import grouped_tweedie_label_means, label_density_score, tweedie_label_means
 
 
 def _gaussian_population(n, seed=0):
@@ -55,3 +55,38 @@ def test_score_of_a_gaussian_and_input_checks():
     assert d[1] < 0  # towards the population
     with pytest.raises(ValueError, match="positive"):
         tweedie_label_means(labels[:10], np.zeros((10, 3, 3)))
+
+
+def test_grouped_tweedie_uses_the_population_at_each_distance():
+    """Two distance groups with different log g populations (near: dwarfs, far: brighter stars):
+    the pooled density shrinks each group towards the other (biased); the parallax-grouped one does
+    not, and matches the exact per-group Gaussian posterior mean."""
+    rng = np.random.default_rng(2)
+    n = 200_000
+    far = rng.random(n) < 0.5
+    mean = np.where(far[:, None], [5600.0, 4.0, -0.3], [5200.0, 4.3, -0.1])
+    tau, sig = np.array([300.0, 0.1, 0.15]), np.array([100.0, 0.15, 0.1])
+    truth = mean + tau * rng.normal(size=(n, 3))
+    labels = truth + sig * rng.normal(size=(n, 3))
+    cov = np.broadcast_to(np.diag(sig**2), (n, 3, 3)).copy()
+    plx = np.where(far, 0.4, 3.0) * np.exp(0.3 * rng.normal(size=n))  # overlapping in between
+    plx[:50] = np.nan
+    kw = dict(bandwidth=0.5, bin_width=0.25)
+    pooled, _ = tweedie_label_means(labels, cov, **kw)
+    grouped, capped, group = grouped_tweedie_label_means(labels, cov, plx, n_groups=4, **kw)
+    assert capped.mean() < 1e-3 and np.all(group[:50] == -1) and set(np.unique(group[50:])) == {0, 1, 2, 3}
+    exact = mean + tau**2 / (tau**2 + sig**2) * (labels - mean)
+    clean = np.isfinite(plx) & ((plx < 0.8) | (plx > 1.6))  # groups that are one population
+    for sel in (clean & far, clean & ~far):
+        bias_pooled = np.mean((pooled - truth)[sel][:, 1])
+        bias_grouped = np.mean((grouped - truth)[sel][:, 1])
+        print("log g bias pooled %.4f grouped %.4f" % (bias_pooled, bias_grouped))
+        assert abs(bias_pooled) > 0.02 and abs(bias_grouped) < 0.005, (bias_pooled, bias_grouped)
+        mse = np.mean((grouped - truth)[sel] ** 2, axis=0)
+        mse_exact = np.mean((exact - truth)[sel] ** 2, axis=0)
+        print("mse ratio", mse / mse_exact)
+        assert np.all(mse < 1.15 * mse_exact), mse / mse_exact
+    with pytest.raises(ValueError, match="n_groups"):
+        grouped_tweedie_label_means(labels, cov, plx, n_groups=0)
+    with pytest.raises(ValueError, match="finite"):
+        grouped_tweedie_label_means(labels[:5], cov[:5], np.full(5, np.nan))

@@ -30,6 +30,10 @@ def register(sub) -> None:
                    help="'tweedie': before training, shrink each label to its posterior mean under the "
                         "catalogue's label density (Tweedie's formula; corrects the regression dilution of "
                         "noisy labels to first order). 'none': the paper's procedure")
+    p.add_argument("--label-shrinkage-groups", type=int, default=1,
+                   help="with --label-shrinkage tweedie: estimate the label density separately in this many "
+                        "parallax-quantile groups (a magnitude-limited sample's θ population depends on "
+                        "distance; 1: one pooled density)")
     p.add_argument("--parallax-likelihood", choices=("inverted", "linearized"), default="inverted",
                    help="'linearized': from iteration 2, a Gaussian likelihood in ϖ linearised about each star's "
                         "photometric distance, for every star with a parallax (removes the low-S/N bias of "
@@ -63,7 +67,7 @@ def run(args) -> int:
     cfg = replace(TrainConfig(), iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, seed=args.seed, hidden=hidden, parallax_zero_point=args.parallax_zp,
                   label_update=args.label_update, label_shrinkage=args.label_shrinkage,
-                  parallax_likelihood=args.parallax_likelihood, max_stars=args.max_stars, checkpoint_dir=ckpt,
+                  label_shrinkage_groups=args.label_shrinkage_groups, parallax_likelihood=args.parallax_likelihood, max_stars=args.max_stars, checkpoint_dir=ckpt,
                   resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     emu, hist = train(cat, cfg)
     out = save_training_bundle(emu, hist, args.out, catalog_path=args.catalog)
@@ -79,7 +83,7 @@ def run(args) -> int:
         "label_update": cfg.label_update, "label_shrinkage": cfg.label_shrinkage,
         "n_labels_shrink_capped": hist.get("n_labels_shrink_capped", 0),
         "final_n_labels_capped": last_it.get("n_labels_capped", 0),
-        "parallax_likelihood": cfg.parallax_likelihood,
+        "label_shrinkage_groups": cfg.label_shrinkage_groups, "parallax_likelihood": cfg.parallax_likelihood,
         "final_n_parallax_modelled": last_it.get("n_parallax_modelled"),
     }
     if args.json:
@@ -89,7 +93,8 @@ def run(args) -> int:
           f"{summary['n_test']} test held out); {summary['iterations_done']}/{cfg.iterations} iterations")
     print(f"final loss: train {summary['final_train_loss']:.4f}, validation {summary['final_val_loss']:.4f}")
     if cfg.label_shrinkage != "none" or cfg.label_update != "none":
-        print(f"labels: shrinkage {cfg.label_shrinkage} ({summary['n_labels_shrink_capped']} shifts capped at 3σ), "
+        groups = f" in {cfg.label_shrinkage_groups} parallax groups" if cfg.label_shrinkage_groups > 1 else ""
+        print(f"labels: shrinkage {cfg.label_shrinkage}{groups} ({summary['n_labels_shrink_capped']} shifts capped at 3σ), "
               f"update {cfg.label_update} ({summary['final_n_labels_capped']} at the 5σ trust region "
               "in the last iteration)")
     if cfg.parallax_likelihood != "inverted":
