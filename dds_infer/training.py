@@ -63,7 +63,7 @@ def _fit_inputs(cat: StarCatalog, usable: np.ndarray):
     return tuple(jnp.asarray(a, dtype=jnp.float32) for a in (th, cov, E, Ee))
 
 
-def _shrunk_labels(th, cov, usable: np.ndarray, n_tr: int, parallax=None, groups: int = 1):
+def _shrunk_labels(th, cov, usable: np.ndarray, n_tr: int, parallax=None, groups: int = 1, bandwidth: float = 1.0):
     """Usable stars' labels → Tweedie posterior means under the training split's label density
     (in ``groups`` parallax-quantile groups if > 1), and the number of stars whose shift was
     capped (reported in the history)."""
@@ -74,10 +74,10 @@ def _shrunk_labels(th, cov, usable: np.ndarray, n_tr: int, parallax=None, groups
         is_ref[:n_tr] = True
         out[usable], capped, _ = grouped_tweedie_label_means(
             th_np[usable], cov_np[usable], np.asarray(parallax, float)[usable], n_groups=groups,
-            reference=is_ref[usable])
+            reference=is_ref[usable], bandwidth=bandwidth)
     else:
         ref = th_np[:n_tr][usable[:n_tr]]
-        out[usable], capped = tweedie_label_means(th_np[usable], cov_np[usable], reference=ref)
+        out[usable], capped = tweedie_label_means(th_np[usable], cov_np[usable], reference=ref, bandwidth=bandwidth)
     return jnp.asarray(out, dtype=th.dtype), int(capped.sum())
 
 
@@ -133,9 +133,11 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         raise ValueError(f"label_shrinkage must be 'none' or 'tweedie', got {cfg.label_shrinkage!r}")
     if int(cfg.label_shrinkage_groups) < 1:
         raise ValueError(f"label_shrinkage_groups must be >= 1, got {cfg.label_shrinkage_groups!r}")
+    if not float(cfg.label_shrinkage_bandwidth) > 0:
+        raise ValueError(f"label_shrinkage_bandwidth must be > 0, got {cfg.label_shrinkage_bandwidth!r}")
     if cfg.label_shrinkage == "tweedie":
         th, n_capped = _shrunk_labels(th, cov, usable, n_tr, cat.parallax - cfg.parallax_zero_point,
-                                      int(cfg.label_shrinkage_groups))
+                                      int(cfg.label_shrinkage_groups), float(cfg.label_shrinkage_bandwidth))
     theta_tr = cat.theta[:n_tr][usable[:n_tr]]
     if theta_tr.shape[0] < 2:
         raise ValueError("fewer than 2 usable training stars")
@@ -285,6 +287,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         catalog=str(catalog.meta.get("source", "")), n_stars=n, n_train=int(n_tr),
         iterations_done=len(history["iterations"]), seed=cfg.seed, label_update=cfg.label_update,
         label_shrinkage=cfg.label_shrinkage, label_shrinkage_groups=int(cfg.label_shrinkage_groups),
+        label_shrinkage_bandwidth=float(cfg.label_shrinkage_bandwidth),
         n_labels_shrink_capped=n_capped,
         parallax_likelihood=cfg.parallax_likelihood)
     history = dict(history)

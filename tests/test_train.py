@@ -177,7 +177,8 @@ def test_grouped_tweedie_shrinkage_uses_parallax_groups_of_the_training_split(re
     from dds_infer.label_noise import grouped_tweedie_label_means
     from dds_infer.training import usable_stars
 
-    cfg = replace(TINY, iterations=1, epochs=1, label_shrinkage="tweedie", label_shrinkage_groups=3)
+    cfg = replace(TINY, iterations=1, epochs=1, label_shrinkage="tweedie", label_shrinkage_groups=3,
+                  label_shrinkage_bandwidth=0.7)
     emu, h = train(real_cat, cfg)
     idx = h["E_fit"]["index"]
     sub = real_cat.subset(idx)
@@ -185,11 +186,12 @@ def test_grouped_tweedie_shrinkage_uses_parallax_groups_of_the_training_split(re
     n_tr = h["split"]["train"].size
     is_ref = np.arange(len(idx)) < n_tr
     expected, capped, group = grouped_tweedie_label_means(sub.theta[ok], sub.theta_cov[ok], sub.parallax[ok],
-                                                          n_groups=3, reference=is_ref[ok])
+                                                          n_groups=3, reference=is_ref[ok], bandwidth=0.7)
     assert set(np.unique(group[group >= 0])) == {0, 1, 2}
     np.testing.assert_allclose(h["E_fit"]["theta"][ok], expected, rtol=1e-5, atol=1e-3)
     pooled, _ = train(real_cat, replace(cfg, label_shrinkage_groups=1))
     assert emu.provenance["label_shrinkage_groups"] == 3 and h["n_labels_shrink_capped"] == int(capped.sum())
+    assert emu.provenance["label_shrinkage_bandwidth"] == 0.7
     assert not all(np.array_equal(a, b) for a, b in zip(_leaves(pooled), _leaves(emu)))
 
 
@@ -256,12 +258,13 @@ def test_cli_train_label_options_report_their_counts(anchor_dir, tmp_path, capsy
     cat = anchor_dir / "green2020_test_data_small.h5"
     args = ["train", "--catalog", str(cat), "--out", str(tmp_path / "m"), "--iterations", "2", "--epochs", "1",
             "--max-stars", "300", "--no-progress", "--label-update", "joint", "--label-shrinkage", "tweedie",
-            "--parallax-likelihood", "linearized", "--label-shrinkage-groups", "2"]
+            "--parallax-likelihood", "linearized", "--label-shrinkage-groups", "2",
+            "--label-shrinkage-bandwidth", "0.8"]
     assert main(args + ["--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["label_update"] == "joint" and s["label_shrinkage"] == "tweedie"
     assert s["parallax_likelihood"] == "linearized" and 0 < s["final_n_parallax_modelled"] <= 300
-    assert s["label_shrinkage_groups"] == 2
+    assert s["label_shrinkage_groups"] == 2 and s["label_shrinkage_bandwidth"] == 0.8
     assert 0 <= s["n_labels_shrink_capped"] <= s["n_train"] + s["n_validation"]
     assert 0 <= s["final_n_labels_capped"] <= s["n_train"] + s["n_validation"]
     hist = json.loads((tmp_path / "m" / "extras" / "history.json").read_text())
@@ -308,7 +311,8 @@ def test_warm_start_from_a_bundle(real_cat, anchor_dir, tmp_path):
 
 @pytest.mark.parametrize("field, value", [("loss_reddening", "posterior"), ("r_kernel_init", "ones"), ("r_init", 0.0),
                                           ("label_update", "em"), ("label_shrinkage", "deconvolve"),
-                                          ("parallax_likelihood", "bailer-jones"), ("label_shrinkage_groups", 0)])
+                                          ("parallax_likelihood", "bailer-jones"), ("label_shrinkage_groups", 0),
+                                          ("label_shrinkage_bandwidth", 0.0)])
 def test_bad_training_options_name_the_field(real_cat, field, value):
     with pytest.raises(ValueError, match=field):
         train(real_cat, replace(TINY, **{field: value}))

@@ -34,6 +34,9 @@ def register(sub) -> None:
                    help="with --label-shrinkage tweedie: estimate the label density separately in this many "
                         "parallax-quantile groups (a magnitude-limited sample's θ population depends on "
                         "distance; 1: one pooled density)")
+    p.add_argument("--label-shrinkage-bandwidth", type=float, default=1.0,
+                   help="with --label-shrinkage tweedie: smoothing σ of the label density, in median label σ "
+                        "(default 1; smaller resolves sharper features but is noisier)")
     p.add_argument("--parallax-likelihood", choices=("inverted", "linearized"), default="inverted",
                    help="'linearized': from iteration 2, a Gaussian likelihood in ϖ linearised about each star's "
                         "photometric distance, for every star with a parallax (removes the low-S/N bias of "
@@ -67,7 +70,8 @@ def run(args) -> int:
     cfg = replace(TrainConfig(), iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, seed=args.seed, hidden=hidden, parallax_zero_point=args.parallax_zp,
                   label_update=args.label_update, label_shrinkage=args.label_shrinkage,
-                  label_shrinkage_groups=args.label_shrinkage_groups, parallax_likelihood=args.parallax_likelihood, max_stars=args.max_stars, checkpoint_dir=ckpt,
+                  label_shrinkage_groups=args.label_shrinkage_groups,
+                  label_shrinkage_bandwidth=args.label_shrinkage_bandwidth, parallax_likelihood=args.parallax_likelihood, max_stars=args.max_stars, checkpoint_dir=ckpt,
                   resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     emu, hist = train(cat, cfg)
     out = save_training_bundle(emu, hist, args.out, catalog_path=args.catalog)
@@ -83,7 +87,8 @@ def run(args) -> int:
         "label_update": cfg.label_update, "label_shrinkage": cfg.label_shrinkage,
         "n_labels_shrink_capped": hist.get("n_labels_shrink_capped", 0),
         "final_n_labels_capped": last_it.get("n_labels_capped", 0),
-        "label_shrinkage_groups": cfg.label_shrinkage_groups, "parallax_likelihood": cfg.parallax_likelihood,
+        "label_shrinkage_groups": cfg.label_shrinkage_groups,
+        "label_shrinkage_bandwidth": cfg.label_shrinkage_bandwidth, "parallax_likelihood": cfg.parallax_likelihood,
         "final_n_parallax_modelled": last_it.get("n_parallax_modelled"),
     }
     if args.json:
