@@ -91,9 +91,9 @@ def with_linearized_parallax(emu: Emulator, theta, theta_cov, E, E_err, phot: Pr
     theta = jnp.asarray(theta, dtype=jnp.float32)
     E = jnp.asarray(E, dtype=jnp.float32)
     bm, R = emu.network_outputs(theta)
-    jac = model_jacobian(emu, theta, E)[:, 0, :]
-    var_ref = (phot.mag_err[:, 0] ** 2 + jnp.einsum("ni,nij,nj->n", jac, jnp.asarray(theta_cov, jnp.float32), jac)
-               + (R[:, 0] * jnp.asarray(E_err, jnp.float32)) ** 2)
+    var_ref = magnitude_covariance(phot.mag_err, jac=model_jacobian(emu, theta, E),
+                                   theta_cov=jnp.asarray(theta_cov, jnp.float32), R=R,
+                                   E_err=jnp.asarray(E_err, jnp.float32))[:, 0, 0]  # Eq. 4 without σ_μ²
     mag_ref = jnp.asarray(mag_ref, dtype=jnp.float32)
     has_ref = jnp.isfinite(mag_ref)
     mu_ref = jnp.where(has_ref, mag_ref, 0.0) - bm[:, 0] - E * R[:, 0]

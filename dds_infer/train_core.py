@@ -31,7 +31,7 @@ from .evaluate import PreparedPhotometry, fit_labels, fit_reddening, star_terms
 from .likelihood import chi2_colours, whitening_matrix
 
 __all__ = ["StarBatchData", "star_loss", "regularization", "weighted_mean_loss", "make_epoch_fn",
-           "make_optimizer", "refresh_star_terms", "StarTerms"]
+           "make_optimizer", "refresh_star_terms", "StarTerms", "map_star_chunks"]
 
 
 @struct.dataclass
@@ -186,25 +186,36 @@ def refresh_star_terms(emu: Emulator, theta, theta_cov, E_prior, E_prior_err, ph
     Inputs must be finite (fill unusable stars beforehand). ``inflation`` =
     (a, b): W whitens C_c + diag(a + b diag C_c) (χ² does not).
     """
-    n = int(np.shape(theta)[0])
-    chunk = int(min(chunk_size, max(256, -(-n // 256) * 256)))
-    n_pad = -(-n // chunk) * chunk
     joint = labels is not None and not first
     cur = labels if joint else (theta, E_prior)
-    # Slice on the host and wait for each chunk: long chains of queued async
-    # CPU dispatches can deadlock jaxlib (jax-ml/jax#25861, seen here at 1e5 stars).
-    args = jax.tree_util.tree_map(np.asarray, (theta, theta_cov, E_prior, E_prior_err, phot, *cur))
+    infl = jnp.asarray(inflation, dtype=jnp.float32)
+
+    def chunk_fn(th, cov, Ep, Epe, ph, th_cur, E_cur):
+        return _refresh_chunk(emu, th, cov, Ep, Epe, ph, first=first, inflation=infl, theta_cur=th_cur, E_cur=E_cur,
+                              joint=joint)
+
+    return StarTerms(*map_star_chunks(chunk_fn, (theta, theta_cov, E_prior, E_prior_err, phot, *cur), chunk_size))
+
+
+def map_star_chunks(fn, args, chunk_size: int = 16384):
+    """``fn(*args)`` over the stars (leading axis of every leaf) in chunks, results concatenated.
+
+    The stars are padded (first row repeated) to a multiple of the chunk size,
+    so one compiled ``fn`` serves every chunk and every call. Chunks are
+    sliced on the host and each is waited for: long chains of queued async
+    CPU dispatches can deadlock jaxlib (jax-ml/jax#25861, seen here at 1e5 stars).
+    """
+    args = jax.tree_util.tree_map(np.asarray, tuple(args))
+    n = int(jax.tree_util.tree_leaves(args)[0].shape[0])
+    chunk = int(min(chunk_size, max(256, -(-n // 256) * 256)))
+    n_pad = -(-n // chunk) * chunk
 
     def padded(a):
-        if n_pad == n:
-            return a
-        return np.concatenate([a, np.broadcast_to(a[:1], (n_pad - n,) + a.shape[1:])])
+        return a if n_pad == n else np.concatenate([a, np.broadcast_to(a[:1], (n_pad - n,) + a.shape[1:])])
 
     args = jax.tree_util.tree_map(padded, args)
-    infl = jnp.asarray(inflation, dtype=jnp.float32)
     outs = []
     for s in range(0, n_pad, chunk):
         sl = jax.tree_util.tree_map(lambda a: a[s:s + chunk], args)
-        out = _refresh_chunk(emu, *sl[:5], first=first, inflation=infl, theta_cur=sl[5], E_cur=sl[6], joint=joint)
-        outs.append(jax.device_get(jax.block_until_ready(out)))
-    return StarTerms(*(jnp.asarray(np.concatenate([o[k] for o in outs])[:n]) for k in range(8)))
+        outs.append(jax.device_get(jax.block_until_ready(fn(*sl))))
+    return jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate(a)[:n]), *outs)

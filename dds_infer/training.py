@@ -40,7 +40,8 @@ from .emulator import Emulator, init_emulator
 from .evaluate import prepare_photometry, with_linearized_parallax
 from .label_noise import grouped_tweedie_label_means, tweedie_label_means
 from .train_config import RESUME_KEYS, TrainConfig, chi2_threshold, epochs_of_iteration, learning_rate, split_indices
-from .train_core import StarBatchData, make_epoch_fn, make_eval_fn, make_optimizer, refresh_star_terms
+from .train_core import (StarBatchData, make_epoch_fn, make_eval_fn, make_optimizer, map_star_chunks,
+                         refresh_star_terms)
 from .train_io import checkpoint_path, load_checkpoint, save_checkpoint, save_training_bundle
 
 __all__ = ["TrainConfig", "train", "split_indices", "chi2_threshold", "learning_rate", "epochs_of_iteration",
@@ -304,14 +305,10 @@ _with_linearized_parallax = jax.jit(with_linearized_parallax, static_argnames=("
 
 def _linearized_photometry(emu, th, cov, Ep, Epe, phot, mag_ref, parallax, parallax_err, *, zero_point, chunk):
     """:func:`dds_infer.evaluate.with_linearized_parallax` at the labels and prior E, chunked over stars."""
-    n = int(np.shape(th)[0])
-    args = jax.tree_util.tree_map(np.asarray, (th, cov, Ep, Epe, phot, mag_ref, parallax, parallax_err))
-    outs = []
-    for s in range(0, n, chunk):
-        sl = jax.tree_util.tree_map(lambda a: a[s:s + chunk], args)
-        outs.append(jax.device_get(jax.block_until_ready(
-            _with_linearized_parallax(emu, *sl[:4], sl[4], *sl[5:], zero_point=float(zero_point)))))
-    return jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate(a)), *outs)
+    def chunk_fn(*sl):
+        return _with_linearized_parallax(emu, *sl, zero_point=float(zero_point))
+
+    return map_star_chunks(chunk_fn, (th, cov, Ep, Epe, phot, mag_ref, parallax, parallax_err), chunk)
 
 
 def _check_resumable(state: dict, cfg: TrainConfig, split: dict) -> None:
