@@ -136,6 +136,9 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         raise ValueError(f"label_shrinkage_groups must be >= 1, got {cfg.label_shrinkage_groups!r}")
     if not float(cfg.label_shrinkage_bandwidth) > 0:
         raise ValueError(f"label_shrinkage_bandwidth must be > 0, got {cfg.label_shrinkage_bandwidth!r}")
+    for key in ("l2_hidden", "l1_reddening"):
+        if not float(getattr(cfg, key)) >= 0:
+            raise ValueError(f"{key} must be >= 0 (a regularisation weight of Eq. 15), got {getattr(cfg, key)!r}")
     if cfg.label_shrinkage == "tweedie":
         th, n_capped = _shrunk_labels(th, cov, usable, n_tr, cat.parallax - cfg.parallax_zero_point,
                                       int(cfg.label_shrinkage_groups), float(cfg.label_shrinkage_bandwidth))
@@ -290,7 +293,8 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         label_shrinkage=cfg.label_shrinkage, label_shrinkage_groups=int(cfg.label_shrinkage_groups),
         label_shrinkage_bandwidth=float(cfg.label_shrinkage_bandwidth),
         n_labels_shrink_capped=n_capped,
-        parallax_likelihood=cfg.parallax_likelihood)
+        parallax_likelihood=cfg.parallax_likelihood, l2_hidden=float(cfg.l2_hidden),
+        l1_reddening=float(cfg.l1_reddening))
     history = dict(history)
     history.update({
         "config": cfg.to_dict(), "n_stars": n, "split": split, "n_labels_shrink_capped": n_capped,

@@ -259,19 +259,34 @@ def test_cli_train_label_options_report_their_counts(anchor_dir, tmp_path, capsy
     args = ["train", "--catalog", str(cat), "--out", str(tmp_path / "m"), "--iterations", "2", "--epochs", "1",
             "--max-stars", "300", "--no-progress", "--label-update", "joint", "--label-shrinkage", "tweedie",
             "--parallax-likelihood", "linearized", "--label-shrinkage-groups", "2",
-            "--label-shrinkage-bandwidth", "0.8"]
+            "--label-shrinkage-bandwidth", "0.8", "--l2-hidden", "0", "--l1-reddening", "0.02"]
     assert main(args + ["--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["label_update"] == "joint" and s["label_shrinkage"] == "tweedie"
     assert s["parallax_likelihood"] == "linearized" and 0 < s["final_n_parallax_modelled"] <= 300
     assert s["label_shrinkage_groups"] == 2 and s["label_shrinkage_bandwidth"] == 0.8
+    assert s["l2_hidden"] == 0.0 and s["l1_reddening"] == 0.02
     assert 0 <= s["n_labels_shrink_capped"] <= s["n_train"] + s["n_validation"]
     assert 0 <= s["final_n_labels_capped"] <= s["n_train"] + s["n_validation"]
     hist = json.loads((tmp_path / "m" / "extras" / "history.json").read_text())
+    assert hist["config"]["l2_hidden"] == 0.0 and hist["config"]["l1_reddening"] == 0.02
     assert hist["config"]["label_update"] == "joint" and hist["iterations"][-1]["n_labels_capped"] == s["final_n_labels_capped"]
     assert main(args + ["--out", str(tmp_path / "m2")]) == 0
     text = capsys.readouterr().out
     assert "shrinkage tweedie in 2 parallax groups" in text and "parallax: linearized likelihood" in text
+
+
+def test_l2_weight_shrinks_the_hidden_kernels(real_cat, tiny_run):
+    """Eq. 15's L2 term acts on the stellar-model hidden kernels: a larger weight gives smaller ones."""
+    strong, _ = train(real_cat, replace(TINY, l2_hidden=10.0))  # dominant: ~40 Adam steps pull every weight in
+
+    def sq(emu):
+        return sum(float(np.sum(np.asarray(v["kernel"]) ** 2)) for k, v in emu.params.items()
+                   if k.startswith("hidden_"))
+
+    base = tiny_run[0]
+    assert sq(strong) < 0.95 * sq(base)  # measured 0.87 (the default weight: 1.00)
+    assert strong.provenance["l2_hidden"] == 10.0 and base.provenance["l2_hidden"] == TINY.l2_hidden
 
 
 def test_epochs_first_sets_iteration_one_length(real_cat):
@@ -312,7 +327,8 @@ def test_warm_start_from_a_bundle(real_cat, anchor_dir, tmp_path):
 @pytest.mark.parametrize("field, value", [("loss_reddening", "posterior"), ("r_kernel_init", "ones"), ("r_init", 0.0),
                                           ("label_update", "em"), ("label_shrinkage", "deconvolve"),
                                           ("parallax_likelihood", "bailer-jones"), ("label_shrinkage_groups", 0),
-                                          ("label_shrinkage_bandwidth", 0.0)])
+                                          ("label_shrinkage_bandwidth", 0.0), ("l2_hidden", -1e-4),
+                                          ("l1_reddening", -0.01)])
 def test_bad_training_options_name_the_field(real_cat, field, value):
     with pytest.raises(ValueError, match=field):
         train(real_cat, replace(TINY, **{field: value}))

@@ -42,6 +42,11 @@ def register(sub) -> None:
                         "photometric distance, for every star with a parallax (removes the low-S/N bias of "
                         "μ̂ = 10 − 5 log10 ϖ and of the S/N cut). 'inverted': the paper's μ̂, S/N > 5 only")
     p.add_argument("--hidden", default="32,32", help="hidden layer widths, comma separated")
+    p.add_argument("--l2-hidden", type=float, default=1e-4,
+                   help="L2 weight on the stellar-model kernels (Eq. 15; the paper's 1e-4). It smooths M(θ): on "
+                        "the physical mock it costs ~0.02 mag RMS on the giant branch (see README)")
+    p.add_argument("--l1-reddening", type=float, default=1e-2,
+                   help="L1 weight on the R(θ) kernel (Eq. 15; the paper's 1e-2), which keeps R nearly constant")
     p.add_argument("--max-stars", type=int, default=None, help="use only the first N catalogue rows")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default <out>.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue from the last finished iteration")
@@ -68,7 +73,8 @@ def run(args) -> int:
     cat = read_catalog(args.catalog, args.columns, require_labels=True, require_reddening_prior=True)
     ckpt = args.checkpoint_dir or f"{str(args.out).rstrip('/')}.ckpt"
     cfg = replace(TrainConfig(), iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size,
-                  lr=args.lr, seed=args.seed, hidden=hidden, parallax_zero_point=args.parallax_zp,
+                  lr=args.lr, seed=args.seed, hidden=hidden, l2_hidden=args.l2_hidden,
+                  l1_reddening=args.l1_reddening, parallax_zero_point=args.parallax_zp,
                   label_update=args.label_update, label_shrinkage=args.label_shrinkage,
                   label_shrinkage_groups=args.label_shrinkage_groups,
                   label_shrinkage_bandwidth=args.label_shrinkage_bandwidth, parallax_likelihood=args.parallax_likelihood, max_stars=args.max_stars, checkpoint_dir=ckpt,
@@ -90,6 +96,7 @@ def run(args) -> int:
         "label_shrinkage_groups": cfg.label_shrinkage_groups,
         "label_shrinkage_bandwidth": cfg.label_shrinkage_bandwidth, "parallax_likelihood": cfg.parallax_likelihood,
         "final_n_parallax_modelled": last_it.get("n_parallax_modelled"),
+        "l2_hidden": cfg.l2_hidden, "l1_reddening": cfg.l1_reddening,
     }
     if args.json:
         emit_json(summary)
