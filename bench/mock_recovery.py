@@ -7,7 +7,7 @@ at the *true* θ of the held-out test split (the split stored in the bundle), re
 central 95% of the mock θ distribution: stars whose true Teff, logg and [Fe/H] each lie within
 their 2.5-97.5% quantiles. Prints per band RMS(M_learned − M_true) and the mean R ratio
 learned/true − 1, the goals (≤ 0.03 mag; |ratio − 1| ≤ 3%) and whether each band meets them,
-and the bundle's training ``label_update``, ``label_shrinkage`` and ``parallax_likelihood`` (from its ``extras/history.json``).
+and the bundle's training ``label_update``, ``label_shrinkage``, ``parallax_likelihood`` and ``l2_hidden`` (from its ``extras/history.json``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     rms = np.sqrt(np.mean(dM**2, axis=0))
     ratio = R_new / R_true - 1
     hist_file = Path(args.model) / "extras" / "history.json"
-    label_update = label_shrinkage = parallax_likelihood = None
+    label_update = label_shrinkage = parallax_likelihood = l2_hidden = None
     if hist_file.is_file():
         import json
 
@@ -68,9 +68,10 @@ def main(argv=None) -> int:
         label_update = train_cfg.get("label_update", "none")
         label_shrinkage = train_cfg.get("label_shrinkage", "none")
         parallax_likelihood = train_cfg.get("parallax_likelihood", "inverted")
+        l2_hidden = train_cfg.get("l2_hidden")
     figures = {
         "n_stars": int(len(sel)), "split": args.split, "label_update": label_update,
-        "label_shrinkage": label_shrinkage, "parallax_likelihood": parallax_likelihood,
+        "label_shrinkage": label_shrinkage, "parallax_likelihood": parallax_likelihood, "l2_hidden": l2_hidden,
         "theta_box_2.5_97.5": {"lo": lo.round(3).tolist(), "hi": hi.round(3).tolist()},
         "rms_dM": dict(zip(names, rms.round(4).tolist())),
         "median_dM": dict(zip(names, np.median(dM, axis=0).round(4).tolist())),

@@ -35,7 +35,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-__all__ = ["label_density_score", "tweedie_label_means", "grouped_tweedie_label_means"]
+__all__ = ["label_density_score", "tweedie_label_means", "grouped_tweedie_label_means", "quantile_groups",
+           "centre_label_shifts"]
 
 
 def label_density_score(theta, reference, scale, *, bandwidth: float = 1.0, bin_width: float = 0.5):
@@ -106,18 +107,52 @@ def grouped_tweedie_label_means(theta, theta_cov, condition, *, n_groups: int = 
     """
     theta = np.asarray(theta, dtype=float)
     cov = np.asarray(theta_cov, dtype=float)
-    z = np.asarray(condition, dtype=float)
     ref = np.ones(len(theta), bool) if reference is None else np.asarray(reference, bool)
-    if int(n_groups) < 1:
-        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
-    has = np.isfinite(z)
-    if not (ref & has).any():
-        raise ValueError("no reference star has a finite condition (parallax)")
-    edges = np.quantile(z[ref & has], np.linspace(0.0, 1.0, int(n_groups) + 1))[1:-1]
-    group = np.where(has, np.searchsorted(edges, np.where(has, z, 0.0), side="right"), -1)
+    group = quantile_groups(condition, n_groups, ref)
     out, capped = theta.copy(), np.zeros(len(theta), bool)
     for g in np.unique(group):
         sel = group == g
         pool = ref if g < 0 else ref & sel
         out[sel], capped[sel] = tweedie_label_means(theta[sel], cov[sel], reference=theta[pool], **kwargs)
     return out, capped, group
+
+
+def quantile_groups(condition, n_groups: int, reference) -> np.ndarray:
+    """Group index 0..n_groups-1 of each star by quantiles of ``condition`` over the ``reference``
+    stars (bool (N,)); -1 where ``condition`` is not finite."""
+    z = np.asarray(condition, dtype=float)
+    ref = np.asarray(reference, bool)
+    if int(n_groups) < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    has = np.isfinite(z)
+    if not (ref & has).any():
+        raise ValueError("no reference star has a finite condition (parallax)")
+    edges = np.quantile(z[ref & has], np.linspace(0.0, 1.0, int(n_groups) + 1))[1:-1]
+    return np.where(has, np.searchsorted(edges, np.where(has, z, 0.0), side="right"), -1)
+
+
+def centre_label_shifts(theta_new, theta_prior, group, reference):
+    """Remove the population-mean label shift of a per-star update, group by group.
+
+    If ``theta_prior`` is each star's posterior mean given its label (and group),
+    E[θ | θ̂, photometry] averages back to it over the stars of a group (the law
+    of total expectation), so a non-zero mean of θ_new − θ_prior in a group is
+    not information about the stars: in the joint update it is the labels
+    following the network's own zero-point (the flat direction of the joint fit
+    of M(θ) and the labels). The mean over the ``reference`` stars (bool (N,),
+    e.g. the training split) of each group (int (N,), :func:`quantile_groups`)
+    is subtracted from every star of that group. Returns (θ (N, 3), shifts
+    (G, 3) in the order of ``np.unique(group)``).
+    """
+    theta_new = np.asarray(theta_new, dtype=float)
+    d = theta_new - np.asarray(theta_prior, dtype=float)
+    group = np.asarray(group)
+    ref = np.asarray(reference, bool)
+    out, shifts = theta_new.copy(), []
+    for g in np.unique(group):
+        sel = group == g
+        pool = sel & ref
+        shift = d[pool].mean(axis=0) if pool.any() else np.zeros(d.shape[1])
+        out[sel] -= shift
+        shifts.append(shift)
+    return out, np.array(shifts).reshape(-1, d.shape[1])

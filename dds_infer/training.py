@@ -38,7 +38,7 @@ from .catalog import CatalogError, StarCatalog
 from .domain import density_from_samples
 from .emulator import Emulator, init_emulator
 from .evaluate import prepare_photometry, with_linearized_parallax
-from .label_noise import grouped_tweedie_label_means, tweedie_label_means
+from .label_noise import grouped_tweedie_label_means, tweedie_label_means, centre_label_shifts, quantile_groups
 from .train_config import RESUME_KEYS, TrainConfig, chi2_threshold, epochs_of_iteration, learning_rate, split_indices
 from .train_core import (StarBatchData, make_epoch_fn, make_eval_fn, make_optimizer, map_star_chunks,
                          refresh_star_terms)
@@ -80,6 +80,28 @@ def _shrunk_labels(th, cov, usable: np.ndarray, n_tr: int, parallax=None, groups
         ref = th_np[:n_tr][usable[:n_tr]]
         out[usable], capped = tweedie_label_means(th_np[usable], cov_np[usable], reference=ref, bandwidth=bandwidth)
     return jnp.asarray(out, dtype=th.dtype), int(capped.sum())
+
+
+def _label_centring(cfg: TrainConfig, cat, usable: np.ndarray, n_tr: int, th_prior):
+    """θ_cur → (θ_cur with the joint update's mean shift removed per parallax group, the removed
+    shifts as a list (G × 3)) with ``label_update_centring``; the identity (and []) otherwise."""
+    if not cfg.label_update_centring:
+        return lambda t: (t, [])
+    if cfg.label_update != "joint":
+        raise ValueError("label_update_centring centres the joint label update: it needs label_update='joint'")
+    ref = usable.copy()
+    ref[n_tr:] = False
+    n_groups = max(int(cfg.label_shrinkage_groups), 1)
+    group = quantile_groups(cat.parallax - cfg.parallax_zero_point, n_groups, ref) if n_groups > 1 \
+        else np.zeros(len(usable), int)
+    group = np.where(usable, group, -2)  # unusable stars: their own group, never a reference
+    prior = np.asarray(th_prior, dtype=float)
+
+    def centre(t):
+        out, shifts = centre_label_shifts(np.asarray(t, dtype=float), prior, group, ref)
+        return jnp.asarray(out, dtype=t.dtype), np.round(shifts, 6).tolist()
+
+    return centre
 
 
 def _with_output_bias(params, phot, usable: np.ndarray, n_tr: int):
@@ -174,6 +196,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
             r["kernel"] = jnp.zeros_like(r["kernel"])
         emu = emu.replace(params={**emu.params, "R": r})
     joint = cfg.label_update == "joint"
+    centre = _label_centring(cfg, cat, usable, n_tr, th)
     hidden = tuple(int(h) for h in cfg.hidden)
     epoch_kw = (catalog.n_bands, hidden, int(cfg.batch_size), float(cfg.l2_hidden), float(cfg.l1_reddening))
     epoch_fn = make_epoch_fn(*epoch_kw, False)
@@ -221,6 +244,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
     E_ref, var_ref, W, _, _, th_cur, cov_cur, _ = refresh_star_terms(
         emu.replace(params=params), th, cov, Ep, Epe, phot_cur, first=first, chunk_size=cfg.chunk_size,
         inflation=infl, labels=lin if joint else None)
+    th_cur, _ = centre(th_cur)
     if state is None and not first and cfg.loss_reddening == "updated":
         E, var = E_ref, var_ref
     lin = (th_cur, E)
@@ -251,6 +275,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         E_new, var, W, chi2, n_mod, th_cur, cov_cur, capped = refresh_star_terms(
             emu.replace(params=params), th, cov, Ep, Epe, phot_cur, first=False, chunk_size=cfg.chunk_size,
             inflation=infl, labels=lin if joint else None)
+        th_cur, shifts = centre(th_cur)
         thr = chi2_threshold(it + 1, cfg.chi2_start, cfg.chi2_end, cfg.chi2_end_iteration)
         out = _outlier_mask(chi2, n_mod, thr, cfg.n_fitted) & usable
         dE = np.abs(np.asarray(E_new) - np.asarray(E))[usable]
@@ -266,6 +291,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
             "median_abs_dE": float(np.median(dE)) if dE.size else float("nan"),
             "n_labels_capped": int(np.asarray(capped)[usable].sum()),
             "n_parallax_modelled": int(np.asarray(phot_cur.good_parallax)[usable].sum()),
+            "label_shift_removed": shifts,
             "median_abs_dtheta_sigma": (np.median(np.abs(dth), axis=0).round(4).tolist() if dth.size
                                         else [float("nan")] * 3),
             "train_loss": history["epochs"][-1]["train_loss"] if n_epochs else float("nan"),
@@ -293,7 +319,8 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         label_shrinkage=cfg.label_shrinkage, label_shrinkage_groups=int(cfg.label_shrinkage_groups),
         label_shrinkage_bandwidth=float(cfg.label_shrinkage_bandwidth),
         n_labels_shrink_capped=n_capped,
-        parallax_likelihood=cfg.parallax_likelihood, l2_hidden=float(cfg.l2_hidden),
+        parallax_likelihood=cfg.parallax_likelihood, label_update_centring=bool(cfg.label_update_centring),
+        l2_hidden=float(cfg.l2_hidden),
         l1_reddening=float(cfg.l1_reddening))
     history = dict(history)
     history.update({
@@ -318,7 +345,8 @@ def _linearized_photometry(emu, th, cov, Ep, Epe, phot, mag_ref, parallax, paral
 def _check_resumable(state: dict, cfg: TrainConfig, split: dict) -> None:
     old = state["config"]
     new = cfg.to_dict()
-    bad = [k for k in RESUME_KEYS if old.get(k) != new.get(k)]
+    defaults = TrainConfig().to_dict()  # keys added since the checkpoint was written take their defaults
+    bad = [k for k in RESUME_KEYS if old.get(k, defaults.get(k)) != new.get(k)]
     if bad:
         raise ValueError(f"cannot resume: checkpoint config differs in {bad} "
                          f"({ {k: old.get(k) for k in bad} } vs { {k: new.get(k) for k in bad} })")

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dds_infer.label_noise import grouped_tweedie_label_means, label_density_score, tweedie_label_means
+from dds_infer.label_noise import (centre_label_shifts, grouped_tweedie_label_means, label_density_score,
+                                  quantile_groups, tweedie_label_means)
 
 
 def _gaussian_population(n, seed=0):
@@ -90,3 +91,29 @@ def test_grouped_tweedie_uses_the_population_at_each_distance():
         grouped_tweedie_label_means(labels, cov, plx, n_groups=0)
     with pytest.raises(ValueError, match="finite"):
         grouped_tweedie_label_means(labels[:5], cov[:5], np.full(5, np.nan))
+
+
+def test_centring_removes_a_common_drift_but_keeps_exact_posterior_means():
+    """Exact posterior means of a Gaussian population average back to the prior means in every group
+    (the law of total expectation), so centring barely moves them; a drift common to the stars of a
+    group (the joint fit's flat direction) is removed exactly, group by group."""
+    truth, labels, cov, mean, tau, sig = _gaussian_population(100_000, seed=4)
+    rng = np.random.default_rng(5)
+    prior = mean + tau**2 / (tau**2 + sig**2) * (labels - mean)  # E[θ | θ̂]
+    # a second, independent measurement of θ: the posterior mean given both is exact
+    obs = truth + sig * rng.normal(size=truth.shape)
+    v_prior = tau**2 * sig**2 / (tau**2 + sig**2)
+    post = prior + v_prior / (v_prior + sig**2) * (obs - prior)
+    plx = np.exp(rng.normal(size=len(labels)))
+    ref = rng.random(len(labels)) < 0.7
+    group = quantile_groups(plx, 4, ref)
+    assert set(np.unique(group)) == {0, 1, 2, 3} and abs(np.mean(group[ref] == 0) - 0.25) < 0.01
+    centred, shifts = centre_label_shifts(post, prior, group, ref)
+    assert shifts.shape == (4, 3)
+    assert np.all(np.abs(shifts) < 4 * np.sqrt(v_prior / (len(labels) / 4 * 0.7)))  # sampling noise only
+    drift = np.array([[30.0, 0.04, -0.02], [10.0, 0.02, 0.0], [-20.0, 0.0, 0.01], [0.0, -0.03, 0.0]])
+    re, shifts2 = centre_label_shifts(post + drift[group], prior, group, ref)
+    np.testing.assert_allclose(shifts2 - shifts, drift, atol=1e-9)
+    np.testing.assert_allclose(re, centred, atol=1e-9)
+    with pytest.raises(ValueError, match="n_groups"):
+        quantile_groups(plx, 0, ref)

@@ -133,6 +133,32 @@ def test_joint_label_update_moves_labels_and_resumes_exactly(real_cat, tiny_run,
         train(real_cat, replace(cfg, loss_reddening="prior"))
 
 
+def test_centred_joint_update_keeps_the_training_labels_mean_and_resumes_exactly(real_cat, tmp_path):
+    """label_update_centring: after every joint update the training stars' labels have the mean of
+    their prior (here the catalogue's labels) in each parallax group; the removed shifts are in the
+    history; an interrupted run resumes to the uninterrupted result."""
+    cfg = replace(TINY, iterations=3, label_update="joint", label_update_centring=True, label_shrinkage_groups=2,
+                  checkpoint_dir=str(tmp_path / "ck"))
+    emu, h = train(real_cat, cfg)
+    idx, th = h["E_fit"]["index"], h["E_fit"]["theta"]
+    n_tr = h["split"]["train"].size
+    d = (th - real_cat.theta[idx])[:n_tr]
+    assert np.median(np.abs(d[:, 1])) > 1e-3  # the labels still move star by star ...
+    from dds_infer.label_noise import quantile_groups
+    group = quantile_groups(real_cat.parallax[idx], 2, np.arange(len(idx)) < n_tr)[:n_tr]
+    for g in np.unique(group):  # ... but not on average (float32 labels)
+        mean = d[group == g].mean(axis=0)
+        assert np.all(np.abs(mean) <= [0.05, 1e-4, 1e-4]), mean  # K, dex, dex
+    removed = [r["label_shift_removed"] for r in h["iterations"]]
+    assert all(np.shape(r) == (len(np.unique(group)), 3) for r in removed)
+    assert np.abs(np.array(removed[-1])[:, 1]).max() > 0  # there was a drift to remove
+    part, _ = train(real_cat, replace(cfg, stop_after=2, checkpoint_dir=str(tmp_path / "ck2")))
+    emu2, h2 = train(real_cat, replace(cfg, resume=True, checkpoint_dir=str(tmp_path / "ck2")))
+    for a, b in zip(_leaves(emu), _leaves(emu2)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(h2["E_fit"]["theta"], th, rtol=1e-6)
+
+
 def test_linearized_parallax_models_c0_beyond_the_snr_cut_and_resumes_exactly(real_cat, tiny_run, tmp_path):
     """parallax_likelihood="linearized": from iteration 2 every usable star with G and a parallax has c_0
     modelled (the inverted μ̂ keeps only ϖ̂/σ_ϖ > 5); the result differs from the paper's; resume is exact."""
@@ -259,13 +285,14 @@ def test_cli_train_label_options_report_their_counts(anchor_dir, tmp_path, capsy
     args = ["train", "--catalog", str(cat), "--out", str(tmp_path / "m"), "--iterations", "2", "--epochs", "1",
             "--max-stars", "300", "--no-progress", "--label-update", "joint", "--label-shrinkage", "tweedie",
             "--parallax-likelihood", "linearized", "--label-shrinkage-groups", "2",
-            "--label-shrinkage-bandwidth", "0.8", "--l2-hidden", "0", "--l1-reddening", "0.02"]
+            "--label-shrinkage-bandwidth", "0.8", "--l2-hidden", "0", "--l1-reddening", "0.02",
+            "--label-update-centring"]
     assert main(args + ["--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["label_update"] == "joint" and s["label_shrinkage"] == "tweedie"
     assert s["parallax_likelihood"] == "linearized" and 0 < s["final_n_parallax_modelled"] <= 300
     assert s["label_shrinkage_groups"] == 2 and s["label_shrinkage_bandwidth"] == 0.8
-    assert s["l2_hidden"] == 0.0 and s["l1_reddening"] == 0.02
+    assert s["l2_hidden"] == 0.0 and s["l1_reddening"] == 0.02 and s["label_update_centring"] is True
     assert 0 <= s["n_labels_shrink_capped"] <= s["n_train"] + s["n_validation"]
     assert 0 <= s["final_n_labels_capped"] <= s["n_train"] + s["n_validation"]
     hist = json.loads((tmp_path / "m" / "extras" / "history.json").read_text())
@@ -328,7 +355,7 @@ def test_warm_start_from_a_bundle(real_cat, anchor_dir, tmp_path):
                                           ("label_update", "em"), ("label_shrinkage", "deconvolve"),
                                           ("parallax_likelihood", "bailer-jones"), ("label_shrinkage_groups", 0),
                                           ("label_shrinkage_bandwidth", 0.0), ("l2_hidden", -1e-4),
-                                          ("l1_reddening", -0.01)])
+                                          ("l1_reddening", -0.01), ("label_update_centring", True)])
 def test_bad_training_options_name_the_field(real_cat, field, value):
     with pytest.raises(ValueError, match=field):
         train(real_cat, replace(TINY, **{field: value}))

@@ -37,6 +37,10 @@ def register(sub) -> None:
     p.add_argument("--label-shrinkage-bandwidth", type=float, default=1.0,
                    help="with --label-shrinkage tweedie: smoothing σ of the label density, in median label σ "
                         "(default 1; smaller resolves sharper features but is noisier)")
+    p.add_argument("--label-update-centring", action="store_true",
+                   help="with --label-update joint: remove the mean shift of the updated labels per parallax "
+                        "group after every update (posterior means average to their prior means; a mean shift "
+                        "is the labels drifting with the network's zero-point)")
     p.add_argument("--parallax-likelihood", choices=("inverted", "linearized"), default="inverted",
                    help="'linearized': from iteration 2, a Gaussian likelihood in ϖ linearised about each star's "
                         "photometric distance, for every star with a parallax (removes the low-S/N bias of "
@@ -77,7 +81,8 @@ def run(args) -> int:
                   l1_reddening=args.l1_reddening, parallax_zero_point=args.parallax_zp,
                   label_update=args.label_update, label_shrinkage=args.label_shrinkage,
                   label_shrinkage_groups=args.label_shrinkage_groups,
-                  label_shrinkage_bandwidth=args.label_shrinkage_bandwidth, parallax_likelihood=args.parallax_likelihood, max_stars=args.max_stars, checkpoint_dir=ckpt,
+                  label_shrinkage_bandwidth=args.label_shrinkage_bandwidth,
+                  label_update_centring=args.label_update_centring, parallax_likelihood=args.parallax_likelihood, max_stars=args.max_stars, checkpoint_dir=ckpt,
                   resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     emu, hist = train(cat, cfg)
     out = save_training_bundle(emu, hist, args.out, catalog_path=args.catalog)
@@ -97,6 +102,7 @@ def run(args) -> int:
         "label_shrinkage_bandwidth": cfg.label_shrinkage_bandwidth, "parallax_likelihood": cfg.parallax_likelihood,
         "final_n_parallax_modelled": last_it.get("n_parallax_modelled"),
         "l2_hidden": cfg.l2_hidden, "l1_reddening": cfg.l1_reddening,
+        "label_update_centring": cfg.label_update_centring,
     }
     if args.json:
         emit_json(summary)
