@@ -121,7 +121,8 @@ class TrainConfig:
         M(θ) against the χ² of stars whose c_0 errors are ~0.3 mag: on the
         physical mock with exact labels it costs 0.026 vs 0.018 mag RMS(M)
         (giant branch); with noisy labels and all the options above 1e-5 did
-        best (0.031-0.034; with label_shrinkage_bandwidth 0.5: 0.028-0.030).
+        best (0.031-0.034; with label_shrinkage_bandwidth 0.5: 0.028-0.030 at
+        seed 0, but 0.028-0.035 and 0.058-0.072 at seeds 1 and 2).
     stop_after: stop (after checkpointing) once this many iterations are done
     (simulates an interruption; continue with ``resume=True``).
     checkpoint_dir: where ``checkpoint.pkl`` is written after each iteration

@@ -38,7 +38,7 @@ from .catalog import CatalogError, StarCatalog
 from .domain import density_from_samples
 from .emulator import Emulator, init_emulator
 from .evaluate import prepare_photometry, with_linearized_parallax
-from .label_noise import grouped_tweedie_label_means, tweedie_label_means, centre_label_shifts, quantile_groups
+from .label_noise import centre_label_shifts, grouped_tweedie_label_means, quantile_groups, tweedie_label_means
 from .train_config import RESUME_KEYS, TrainConfig, chi2_threshold, epochs_of_iteration, learning_rate, split_indices
 from .train_core import (StarBatchData, make_epoch_fn, make_eval_fn, make_optimizer, map_star_chunks,
                          refresh_star_terms)
@@ -87,8 +87,6 @@ def _label_centring(cfg: TrainConfig, cat, usable: np.ndarray, n_tr: int, th_pri
     shifts as a list (G × 3)) with ``label_update_centring``; the identity (and []) otherwise."""
     if not cfg.label_update_centring:
         return lambda t: (t, [])
-    if cfg.label_update != "joint":
-        raise ValueError("label_update_centring centres the joint label update: it needs label_update='joint'")
     ref = usable.copy()
     ref[n_tr:] = False
     n_groups = max(int(cfg.label_shrinkage_groups), 1)
@@ -158,6 +156,8 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         raise ValueError(f"label_shrinkage_groups must be >= 1, got {cfg.label_shrinkage_groups!r}")
     if not float(cfg.label_shrinkage_bandwidth) > 0:
         raise ValueError(f"label_shrinkage_bandwidth must be > 0, got {cfg.label_shrinkage_bandwidth!r}")
+    if cfg.label_update_centring and cfg.label_update != "joint":
+        raise ValueError("label_update_centring centres the joint label update: it needs label_update='joint'")
     for key in ("l2_hidden", "l1_reddening"):
         if not float(getattr(cfg, key)) >= 0:
             raise ValueError(f"{key} must be >= 0 (a regularisation weight of Eq. 15), got {getattr(cfg, key)!r}")

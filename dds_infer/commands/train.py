@@ -82,7 +82,8 @@ def run(args) -> int:
                   label_update=args.label_update, label_shrinkage=args.label_shrinkage,
                   label_shrinkage_groups=args.label_shrinkage_groups,
                   label_shrinkage_bandwidth=args.label_shrinkage_bandwidth,
-                  label_update_centring=args.label_update_centring, parallax_likelihood=args.parallax_likelihood, max_stars=args.max_stars, checkpoint_dir=ckpt,
+                  label_update_centring=args.label_update_centring, parallax_likelihood=args.parallax_likelihood,
+                  max_stars=args.max_stars, checkpoint_dir=ckpt,
                   resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     emu, hist = train(cat, cfg)
     out = save_training_bundle(emu, hist, args.out, catalog_path=args.catalog)
