@@ -46,11 +46,13 @@ from .priors import Prior, log_prior
 __all__ = ["InferenceConfig", "StarData", "star_data_from_catalog", "star_data_counts",
            "photometric_variance", "mu_E_normal_equations", "conditional_mu_E", "whitened_to_mu_E",
            "mu_E_to_whitened", "unconstrained_init", "direct_log_density",
-           "star_model", "log_likelihood", "ZERO_POINTS", "MISSING_PARALLAX_ERR", "PARAMETERIZATIONS"]
+           "star_model", "log_likelihood", "ZERO_POINTS", "MISSING_PARALLAX_ERR", "PARAMETERIZATIONS",
+           "POSITION_MODES"]
 
 ZERO_POINTS = {"dr2": -0.029, "dr3": -0.017, "none": 0.0}  # mas
 MISSING_PARALLAX_ERR = 1e6  # mas: parallax_err at or above MISSING_PARALLAX_ERR / 10 means "no parallax"
 PARAMETERIZATIONS = ("whitened", "direct")
+POSITION_MODES = ("mixed", "none", "all")
 _RIDGE_MU, _RIDGE_E, _MU0 = 1e-4, 1e-4, 12.0  # σ = 100 mag pull to (μ0, 0): keeps A invertible
 
 
@@ -120,6 +122,10 @@ class StarData:
     E_ref, E_ref_err () optional per-star reddening reference for the "dustmap" prior
     (None when absent; 0 and 1e3 for stars without one).
     mag_floor (B,) optional floor already included in mag_err (None: none).
+    positions: static, what ``has_position`` holds for the whole batch: "none", "all" or
+    "mixed" (the default; always correct). With "none" or "all" the priors evaluate only the
+    sky-averaged or only the sightline branch instead of both (under ``vmap`` a
+    ``jnp.where`` computes both); :func:`star_data_from_catalog` sets it.
     """
 
     mag: jnp.ndarray
@@ -133,6 +139,11 @@ class StarData:
     E_ref: jnp.ndarray | None = None
     E_ref_err: jnp.ndarray | None = None
     mag_floor: jnp.ndarray | None = None
+    positions: str = struct.field(pytree_node=False, default="mixed")
+
+    def __post_init__(self):
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"StarData.positions must be one of {POSITION_MODES}, got {self.positions!r}")
 
     @property
     def has_parallax(self):
@@ -185,7 +196,8 @@ def star_data_from_catalog(catalog) -> StarData:
         observed=jnp.asarray(obs), parallax=f32(np.where(plx_ok, catalog.parallax, 0.0)),
         parallax_err=f32(np.where(plx_ok, catalog.parallax_err, MISSING_PARALLAX_ERR)),
         l=f32(l), b=f32(b), has_position=jnp.asarray(pos), E_ref=E_ref, E_ref_err=E_ref_err,
-        mag_floor=None if floor is None else f32(np.broadcast_to(floor, obs.shape)))
+        mag_floor=None if floor is None else f32(np.broadcast_to(floor, obs.shape)),
+        positions="all" if pos.all() else ("none" if not pos.any() else "mixed"))
 
 
 def photometric_variance(star: StarData, config: InferenceConfig):

@@ -52,6 +52,7 @@ __all__ = [
     "log_reddening_prior",
     "log_prior",
     "sky_average_tables",
+    "lerp_uniform",
     "DISTANCE_KINDS",
     "FEH_KINDS",
     "THETA_KINDS",
@@ -253,8 +254,37 @@ def log_hr_prior(theta, prior: Prior):
     return val - 0.5 * jnp.sum((ex / prior.edge_scale) ** 2, axis=-1)
 
 
+def lerp_uniform(table, x, lo, step):
+    """Linear interpolation of ``table`` (n, ...) given on the uniform grid lo + k·step, held
+    constant beyond its ends (as ``jnp.interp``, but an index computation instead of a search)."""
+    n = table.shape[0]
+    f = jnp.clip((x - lo) / step, 0.0, n - 1.0)
+    i = jnp.minimum(jnp.floor(f).astype(jnp.int32), n - 2)
+    t = f - i
+    if table.ndim > 1:
+        t = t[..., None]
+    return table[i] * (1.0 - t) + table[i + 1] * t
+
+
+def _sky_lerp(table, mu, prior: Prior):
+    """A sky-average table (on ``prior.sky_mu``, uniform) at μ."""
+    g = prior.sky_mu
+    return lerp_uniform(table, mu, g[0], (g[-1] - g[0]) / (g.shape[0] - 1))  # end to end: float32-exact
+
+
 def _sightline(star):
     return star.l, star.b, star.has_position
+
+
+def _by_position(star, on_sky, all_sky):
+    """``on_sky()`` where the star has a position, else ``all_sky()``; evaluates one branch only
+    when the batch is uniform (``StarData.positions`` "all" / "none")."""
+    mode = getattr(star, "positions", "mixed")
+    if mode == "all":
+        return on_sky()
+    if mode == "none":
+        return all_sky()
+    return jnp.where(star.has_position, on_sky(), all_sky())
 
 
 def log_distance_prior(mu, star, prior: Prior):
@@ -265,13 +295,14 @@ def log_distance_prior(mu, star, prior: Prior):
     if kind == "flat":
         lo, hi = prior.mu_range[0], prior.mu_range[1]
         return _soft_box(mu, lo, hi, prior.wall) - jnp.log(hi - lo)
-    l, b, has = _sightline(star)
-    on_sky = galaxy.log_distance_prior(mu, l, b, prior.galaxy)
-    if prior.sky_mu is None:
-        all_sky = galaxy.log_distance_prior(mu, None, None, prior.galaxy)
-    else:
-        all_sky = jnp.interp(mu, prior.sky_mu, prior.sky_log_dist)
-    return jnp.where(has, on_sky, all_sky)
+    l, b, _ = _sightline(star)
+
+    def all_sky():
+        if prior.sky_mu is None:
+            return galaxy.log_distance_prior(mu, None, None, prior.galaxy)
+        return _sky_lerp(prior.sky_log_dist, mu, prior)
+
+    return _by_position(star, lambda: galaxy.log_distance_prior(mu, l, b, prior.galaxy), all_sky)
 
 
 def log_metallicity_prior(feh, mu, star, prior: Prior):
@@ -281,19 +312,20 @@ def log_metallicity_prior(feh, mu, star, prior: Prior):
         raise TypeError("callable priors are evaluated through log_prior")
     if kind == "flat":
         return jnp.zeros_like(jnp.asarray(feh, dtype=jnp.float32) + mu)
-    l, b, has = _sightline(star)
-    on_sky = galaxy.log_feh_prior(feh, mu, l, b, prior.galaxy)
-    if prior.sky_mu is None:
-        all_sky = galaxy.log_feh_prior(feh, mu, None, None, prior.galaxy)
-    else:
+    l, b, _ = _sightline(star)
+
+    def all_sky():
+        if prior.sky_mu is None:
+            return galaxy.log_feh_prior(feh, mu, None, None, prior.galaxy)
         g = prior.galaxy
-        log_w = jnp.stack([jnp.interp(mu, prior.sky_mu, prior.sky_log_w[:, c]) for c in range(3)], axis=-1)
+        log_w = _sky_lerp(prior.sky_log_w, mu, prior)  # (..., 3)
         means = jnp.stack([jnp.asarray(g.feh_thin, dtype=jnp.float32), jnp.asarray(g.feh_thick, dtype=jnp.float32),
                            jnp.asarray(g.feh_halo, dtype=jnp.float32)])
         sig = g.feh_sigma
         z = (jnp.asarray(feh)[..., None] - means) / sig
-        all_sky = logsumexp(log_w - 0.5 * z**2 - jnp.log(sig) - 0.5 * math.log(2 * math.pi), axis=-1)
-    return jnp.where(has, on_sky, all_sky)
+        return logsumexp(log_w - 0.5 * z**2 - jnp.log(sig) - 0.5 * math.log(2 * math.pi), axis=-1)
+
+    return _by_position(star, lambda: galaxy.log_feh_prior(feh, mu, l, b, prior.galaxy), all_sky)
 
 
 def log_reddening_prior(E, star, prior: Prior):

@@ -20,7 +20,7 @@ from jax.scipy.special import log_ndtr, logsumexp
 from . import galaxy
 from .inference import (_MU0, _RIDGE_E, _RIDGE_MU, InferenceConfig, mu_E_normal_equations,  # the same weak pulls
                         parallax_model_mas, photometric_variance)
-from .priors import Prior, log_distance_prior, log_hr_prior, log_metallicity_prior
+from .priors import Prior, lerp_uniform, log_distance_prior, log_hr_prior, log_metallicity_prior
 
 __all__ = ["photometric_gaussian", "reddening_integral", "coarse_log_mass", "mu_prior_tables", "theta_log_mass"]
 
@@ -130,12 +130,7 @@ def mu_prior_tables(star, prior: Prior, step: float):
 
 def _interp(table, mu, step: float):
     """Linear interpolation of a table on the uniform μ grid (held constant beyond its ends)."""
-    n = table.shape[0]
-    f = jnp.clip((mu - _TABLE_LO) / step, 0.0, n - 1.0001)
-    i = jnp.floor(f).astype(jnp.int32)
-    t = f - i
-    return table[i] * (1.0 - t[..., None] if table.ndim > 1 else 1.0 - t) + table[i + 1] * (
-        t[..., None] if table.ndim > 1 else t)
+    return lerp_uniform(table, mu, _TABLE_LO, step)
 
 
 def _log_mu_priors(theta, mu, star, prior: Prior, tables, step: float):

@@ -216,6 +216,13 @@ def test_star_data_from_catalog_fills_missing_values():
     assert counts["n_no_photometry"] == 1 and counts["n_no_parallax"] == 1
     assert counts["n_no_position"] == 1 and counts["n_no_E_ref"] == 1
     assert counts["n_bands_observed"]["gaia_g"] == 2 and counts["n_bands_observed"]["ps1_g"] == 1
+    assert d.positions == "mixed"
+    with pytest.warns(UserWarning, match="no observed band"):
+        assert star_data_from_catalog(cat.subset([0, 2])).positions == "all"
+    assert star_data_from_catalog(cat.subset([1])).positions == "none"
+    assert star_data_from_catalog(StarCatalog.from_arrays(mag[:2], err[:2], [1.0, 1.0], [0.1, 0.1])).positions == "none"
+    with pytest.raises(ValueError, match="positions"):
+        d.replace(positions="some")
 
 
 def test_declared_error_floor_is_not_added_twice(emu):

@@ -182,3 +182,44 @@ def test_sky_tables_match_exact_all_sky_priors():
     f_exact = log_metallicity_prior(feh, mu, star, base)
     f_tab = log_metallicity_prior(feh, mu, star, tab)
     assert float(jnp.max(jnp.abs(f_exact - f_tab))) < 2e-3
+
+
+def test_lerp_uniform_matches_np_interp_and_holds_the_ends():
+    from dds_infer.priors import lerp_uniform
+
+    grid = np.linspace(-5.0, 30.0, 1401)
+    table = np.sin(grid / 3.0) + 0.1 * grid
+    x = np.r_[np.random.default_rng(2).uniform(-8.0, 33.0, 500), grid[[0, 1, 700, -2, -1]]]
+    got = lerp_uniform(jnp.asarray(table), jnp.asarray(x), -5.0, 0.025)
+    np.testing.assert_allclose(np.asarray(got), np.interp(x, grid, table), atol=2e-5)
+    cols = np.stack([table, -table], axis=-1)  # (n, 2): one index for several tables
+    np.testing.assert_allclose(np.asarray(lerp_uniform(jnp.asarray(cols), jnp.asarray(x), -5.0, 0.025))[:, 1],
+                               -np.interp(x, grid, table), atol=2e-5)
+
+
+@pytest.mark.parametrize("mode", ["none", "all"])
+def test_uniform_position_batches_give_the_mixed_result(prior, mode):
+    """StarData.positions "none"/"all" evaluates one branch only: same values and gradients as
+    the general ("mixed") jnp.where over both, for batches where the mode is true."""
+    n = 6
+    has = mode == "all"
+    rng = np.random.default_rng(3)
+    mixed = StarData(mag=jnp.zeros((n, 13)), mag_err=jnp.ones((n, 13)), observed=jnp.zeros((n, 13), bool),
+                     parallax=jnp.zeros(n), parallax_err=jnp.full(n, 1e6),
+                     l=jnp.asarray(rng.uniform(0, 360, n)), b=jnp.asarray(rng.uniform(-60, 60, n)),
+                     has_position=jnp.full(n, has))
+    uniform = mixed.replace(positions=mode)
+    th = jnp.asarray(np.c_[rng.uniform(4000, 6500, n), rng.uniform(1, 5, n), rng.uniform(-1.5, 0.3, n)])
+    mu, E = jnp.asarray(rng.uniform(6, 16, n)), jnp.asarray(rng.uniform(0, 1, n))
+
+    def total(star):
+        f = jax.vmap(jax.value_and_grad(lambda t, m, e, s: log_prior(t, m, e, s, prior), argnums=(0, 1, 2)))
+        return f(th, mu, E, star)
+
+    (v_mixed, g_mixed), (v_uni, g_uni) = total(mixed), total(uniform)
+    np.testing.assert_allclose(np.asarray(v_uni), np.asarray(v_mixed), rtol=1e-6)
+    for a, b in zip(g_uni, g_mixed):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # and the mode matters: the sightline and the sky average differ
+    other = mixed.replace(has_position=jnp.full(n, not has), positions="all" if mode == "none" else "none")
+    assert not np.allclose(np.asarray(total(other)[0]), np.asarray(v_mixed))
