@@ -30,6 +30,7 @@ from .passbands import GREEN2020, BandSet, UnknownBandError
 __all__ = [
     "read_green2020_h5",
     "read_table",
+    "read_columns",
     "write_table",
     "catalog_to_table",
     "table_to_catalog",
@@ -336,6 +337,22 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
     return StarCatalog.from_arrays(mag, mag_err, plx, plx_err, bands, meta=meta,
                                    require_labels=require_labels,
                                    require_reddening_prior=require_reddening_prior, **kw)
+
+
+def read_columns(path_or_table, names, *, format: str | None = None, **read_kwargs) -> dict[str, np.ndarray]:
+    """Extra float columns of a table by name (e.g. the Gaia inputs of
+    :func:`dds_infer.parallax_zp.lindegren2021_zero_point`), masked -> NaN, row order kept.
+    Raises :class:`CatalogError` naming every missing or non-numeric column."""
+    table, source = _load(path_or_table, format, read_kwargs)
+    missing = [c for c in names if c not in table.colnames]
+    if missing:
+        raise CatalogError(f"{source}: missing column(s) {missing} (has: {', '.join(table.colnames[:30])}"
+                           f"{', ...' if len(table.colnames) > 30 else ''})", [f"missing column {c!r}" for c in missing])
+    problems: list[str] = []
+    out = {c: _values(table, c, c, problems) for c in names}
+    if problems:
+        raise CatalogError(f"column problems ({len(problems)}):\n  - " + "\n  - ".join(problems), problems)
+    return out
 
 
 def _plx(table, name, key, unit, problems):

@@ -14,6 +14,7 @@ import functools
 import jax
 
 from .inference import InferenceConfig, star_data_from_catalog, star_model, unconstrained_init
+from .parallax_zp import check_not_corrected_twice
 from .modes import combine_chain_modes, initial_params, make_theta_grid, star_modes
 from .priors import default_prior
 
@@ -84,6 +85,7 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
     prior = default_prior(emulator) if prior is None else prior
     if method not in ("nuts", "grid"):
         raise ValueError(f"method must be 'nuts' or 'grid', got {method!r}")
+    check_not_corrected_twice(catalog, config.zero_point_mas)
     if method == "grid":
         from .gridpath import GridSettings, grid_batch_fn
 
