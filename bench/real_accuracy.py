@@ -87,8 +87,7 @@ def main(argv=None) -> int:
                      overwrite=args.out is None, **kw)
     seconds = time.perf_counter() - t0
     s = post.summary()
-    r_source = full.meta.get("r_source")  # meta arrays are the full file's: index by rows
-    r_source = None if r_source is None else np.asarray(r_source)[rows]
+    r_source = ref.meta.get("r_source")
     placeholder = np.zeros(ref.n_stars, bool) if r_source is None else np.asarray(r_source) == "default"
     truth = {"teff": ref.theta[:, 0], "logg": ref.theta[:, 1], "feh": ref.theta[:, 2],
              "E": np.where(placeholder, np.nan, ref.E_prior)}  # accuracy() skips NaN truths
@@ -98,8 +97,7 @@ def main(argv=None) -> int:
                                                    s[f"{k}_q84"].to_numpy()[sel], t[sel], ref_err[k][sel])
     acc = {k: score(k, truth[k]) for k in truth}
     e_all = score("E", ref.E_prior)
-    sources = full.meta.get("atm_source")
-    sources = None if sources is None else np.asarray(sources)[rows]
+    sources = ref.meta.get("atm_source")
     by_source = {} if sources is None else {
         str(src): {"n": int(np.sum(sources == src)),
                    **{f"{stat}_{k}": score(k, truth[k], sources == src)[stat] for k in ("teff", "logg")

@@ -63,7 +63,8 @@ class StarCatalog:
     E_prior, E_prior_err: (N,) prior reddening estimate and sigma, or None.
     l, b: (N,) Galactic longitude/latitude in degrees, or None.
     ids: (N,) identifiers, or None (then ``row`` indices are used).
-    meta: free-form provenance (source file, column map, ...).
+    meta: free-form provenance (source file, column map, ...); ``meta["per_star_keys"]`` names
+        the entries that hold one value per star (subset with the rows).
     """
 
     mag: np.ndarray
@@ -156,11 +157,15 @@ class StarCatalog:
         return np.isfinite(self.mag) & np.isfinite(self.mag_err)
 
     def subset(self, idx) -> "StarCatalog":
-        """Rows ``idx`` (index array or boolean mask) as a new catalogue."""
+        """Rows ``idx`` (index array or boolean mask) as a new catalogue. Per-star arrays kept in
+        ``meta`` (the keys listed in ``meta["per_star_keys"]``, e.g. the Green2020 file's
+        ``r_source``) are subset too."""
         idx = np.asarray(idx)
         take = (lambda a: None if a is None else a[idx])
+        per_star = {k: np.asarray(self.meta[k])[idx] for k in self.meta.get("per_star_keys", ()) if k in self.meta}
         return replace(
             self,
+            meta={**self.meta, **per_star},
             mag=self.mag[idx],
             mag_err=self.mag_err[idx],
             parallax=self.parallax[idx],

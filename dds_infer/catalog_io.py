@@ -88,6 +88,7 @@ def read_green2020_h5(path, *, require_labels: bool = True,
         for k in ("r_fit", "r_var"):
             if k in f:
                 meta[k] = np.asarray(f[k][:], dtype=np.float64)
+        meta["per_star_keys"] = [k for k in ("atm_source", "r_source", "r_fit", "r_var") if k in meta]
     err = np.asarray(d["mag_err"], dtype=np.float64)
     if np.all(np.where(np.isfinite(err), err, 1.0) >= GREEN2020_ERR_FLOOR - 5e-5):
         meta["mag_err_floor"] = GREEN2020_ERR_FLOOR

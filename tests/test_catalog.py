@@ -96,6 +96,12 @@ def test_green2020_anchor_loads_all_stars(anchor_dir):
     assert set(np.unique(cat.meta["atm_source"])) <= {"lamost", "apogee", "galah"}
     assert cat.meta["atm_source"].dtype.kind == "U" and cat.meta["r_source"].dtype.kind == "U"
     np.testing.assert_array_equal(cat.meta["r_fit"], r_fit)
+    rows = [5, 2, 9000]  # per-star meta arrays follow a subset's rows; the rest is kept as is
+    sub = cat.subset(rows)
+    np.testing.assert_array_equal(sub.meta["r_fit"], r_fit[rows])
+    np.testing.assert_array_equal(sub.meta["r_source"], raw["r_source"][rows].astype(str))
+    np.testing.assert_array_equal(sub.meta["atm_source"], raw["atm_source"][rows].astype(str))
+    assert sub.meta["mag_err_floor"] == cat.meta["mag_err_floor"] and sub.meta["source"] == cat.meta["source"]
     assert "r_var" in cat.meta and cat.meta["source"] == str(path)
     v = cat.meta["validation"]
     assert sum(v["n_missing"].values()) == np.isnan(raw["mag"]).sum()

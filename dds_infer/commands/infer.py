@@ -151,10 +151,11 @@ def _zero_point(args, cat):
             return float(args.zp), None
         except ValueError:
             return args.zp, None
-    from ._common import is_green2020_h5
+    from pathlib import Path
+
     from ..catalog_io import read_columns
     from ..parallax_zp import lindegren2021_zero_point
-    from pathlib import Path
+    from ._common import is_green2020_h5
 
     if is_green2020_h5(Path(args.catalog)):
         raise ValueError("--zp dr3-l21 needs Gaia (E)DR3 columns; the Green2020 HDF5 has DR2 parallaxes (use --zp dr2)")
