@@ -53,6 +53,7 @@ __all__ = [
     "log_prior",
     "sky_average_tables",
     "lerp_uniform",
+    "by_position",
     "DISTANCE_KINDS",
     "FEH_KINDS",
     "THETA_KINDS",
@@ -276,7 +277,7 @@ def _sightline(star):
     return star.l, star.b, star.has_position
 
 
-def _by_position(star, on_sky, all_sky):
+def by_position(star, on_sky, all_sky):
     """``on_sky()`` where the star has a position, else ``all_sky()``; evaluates one branch only
     when the batch is uniform (``StarData.positions`` "all" / "none")."""
     mode = getattr(star, "positions", "mixed")
@@ -302,7 +303,7 @@ def log_distance_prior(mu, star, prior: Prior):
             return galaxy.log_distance_prior(mu, None, None, prior.galaxy)
         return _sky_lerp(prior.sky_log_dist, mu, prior)
 
-    return _by_position(star, lambda: galaxy.log_distance_prior(mu, l, b, prior.galaxy), all_sky)
+    return by_position(star, lambda: galaxy.log_distance_prior(mu, l, b, prior.galaxy), all_sky)
 
 
 def log_metallicity_prior(feh, mu, star, prior: Prior):
@@ -325,7 +326,7 @@ def log_metallicity_prior(feh, mu, star, prior: Prior):
         z = (jnp.asarray(feh)[..., None] - means) / sig
         return logsumexp(log_w - 0.5 * z**2 - jnp.log(sig) - 0.5 * math.log(2 * math.pi), axis=-1)
 
-    return _by_position(star, lambda: galaxy.log_feh_prior(feh, mu, l, b, prior.galaxy), all_sky)
+    return by_position(star, lambda: galaxy.log_feh_prior(feh, mu, l, b, prior.galaxy), all_sky)
 
 
 def log_reddening_prior(E, star, prior: Prior):

@@ -20,7 +20,7 @@ from jax.scipy.special import log_ndtr, logsumexp
 from . import galaxy
 from .inference import (_MU0, _RIDGE_E, _RIDGE_MU, InferenceConfig, mu_E_normal_equations,  # the same weak pulls
                         parallax_model_mas, photometric_variance)
-from .priors import Prior, lerp_uniform, log_distance_prior, log_hr_prior, log_metallicity_prior
+from .priors import Prior, by_position, lerp_uniform, log_distance_prior, log_hr_prior, log_metallicity_prior
 
 __all__ = ["photometric_gaussian", "reddening_integral", "coarse_log_mass", "mu_prior_tables", "theta_log_mass"]
 
@@ -121,10 +121,8 @@ def mu_prior_tables(star, prior: Prior, step: float):
     if prior.feh_kind == "flat":
         return log_d, None, None
     g = prior.galaxy
-    w_on, m_on, _ = galaxy.feh_component_moments(mu, star.l, star.b, g)
-    w_sky, m_sky, _ = galaxy.feh_component_moments(mu, None, None, g)
-    w = jnp.where(star.has_position, w_on, w_sky)
-    means = jnp.where(star.has_position, m_on, m_sky)
+    moments = lambda l, b: jnp.stack(galaxy.feh_component_moments(mu, l, b, g)[:2])  # noqa: E731
+    w, means = by_position(star, lambda: moments(star.l, star.b), lambda: moments(None, None))
     return log_d, jnp.log(jnp.maximum(w, 1e-30)), means
 
 
