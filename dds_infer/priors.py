@@ -17,7 +17,9 @@
   a soft cut sigmoid((log ρ - log ρ_min)/w) below ρ_min = 0.01, renormalised on every
   [Fe/H] slice and interpolated trilinearly; outside the grid a quadratic penalty keeps
   the gradient finite and pointing back in. It is built from the published training
-  split, never from the stars being scored.
+  split, never from the stars being scored. ``default_prior(selection_limit=m)`` divides ρ
+  by the volume V(θ) in which a star of type θ is brighter than m (:mod:`dds_infer.selection`):
+  the population density, for a magnitude-limited training set.
 * Reddening (E ≥ 0 enforced by the sample site): "flat" (soft wall beyond E_max),
   "halfnormal" (scale), "dustmap" (Gaussian around a per-star value, e.g. SFD or
   Bayestar along the sightline, σ² = σ_ref² + (f E_ref)² + σ_abs²).
@@ -40,6 +42,7 @@ from scipy.ndimage import gaussian_filter
 
 from . import galaxy
 from .galaxy import DEFAULT_GALAXY, GalaxyModel
+from .selection import selection_log_volume
 
 __all__ = [
     "Prior",
@@ -110,7 +113,7 @@ class Prior:
 
 def hr_density_table(domain, *, entry: int = 0, threshold: float = 0.01, softness: float = 0.5,
                      smooth_sigma: float = 0.5, floor: float = 1e-6, refine: int = 4,
-                     min_slice_mass: float = 0.05) -> np.ndarray:
+                     min_slice_mass: float = 0.05, log_volume=None) -> np.ndarray:
     """log p(T_eff, log g | [Fe/H]) on the grid of ``domain`` (a TrainingDomain), float64 (nT, ng, nf).
 
     t = gaussian_filter(log(ρ + floor), smooth_sigma [bins]) + log σ((t - log threshold) / softness):
@@ -122,10 +125,15 @@ def hr_density_table(domain, *, entry: int = 0, threshold: float = 0.01, softnes
     e.g. [Fe/H] < −1.7 or > 0.5 for Green2020) are divided by that floor instead, so they
     keep a small total mass: the prior falls off outside the training [Fe/H] range instead
     of spreading an empty slice's floor over the whole HR diagram.
+
+    log_volume: optional (nT, ng, nf) log selection volume V(θ) of a magnitude-limited
+    training set (:func:`dds_infer.selection.selection_log_volume`): t − log V is used, the
+    population density ρ / V, normalised per slice as above (the edge slices keep the
+    deficit they have without the correction).
     """
-    t, log_z = _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, refine)
-    log_z = np.maximum(log_z, log_z.max() + math.log(min_slice_mass))
-    return t - log_z[None, None, :]
+    t, log_z, deficit = _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, refine,
+                                        min_slice_mass, log_volume)
+    return t - (log_z + deficit)[None, None, :]
 
 
 def hr_slice_mass(domain, *, entry: int = 0, threshold: float = 0.01, softness: float = 0.5,
@@ -134,13 +142,15 @@ def hr_slice_mass(domain, *, entry: int = 0, threshold: float = 0.01, softness: 
     """Total mass (nf,) of each [Fe/H] slice of :func:`hr_density_table` (same arguments): 1, or
     less for the edge slices divided by the ``min_slice_mass`` floor — what a simulation drawing
     from this prior must apply (:mod:`dds_infer.mock`)."""
-    _, log_z = _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, refine)
-    return np.exp(np.minimum(log_z - (log_z.max() + math.log(min_slice_mass)), 0.0))
+    _, _, deficit = _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, refine,
+                                    min_slice_mass, None)
+    return np.exp(-deficit)
 
 
-def _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, refine):
-    """The smoothed, softly thresholded log density t (nT, ng, nf) and each slice's log
-    integral over its bilinear interpolant (nf,)."""
+def _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, refine, min_slice_mass, log_volume):
+    """The smoothed, softly thresholded log density t (nT, ng, nf) (minus log_volume if given), each
+    slice's log integral over its bilinear interpolant (nf,), and each slice's log deficit (nf,),
+    ≥ 0: the slices below ``min_slice_mass`` of the uncorrected density's largest slice."""
     dens = np.asarray(domain.density, dtype=np.float64)
     if dens.ndim != 4 or not 0 <= entry < dens.shape[0]:
         raise ValueError(f"domain density has shape {dens.shape}; entry {entry} is not one of its maps")
@@ -153,9 +163,21 @@ def _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, ref
         t = gaussian_filter(t, smooth_sigma, mode="nearest")
     z = (t - math.log(threshold)) / softness
     t = t + np.minimum(z, 0.0) - np.log1p(np.exp(-np.abs(z)))  # + log sigmoid(z), stable
+    log_z = _slice_log_integrals(t, domain, refine)
+    deficit = np.maximum(log_z.max() + math.log(min_slice_mass) - log_z, 0.0)
+    if log_volume is not None:
+        log_volume = np.asarray(log_volume, dtype=np.float64)
+        if log_volume.shape != t.shape or not np.all(np.isfinite(log_volume)):
+            raise ValueError(f"log_volume must be finite with the grid's shape {t.shape}, got {log_volume.shape}")
+        t = t - log_volume
+        log_z = _slice_log_integrals(t, domain, refine)
+    return t, log_z, deficit
+
+
+def _slice_log_integrals(t, domain, refine):
+    """log ∫∫ exp(t) dT_eff dlog g (nf,) over the bilinear interpolant (``refine`` sub-cells, trapezoid)."""
     teff, logg = (np.asarray(a, dtype=np.float64) for a in (domain.teff, domain.logg))
     nT, ng = len(teff), len(logg)
-    # bilinear interpolant on a refined mesh, per [Fe/H] slice
     fT = np.linspace(0, nT - 1, (nT - 1) * refine + 1)
     fg = np.linspace(0, ng - 1, (ng - 1) * refine + 1)
     i0 = np.minimum(np.floor(fT).astype(int), nT - 2)
@@ -167,20 +189,26 @@ def _hr_log_density(domain, entry, threshold, softness, smooth_sigma, floor, ref
     xT = teff[0] + fT * (teff[1] - teff[0])
     xg = logg[0] + fg * (logg[1] - logg[0])
     integ = np.trapezoid(np.trapezoid(np.exp(sub - mx), xg, axis=1), xT, axis=0)
-    return t, mx + np.log(integ)
+    return mx + np.log(integ)
 
 
 def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="density",
                   galaxy_model: GalaxyModel = DEFAULT_GALAXY, E_max: float = 5.0, E_scale: float = 1.0,
                   E_tol_abs: float = 0.05, E_tol_frac: float = 0.1, mu_range=galaxy.MU_RANGE,
                   density_entry: int = 0, threshold: float = 0.01, distance=None, feh=None,
-                  sky_tables: bool = True) -> Prior:
+                  sky_tables: bool = True, selection_limit: float | None = None, selection_band: int = 0) -> Prior:
     """The standard prior for ``emulator`` (needs ``emulator.domain`` unless theta="flat").
 
     kind: "galactic" (distance and [Fe/H] from the Galactic model) or "flat" (flat in μ over
     ``mu_range``, flat [Fe/H]). ``distance`` / ``feh`` override the two terms separately.
     sky_tables: tabulate the sky-averaged distance and [Fe/H] priors (:func:`sky_average_tables`).
     reddening: one of ``REDDENING_KINDS`` or a callable. theta: "density" or "flat" or a callable.
+    selection_limit: the apparent-magnitude limit (in the emulator's band ``selection_band``, G for
+    Green2020) of the catalogue the training density comes from. Given, the HR table is the
+    population density ρ / V(θ) instead of ρ (:mod:`dds_infer.selection`): a magnitude-limited
+    training set over-represents luminous types by the volume they are visible in, which the
+    distance prior n(d) d³ already counts. None (default): ρ as it is — right when the density
+    already is a population's (mocks drawn from this prior, SBC).
     """
     if kind not in DISTANCE_KINDS:
         raise ValueError(f"kind must be one of {DISTANCE_KINDS}, got {kind!r}")
@@ -205,7 +233,14 @@ def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="
         b = dom.bounds
         lo, hi = b[:, 0], b[:, 1]
         n = np.array([len(dom.teff), len(dom.logg), len(dom.feh)])
-        table = hr_density_table(dom, entry=density_entry, threshold=threshold)
+        log_volume = None
+        if selection_limit is not None:
+            if theta != "density":
+                raise ValueError("selection_limit corrects the training-density θ prior (theta='density')")
+            log_volume = selection_log_volume(emulator, float(selection_limit), band=selection_band,
+                                              support=np.asarray(dom.density)[density_entry] >= threshold,
+                                              galaxy_model=galaxy_model, mu_range=mu_range)
+        table = hr_density_table(dom, entry=density_entry, threshold=threshold, log_volume=log_volume)
     step = (hi - lo) / (n - 1)
     f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)  # noqa: E731
     sky = {}

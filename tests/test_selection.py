@@ -1,0 +1,137 @@
+"""Selection volume of a magnitude-limited training set (dds_infer.selection) and the corrected θ prior."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dds_infer import galaxy
+from dds_infer.selection import log_visible_fraction
+
+
+def test_visible_fraction_is_the_selected_fraction_of_a_simulated_galaxy():
+    """Draw (μ, [Fe/H]) from the sky-averaged Galactic model, M uniformly, keep M + μ < limit:
+    in every (M, [Fe/H]) cell the kept fraction is the mean of V(M, [Fe/H]) over the cell's stars."""
+    n, limit = 200_000, 15.0
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    mu = np.asarray(galaxy.sample_distances(k1, None, None, n=n), dtype=np.float64)[..., :n].reshape(-1)
+    _, feh = galaxy.sample_components_and_feh(k2, jnp.asarray(mu))
+    feh = np.asarray(feh, dtype=np.float64)
+    M = np.asarray(jax.random.uniform(k3, (n,), minval=-1.0, maxval=9.0), dtype=np.float64)
+    kept = M + mu < limit
+    V = np.exp(log_visible_fraction(M, np.round(feh, 1), limit))  # [Fe/H] rounded: 0.1-dex CDF table
+    m_bin = np.digitize(M, np.arange(0.0, 9.0, 1.0))
+    f_bin = np.digitize(feh, [-1.2, -0.5])  # halo-, thick- and thin-disc-dominated
+    checked = 0
+    for i in np.unique(m_bin):
+        for j in range(3):
+            cell = (m_bin == i) & (f_bin == j)
+            if cell.sum() < 2000:
+                continue
+            se = np.sqrt(V[cell].mean() * (1 - V[cell].mean()) / cell.sum())
+            assert kept[cell].mean() == pytest.approx(V[cell].mean(), abs=4 * se + 0.01), (i, j)
+            checked += 1
+    assert checked >= 15
+    # the [Fe/H] conditioning matters: metal-poor (halo) stars are mostly far away
+    assert kept[f_bin == 0].mean() < 0.7 * kept[f_bin == 2].mean()
+
+
+def test_visible_fraction_falls_with_absolute_magnitude_and_rejects_bad_input():
+    M = np.linspace(-2.0, 12.0, 57)
+    for feh in (-1.5, -0.2):
+        lv = log_visible_fraction(M, feh, 16.0)
+        assert np.all(np.diff(lv) <= 1e-12) and lv[0] > -0.1 and lv[-1] < -5.0
+    # the same star is visible in more of the Galaxy to a fainter limit
+    assert np.all(log_visible_fraction(M, -0.2, 17.0) >= log_visible_fraction(M, -0.2, 16.0) - 1e-12)
+    with pytest.raises(ValueError, match="finite magnitude"):
+        log_visible_fraction(M, 0.0, np.inf)
+    with pytest.raises(ValueError, match="finite"):
+        log_visible_fraction(np.array([1.0, np.nan]), 0.0, 16.0)
+
+
+SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "models" / "mock13-v1"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from dds_infer import load_bundle
+
+    return load_bundle(SHIPPED)
+
+
+def _slice_integral(prior, feh, n=301):
+    from dds_infer.priors import log_hr_prior
+
+    lo, hi = np.asarray(prior.grid_lo, float), np.asarray(prior.grid_hi, float)
+    T, g = np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
+    TT, gg = np.meshgrid(T, g, indexing="ij")
+    p = np.exp(np.asarray(log_hr_prior(jnp.asarray(np.stack([TT, gg, np.full_like(TT, feh)], -1)), prior), float))
+    return np.trapezoid(np.trapezoid(p, g, axis=1), T)
+
+
+def test_corrected_theta_prior_is_the_density_over_the_volume(shipped):
+    """log p_corrected = log p − log V + a constant per [Fe/H] slice, on the supported nodes;
+    still normalised per slice; a giant loses against a dwarf by their volume ratio."""
+    from dds_infer.priors import default_prior, log_hr_prior
+    from dds_infer.selection import selection_log_volume
+
+    base, corr = default_prior(shipped), default_prior(shipped, selection_limit=16.0)
+    support = np.asarray(shipped.domain.density)[0] >= 0.01
+    log_v = selection_log_volume(shipped, 16.0)
+    resid = np.asarray(corr.log_hr, float) - np.asarray(base.log_hr, float) + log_v
+    for k in range(support.shape[2]):
+        if support[:, :, k].sum() > 10:
+            r = resid[:, :, k][support[:, :, k]]
+            assert np.ptp(r) < 1e-4, k
+    feh0 = float(np.median(np.asarray(shipped.domain.feh)))
+    assert _slice_integral(corr, feh0) == pytest.approx(_slice_integral(base, feh0), rel=0.03)
+    giant, dwarf = jnp.array([4750.0, 2.4, feh0]), jnp.array([5200.0, 4.5, feh0])
+    assert float(shipped.domain.density_at(giant)) > 0.01 and float(shipped.domain.density_at(dwarf)) > 0.01
+    M = np.asarray(shipped.absolute_mags(jnp.stack([giant, dwarf])))[:, 0]
+    assert M[1] - M[0] > 3.0  # the dwarf is > 3 mag fainter: visible in a much smaller volume
+    shift = (float(log_hr_prior(giant, corr)) - float(log_hr_prior(dwarf, corr))
+             - float(log_hr_prior(giant, base)) + float(log_hr_prior(dwarf, base)))
+    assert shift < -2.0
+    # a limit no star reaches (V = 1 everywhere) is no correction; the flat θ prior has nothing to correct
+    far = default_prior(shipped, selection_limit=60.0)
+    np.testing.assert_allclose(np.asarray(far.log_hr), np.asarray(base.log_hr), atol=1e-5)
+    with pytest.raises(ValueError, match="selection_limit"):
+        default_prior(shipped, theta="flat", selection_limit=16.0)
+
+
+def test_cli_selection_limit_reaches_the_prior(tmp_path, capsys, monkeypatch):
+    import json
+
+    import pandas as pd
+
+    import dds_infer.pipeline
+    from dds_infer import load_bundle
+    from dds_infer.catalog_io import catalog_to_table, write_astropy_table
+    from dds_infer.cli import main
+    from dds_infer.mock import MockConfig, make_mock
+    from dds_infer.priors import default_prior
+
+    priors = []
+
+    class _Post:
+        n_stars = 4
+
+        @staticmethod
+        def summary():
+            return pd.DataFrame({"r_hat_max": np.ones(4), "ess_bulk_min": np.full(4, 100.0), "flag": np.zeros(4)})
+
+    def fake_infer(cat, emu, out, *, prior, **kw):
+        priors.append(prior)
+        return _Post()
+
+    monkeypatch.setattr(dds_infer.pipeline, "infer", fake_infer)
+    emu = load_bundle(SHIPPED)
+    cat = write_astropy_table(catalog_to_table(make_mock(emu, MockConfig(n=4, seed=1, labels=False)).catalog),
+                              tmp_path / "c.parquet")
+    common = ["infer", "--model", str(SHIPPED), "--catalog", str(cat), "--no-progress", "--json"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--selection-limit", "16.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["selection_limit"] == 16.5
+    assert main([*common, "--out", str(tmp_path / "b")]) == 0
+    assert json.loads(capsys.readouterr().out)["selection_limit"] is None
+    np.testing.assert_allclose(np.asarray(priors[0].log_hr), np.asarray(default_prior(emu, selection_limit=16.5).log_hr))
+    np.testing.assert_allclose(np.asarray(priors[1].log_hr), np.asarray(default_prior(emu).log_hr))
