@@ -42,7 +42,7 @@ from scipy.ndimage import gaussian_filter
 
 from . import galaxy
 from .galaxy import DEFAULT_GALAXY, GalaxyModel
-from .selection import selection_log_volume
+from .selection import bundle_selection_limit, selection_log_volume
 
 __all__ = [
     "Prior",
@@ -196,7 +196,8 @@ def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="
                   galaxy_model: GalaxyModel = DEFAULT_GALAXY, E_max: float = 5.0, E_scale: float = 1.0,
                   E_tol_abs: float = 0.05, E_tol_frac: float = 0.1, mu_range=galaxy.MU_RANGE,
                   density_entry: int = 0, threshold: float = 0.01, distance=None, feh=None,
-                  sky_tables: bool = True, selection_limit: float | None = None, selection_band: int = 0) -> Prior:
+                  sky_tables: bool = True, selection_limit: float | str | None = None,
+                  selection_band: int = 0) -> Prior:
     """The standard prior for ``emulator`` (needs ``emulator.domain`` unless theta="flat").
 
     kind: "galactic" (distance and [Fe/H] from the Galactic model) or "flat" (flat in μ over
@@ -208,7 +209,8 @@ def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="
     population density ρ / V(θ) instead of ρ (:mod:`dds_infer.selection`): a magnitude-limited
     training set over-represents luminous types by the volume they are visible in, which the
     distance prior n(d) d³ already counts. None (default): ρ as it is — right when the density
-    already is a population's (mocks drawn from this prior, SBC).
+    already is a population's (mocks drawn from this prior, SBC). "bundle": the limit the
+    bundle records (:func:`dds_infer.selection.bundle_selection_limit`).
     """
     if kind not in DISTANCE_KINDS:
         raise ValueError(f"kind must be one of {DISTANCE_KINDS}, got {kind!r}")
@@ -234,6 +236,10 @@ def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="
         lo, hi = b[:, 0], b[:, 1]
         n = np.array([len(dom.teff), len(dom.logg), len(dom.feh)])
         log_volume = None
+        if isinstance(selection_limit, str):
+            if selection_limit != "bundle":
+                raise ValueError(f"selection_limit must be a magnitude, 'bundle' or None, got {selection_limit!r}")
+            selection_limit = bundle_selection_limit(emulator)
         if selection_limit is not None:
             if theta != "density":
                 raise ValueError("selection_limit corrects the training-density θ prior (theta='density')")

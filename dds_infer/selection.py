@@ -31,7 +31,10 @@ import numpy as np
 from . import galaxy
 from .galaxy import DEFAULT_GALAXY, GalaxyModel
 
-__all__ = ["log_visible_fraction", "selection_log_volume"]
+__all__ = ["log_visible_fraction", "selection_log_volume", "bundle_selection_limit", "magnitude_limit_estimate",
+           "SELECTION_KEY"]
+
+SELECTION_KEY = "training_selection"  # provenance entry of a bundle: {"band", "limit", "estimate"}
 
 MU_STEP = 0.025  # distance-modulus step of the integral [mag]
 
@@ -99,3 +102,27 @@ def selection_log_volume(emulator, limit: float, *, band: int = 0, support=None,
         if support.any():
             log_v = np.where(support, log_v, np.maximum(log_v, log_v[support].min()))
     return log_v
+
+
+def magnitude_limit_estimate(mags, q: float = 95.0) -> float | None:
+    """The ``q``-th percentile of the finite magnitudes (None if there are none): a simple, robust
+    stand-in for a catalogue's magnitude limit (the histogram's faint tail holds the few stars
+    beyond it, and the correction barely depends on the exact value)."""
+    m = np.asarray(mags, dtype=np.float64).reshape(-1)
+    m = m[np.isfinite(m)]
+    return float(np.percentile(m, q)) if m.size else None
+
+
+def bundle_selection_limit(emulator) -> float:
+    """The training selection limit recorded in the bundle's provenance (``SELECTION_KEY``):
+    written by :func:`dds_infer.training.train` (estimated from the training split) and by
+    ``dds-infer import-keras --selection-limit``. A clear error if the bundle has none."""
+    rec = emulator.provenance.get(SELECTION_KEY)
+    if not isinstance(rec, dict) or rec.get("limit") is None:
+        raise ValueError("this bundle records no training selection limit (provenance "
+                         f"'{SELECTION_KEY}'); pass the limit as a magnitude instead")
+    band = rec.get("band")
+    if band is not None and band != emulator.bands.names[0]:
+        raise ValueError(f"the bundle's selection limit is in band {band!r}, not its first band "
+                         f"{emulator.bands.names[0]!r}")
+    return float(rec["limit"])

@@ -321,7 +321,8 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
         n_labels_shrink_capped=n_capped,
         parallax_likelihood=cfg.parallax_likelihood, label_update_centring=bool(cfg.label_update_centring),
         l2_hidden=float(cfg.l2_hidden),
-        l1_reddening=float(cfg.l1_reddening))
+        l1_reddening=float(cfg.l1_reddening),
+        **_selection_record(cat.mag[:n_tr][usable[:n_tr], 0], cat.bands.names[0]))
     history = dict(history)
     history.update({
         "config": cfg.to_dict(), "n_stars": n, "split": split, "n_labels_shrink_capped": n_capped,
@@ -365,3 +366,16 @@ def _progress(cfg: TrainConfig, start: int, n_train: int):
     total, done = sum(per_it), sum(per_it[:start])
     return tqdm(total=total, initial=done, desc="train", unit="epoch", file=sys.stderr,
                 dynamic_ncols=True, leave=False)
+
+
+def _selection_record(mags, band: str) -> dict:
+    """Provenance entry of the training split's magnitude limit (the stars of its θ density):
+    what ``default_prior(selection_limit="bundle")`` corrects that density for."""
+    from .selection import SELECTION_KEY, magnitude_limit_estimate
+
+    limit = magnitude_limit_estimate(mags)
+    if limit is None:
+        return {}
+    return {SELECTION_KEY: {"band": band, "limit": round(limit, 3),
+                            "estimate": "95th percentile of the training split's magnitudes"}}
+

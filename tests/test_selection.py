@@ -135,3 +135,46 @@ def test_cli_selection_limit_reaches_the_prior(tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)["selection_limit"] is None
     np.testing.assert_allclose(np.asarray(priors[0].log_hr), np.asarray(default_prior(emu, selection_limit=16.5).log_hr))
     np.testing.assert_allclose(np.asarray(priors[1].log_hr), np.asarray(default_prior(emu).log_hr))
+    # 'bundle': the shipped mock model records none -> a clear error, before any inference
+    assert main([*common, "--out", str(tmp_path / "c"), "--selection-limit", "bundle"]) != 0
+    assert "records no training selection limit" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "d"), "--selection-limit", "faint"]) != 0
+    assert "--selection-limit must be" in capsys.readouterr().err
+    assert len(priors) == 2
+
+
+def test_import_keras_records_the_selection_limit_for_infer(anchor_dir, tmp_path, capsys, monkeypatch):
+    import json
+
+    import dds_infer.pipeline
+    from dds_infer import load_bundle
+    from dds_infer.cli import main
+    from dds_infer.priors import default_prior
+
+    a = anchor_dir
+    assert main(["import-keras", str(a / "green2020_nn_model.h5"), "--normalization",
+                 str(a / "green2020_theta_normalization.json"), "--density", str(a / "green2020_input_density.h5"),
+                 "--out", str(tmp_path / "pub"), "--selection-limit", "17", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["selection_limit"] == 17.0
+    emu = load_bundle(tmp_path / "pub")
+    assert emu.provenance["training_selection"] == {"band": emu.bands.names[0], "limit": 17.0,
+                                                    "estimate": "given to dds-infer import-keras"}
+    seen = []
+
+    class _Post:
+        n_stars = 5
+
+        @staticmethod
+        def summary():
+            import pandas as pd
+
+            return pd.DataFrame({"r_hat_max": np.ones(5), "ess_bulk_min": np.full(5, 100.0), "flag": np.zeros(5)})
+
+    monkeypatch.setattr(dds_infer.pipeline, "infer", lambda cat, emu, out, *, prior, **kw: seen.append(prior) or _Post())
+    from dds_infer.catalog_io import read_green2020_h5, write_table
+
+    cat = write_table(read_green2020_h5(a / "green2020_test_data_small.h5").subset(np.arange(5)), tmp_path / "c.parquet")
+    assert main(["infer", "--model", str(tmp_path / "pub"), "--catalog", str(cat), "--out", str(tmp_path / "r"),
+                 "--selection-limit", "bundle", "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["selection_limit"] == 17.0
+    np.testing.assert_array_equal(np.asarray(seen[0].log_hr), np.asarray(default_prior(emu, selection_limit=17.0).log_hr))

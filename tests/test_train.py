@@ -89,6 +89,24 @@ def test_training_lowers_loss_on_real_stars(tiny_run):
     assert 4000 < th[0] < 7000
 
 
+def test_bundle_records_the_training_selection_limit(real_cat, tiny_run, tmp_path):
+    """The 95th percentile of the training split's G (the stars of the θ density) is kept in the
+    bundle and is what default_prior(selection_limit="bundle") corrects the θ prior for."""
+    from dds_infer.priors import default_prior
+
+    emu, h = tiny_run
+    rec = emu.provenance["training_selection"]
+    g_train = real_cat.subset(np.arange(TINY.max_stars)).mag[h["split"]["train"], 0]
+    assert rec["band"] == real_cat.bands.names[0]
+    assert rec["limit"] == pytest.approx(np.nanpercentile(g_train, 95), abs=0.05)
+    save_training_bundle(emu, h, tmp_path / "b")
+    back = load_bundle(tmp_path / "b")
+    np.testing.assert_array_equal(np.asarray(default_prior(back, selection_limit="bundle").log_hr),
+                                  np.asarray(default_prior(back, selection_limit=rec["limit"]).log_hr))
+    with pytest.raises(ValueError, match="records no training selection limit"):
+        default_prior(back.replace(provenance_json="{}"), selection_limit="bundle")
+
+
 def test_same_seed_gives_identical_weights(real_cat, tiny_run):
     emu2, h2 = train(real_cat, TINY)
     assert all(np.array_equal(a, b) for a, b in zip(_leaves(tiny_run[0]), _leaves(emu2)))
@@ -275,6 +293,8 @@ def test_cli_train_writes_bundle_and_resumes(anchor_dir, tmp_path, capsys):
     s = json.loads(capsys.readouterr().out)
     assert s["iterations_done"] == 2 and s["n_train"] == 210
     assert load_bundle(out).hidden == (32, 32)
+    assert s["selection_limit"] == load_bundle(out).provenance["training_selection"]["limit"]
+    assert 14.0 < s["selection_limit"] < 19.0
     assert main(["train", "--catalog", str(cat), "--out", str(out), "--hidden", "a,b"]) == 2
 
 

@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--density", default=None,
                    help="optional training-density HDF5 (rho_stars) to attach as the valid domain")
+    p.add_argument("--selection-limit", type=float, default=None, metavar="MAG",
+                   help="record the training set's magnitude limit in the model's first band (Green2020: G, "
+                   "about 17) in the bundle, for dds-infer infer --selection-limit bundle")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
@@ -27,12 +30,18 @@ def run(args) -> int:
     from ..keras_import import import_keras_model
 
     emu = import_keras_model(args.h5, args.normalization, density_path=args.density)
+    if args.selection_limit is not None:
+        from ..selection import SELECTION_KEY
+
+        emu = emu.with_provenance(**{SELECTION_KEY: {"band": emu.bands.names[0], "limit": float(args.selection_limit),
+                                                     "estimate": "given to dds-infer import-keras"}})
     out = save_bundle(emu, args.out)
     info = {
         "out": str(Path(out).resolve()),
         "bands": list(emu.bands.names),
         "hidden": list(emu.hidden),
         "domain": emu.domain is not None,
+        "selection_limit": args.selection_limit,
     }
     if args.json:
         emit_json(info)

@@ -39,12 +39,13 @@ def register(sub) -> None:
                    "e.g. for a CSV, which keeps no table metadata)")
     p.add_argument("--reddening", default="flat", choices=("flat", "halfnormal", "dustmap"),
                    help="reddening prior (dustmap: centred on the catalogue's E_prior ± E_prior_err)")
-    p.add_argument("--selection-limit", type=float, default=None, metavar="MAG",
+    p.add_argument("--selection-limit", default="none", metavar="MAG|bundle|none",
                    help="apparent-magnitude limit (in the model's first band, G for Green2020) of the catalogue "
-                   "the model's training density comes from: the θ prior becomes that density divided by the "
-                   "volume each stellar type is visible in (dds_infer.selection), the population density "
-                   "Eq. 19 needs. Recommended for real data (a magnitude-limited training set); default: none "
-                   "(the density as it is, as for mocks drawn from it)")
+                   "the model's training density comes from, or 'bundle' for the limit the bundle records "
+                   "(dds-infer train estimates it; import-keras --selection-limit): the θ prior becomes that "
+                   "density divided by the volume each stellar type is visible in (dds_infer.selection), the "
+                   "population density Eq. 19 needs. Recommended for real data (a magnitude-limited training "
+                   "set); default none (the density as it is, as for mocks drawn from it)")
     p.add_argument("--max-tree-depth", type=int, default=8,
                    help="NUTS tree-depth cap (default 8: twice the ESS per second of NumPyro's 10 here)")
     p.add_argument("--target-accept", type=float, default=None,
@@ -100,7 +101,12 @@ def run(args) -> int:
         cat = correct_parallax(cat, zp, zp_report)
         zp = "none"
     config = InferenceConfig(zp=zp, sigma_floor=args.sigma_floor, parameterization=args.parameterization)
-    prior = default_prior(emu, kind=args.prior, reddening=args.reddening, selection_limit=args.selection_limit)
+    selection_limit = _selection_limit(args.selection_limit)
+    prior = default_prior(emu, kind=args.prior, reddening=args.reddening, selection_limit=selection_limit)
+    if selection_limit == "bundle":
+        from ..selection import bundle_selection_limit
+
+        selection_limit = bundle_selection_limit(emu)
     grid_settings = None
     if args.method == "grid":
         import dataclasses
@@ -129,7 +135,7 @@ def run(args) -> int:
         "sigma_floor": args.sigma_floor, "parameterization": args.parameterization,
         "target_accept": args.target_accept, "engine": args.engine if args.method == "nuts" else None,
         "catalog_err_floor": None if cat.mag_err_floor is None else cat.mag_err_floor.tolist(),
-        "zp": args.zp, "parallax_zero_point": zp_report, "selection_limit": args.selection_limit,
+        "zp": args.zp, "parallax_zero_point": zp_report, "selection_limit": selection_limit,
         "out": {"posterior": str(out / "posterior.nc"), "summary": str(out / "summary.parquet"),
                 "chunks": str(out / "chunks")},
     }
@@ -167,3 +173,14 @@ def _zero_point(args, cat):
         raise ValueError("--zp dr3-l21 needs Gaia (E)DR3 columns; the Green2020 HDF5 has DR2 parallaxes (use --zp dr2)")
     cols = read_columns(args.catalog, L21_COLUMNS)
     return lindegren2021_zero_point(*(cols[c] for c in L21_COLUMNS))
+
+
+def _selection_limit(text: str):
+    """--selection-limit: None, "bundle" or a magnitude."""
+    if text.lower() in ("none", "bundle"):
+        return None if text.lower() == "none" else "bundle"
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--selection-limit must be a magnitude, 'bundle' or 'none', got {text!r}") from None
+

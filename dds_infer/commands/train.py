@@ -104,6 +104,7 @@ def run(args) -> int:
         "final_n_parallax_modelled": last_it.get("n_parallax_modelled"),
         "l2_hidden": cfg.l2_hidden, "l1_reddening": cfg.l1_reddening,
         "label_update_centring": cfg.label_update_centring,
+        "selection_limit": emu.provenance.get("training_selection", {}).get("limit"),
     }
     if args.json:
         emit_json(summary)
@@ -119,5 +120,8 @@ def run(args) -> int:
     if cfg.parallax_likelihood != "inverted":
         print(f"parallax: {cfg.parallax_likelihood} likelihood, c_0 modelled for "
               f"{summary['final_n_parallax_modelled']} stars in the last iteration")
+    if summary["selection_limit"] is not None:
+        print(f"training selection limit recorded: {summary['selection_limit']:.2f} mag (95th percentile of "
+              "the training split's first band; dds-infer infer --selection-limit bundle)")
     print(f"bundle: {out}")
     return 0
