@@ -34,6 +34,7 @@ import pandas as pd
 from .catalog import StarCatalog
 from .domain import TrainingDomain
 from .priors import hr_slice_mass
+from .selection import resolve_selection_limit, selection_log_volume
 from .dust import DustModel, true_and_prior_reddening
 from .galaxy import (DEFAULT_GALAXY, GalaxyModel, distance_prior_grid, sample_components_and_feh,
                      sky_directions)
@@ -62,6 +63,9 @@ class MockConfig:
     galaxy: GalaxyModel = DEFAULT_GALAXY
     labels: bool = True  # noisy spectroscopic labels (for training catalogues)
     label_noise_scale: float = 1.0  # scales the label errors (0.01: near-exact labels, for experiments)
+    # population="domain": θ ~ density / selection volume of this limit ("auto": the truth bundle's
+    # recorded limit, none if it records none; None: the density itself), as priors.default_prior
+    selection_limit: float | str | None = "auto"
     max_rounds: int = 200
 
 
@@ -86,8 +90,10 @@ def isotropic_directions(rng: np.random.Generator, n: int):
 
 def sample_theta_from_domain(rng: np.random.Generator, domain: TrainingDomain, feh,
                              threshold: float = 0.01, entry: int = 0, *, edge_weight: bool = True,
-                             slice_mass=None):
-    """θ = (Teff, logg, [Fe/H]) with (Teff, logg) ~ ρ(Teff, logg | [Fe/H]).
+                             slice_mass=None, log_volume=None):
+    """θ = (Teff, logg, [Fe/H]) with (Teff, logg) ~ ρ(Teff, logg | [Fe/H]), or ~ ρ / V with
+    ``log_volume`` = log V on the grid (:func:`dds_infer.selection.selection_log_volume`: the
+    population behind a magnitude-limited training density, as the θ prior corrected for it).
 
     ρ is the training density map ``entry`` on its grid, zeroed below
     ``threshold`` (the valid domain), on the [Fe/H] slice nearest each star;
@@ -101,6 +107,11 @@ def sample_theta_from_domain(rng: np.random.Generator, domain: TrainingDomain, f
     """
     dens = np.asarray(domain.density[entry], dtype=float)
     dens = np.where(dens >= threshold, dens, 0.0)
+    if log_volume is not None:
+        lv = np.asarray(log_volume, dtype=float)
+        if lv.shape != dens.shape:
+            raise ValueError(f"log_volume has shape {lv.shape}, the density {dens.shape}")
+        dens = dens * np.exp(lv.max() - lv)  # ρ / V (up to a constant)
     teff, logg, fehax = (np.asarray(a, dtype=float) for a in (domain.teff, domain.logg, domain.feh))
     feh = np.asarray(feh, dtype=float)
     k = np.clip(np.rint((feh - fehax[0]) / (fehax[1] - fehax[0])).astype(int), 0, len(fehax) - 1)
@@ -132,12 +143,12 @@ def selection_probability(mag_sel, survey: SurveyModel):
     return 10.0 ** (-survey.selection_slope * excess)
 
 
-def _population(rng, cfg: MockConfig, feh, comp, domain, slice_mass=None):
+def _population(rng, cfg: MockConfig, feh, comp, domain, slice_mass=None, log_volume=None):
     if cfg.population == "domain":
         if domain is None:
             raise ValueError('population="domain" needs a TrainingDomain (e.g. emulator.domain)')
         theta, ok = sample_theta_from_domain(rng, domain, feh, cfg.domain_threshold, cfg.domain_entry,
-                                             slice_mass=slice_mass)
+                                             slice_mass=slice_mass, log_volume=log_volume)
         return theta, ok, {}
     if cfg.population == "isochrone":
         from .truth import sample_population  # optional extra
@@ -206,7 +217,7 @@ def _sample_mu(rng, cfg: MockConfig, l, b, direction_index=None):
 
 
 def _draw_candidates(rng, key, cfg: MockConfig, m: int, truth, domain, sel: int, faint: float,
-                     slice_mass=None):
+                     slice_mass=None, log_volume=None):
     """One round of m candidate stars (before selection), as a dict of arrays.
 
     Candidates whose unreddened true magnitude in the selection band is fainter than
@@ -221,7 +232,7 @@ def _draw_candidates(rng, key, cfg: MockConfig, m: int, truth, domain, sel: int,
         l, b = isotropic_directions(rng, m)
         mu = _sample_mu(rng, cfg, l, b)
     comp, feh = (np.asarray(a) for a in sample_components_and_feh(key, mu, l, b, cfg.galaxy))
-    theta, ok, extra = _population(rng, cfg, feh, comp, domain, slice_mass)
+    theta, ok, extra = _population(rng, cfg, feh, comp, domain, slice_mass, log_volume)
     theta_eval = np.where(ok[:, None], theta, np.nanmedian(theta[ok], axis=0) if ok.any() else 0.0)
     m_sel = _padded(truth.absolute_mags, theta_eval)[:, sel] + mu
     near = ok & (m_sel <= faint)
@@ -252,6 +263,7 @@ def make_mock(truth, config: MockConfig = MockConfig(), *, domain: TrainingDomai
     key = jax.random.PRNGKey(cfg.seed)
     slice_mass = (hr_slice_mass(domain, entry=cfg.domain_entry, threshold=cfg.domain_threshold)
                   if cfg.population == "domain" and domain is not None else None)  # once, not per round
+    limit, log_volume = _population_selection(cfg, truth, domain)
     kept: list[dict] = []
     n_kept = n_drawn = n_bad_theta = n_outside = n_surplus = 0
     rate = 0.2
@@ -262,7 +274,7 @@ def make_mock(truth, config: MockConfig = MockConfig(), *, domain: TrainingDomai
         m = int(min(2 ** int(np.ceil(np.log2(max(want, 1024)))), 2**20))  # few shapes: few compiles
         key, sub = jax.random.split(key)
         c, n_bad, n_faint = _draw_candidates(rng, sub, cfg, m, truth, domain, sel,
-                                             survey.selection[1] + 0.5, slice_mass)
+                                             survey.selection[1] + 0.5, slice_mass, log_volume)
         mag, err, _ = observe_photometry(rng, c["mag_true"], survey)
         plx, plx_err = observe_parallax(rng, c["mu"], c["mag_true"][:, sel], survey)
         lo, hi = survey.selection
@@ -311,8 +323,22 @@ def make_mock(truth, config: MockConfig = MockConfig(), *, domain: TrainingDomai
         truth_df[f"mag_{name}"] = s["mag_true"][:, j]
     report = {"n_stars": cfg.n, "n_drawn": n_drawn, "n_rejected_selection": n_outside,
               "n_rejected_theta": n_bad_theta, "n_surplus": n_surplus, "selection": [survey.selection_band, *survey.selection],
-              "n_missing_per_band": missing}
+              "n_missing_per_band": missing, "population_selection_limit": limit}
     return MockCatalog(cat, truth_df, report)
+
+
+def _population_selection(cfg: MockConfig, truth, domain):
+    """(limit, log V on the domain grid) for ``population="domain"``: the θ population is the
+    training density divided by the selection volume of ``cfg.selection_limit`` ("auto": the
+    limit the truth bundle records, as :func:`dds_infer.priors.default_prior` does), or (None, None)."""
+    if cfg.population != "domain" or domain is None:
+        return None, None
+    limit = resolve_selection_limit(truth, cfg.selection_limit)
+    if limit is None:
+        return None, None
+    support = np.asarray(domain.density)[cfg.domain_entry] >= cfg.domain_threshold
+    return limit, selection_log_volume(truth, limit, support=support, galaxy_model=cfg.galaxy,
+                                       mu_range=cfg.mu_range, domain=domain)
 
 
 def mock_to_table(mock: MockCatalog):

@@ -42,7 +42,7 @@ from scipy.ndimage import gaussian_filter
 
 from . import galaxy
 from .galaxy import DEFAULT_GALAXY, GalaxyModel
-from .selection import bundle_selection_limit, selection_log_volume
+from .selection import resolve_selection_limit, selection_log_volume
 
 __all__ = [
     "Prior",
@@ -196,7 +196,7 @@ def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="
                   galaxy_model: GalaxyModel = DEFAULT_GALAXY, E_max: float = 5.0, E_scale: float = 1.0,
                   E_tol_abs: float = 0.05, E_tol_frac: float = 0.1, mu_range=galaxy.MU_RANGE,
                   density_entry: int = 0, threshold: float = 0.01, distance=None, feh=None,
-                  sky_tables: bool = True, selection_limit: float | str | None = None,
+                  sky_tables: bool = True, selection_limit: float | str | None = "auto",
                   selection_band: int = 0) -> Prior:
     """The standard prior for ``emulator`` (needs ``emulator.domain`` unless theta="flat").
 
@@ -208,9 +208,11 @@ def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="
     Green2020) of the catalogue the training density comes from. Given, the HR table is the
     population density ρ / V(θ) instead of ρ (:mod:`dds_infer.selection`): a magnitude-limited
     training set over-represents luminous types by the volume they are visible in, which the
-    distance prior n(d) d³ already counts. None (default): ρ as it is — right when the density
-    already is a population's (mocks drawn from this prior, SBC). "bundle": the limit the
-    bundle records (:func:`dds_infer.selection.bundle_selection_limit`).
+    distance prior n(d) d³ already counts. "auto" (default): the limit the bundle records
+    (``dds-infer train`` estimates it, ``import-keras --selection-limit`` sets it) or, if it
+    records none, no correction; "bundle": the recorded limit, an error without one; None: ρ as
+    it is. Mocks (:func:`dds_infer.mock.make_mock`) and prior draws (SBC) follow the same
+    choice, so they stay consistent with this prior.
     """
     if kind not in DISTANCE_KINDS:
         raise ValueError(f"kind must be one of {DISTANCE_KINDS}, got {kind!r}")
@@ -229,6 +231,8 @@ def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="
         if theta == "density":
             raise ValueError("emulator has no training domain: the HR-diagram prior needs one "
                              "(load a bundle with domain.h5, or pass theta='flat')")
+        if selection_limit not in (None, "auto"):
+            raise ValueError("selection_limit corrects the training-density θ prior: the emulator has no domain")
         lo, hi, n = np.array([2500.0, -2.0, -2.5]), np.array([9000.0, 7.0, 1.0]), np.array([2, 2, 2])
         table = np.full((2, 2, 2), -float(np.log((hi[0] - lo[0]) * (hi[1] - lo[1]))))
     else:
@@ -236,10 +240,9 @@ def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="
         lo, hi = b[:, 0], b[:, 1]
         n = np.array([len(dom.teff), len(dom.logg), len(dom.feh)])
         log_volume = None
-        if isinstance(selection_limit, str):
-            if selection_limit != "bundle":
-                raise ValueError(f"selection_limit must be a magnitude, 'bundle' or None, got {selection_limit!r}")
-            selection_limit = bundle_selection_limit(emulator)
+        if theta != "density" and selection_limit == "auto":
+            selection_limit = None
+        selection_limit = resolve_selection_limit(emulator, selection_limit)
         if selection_limit is not None:
             if theta != "density":
                 raise ValueError("selection_limit corrects the training-density θ prior (theta='density')")

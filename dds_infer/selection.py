@@ -31,8 +31,8 @@ import numpy as np
 from . import galaxy
 from .galaxy import DEFAULT_GALAXY, GalaxyModel
 
-__all__ = ["log_visible_fraction", "selection_log_volume", "bundle_selection_limit", "magnitude_limit_estimate",
-           "SELECTION_KEY"]
+__all__ = ["log_visible_fraction", "selection_log_volume", "bundle_selection_limit", "recorded_selection_limit",
+           "resolve_selection_limit", "magnitude_limit_estimate", "SELECTION_KEY"]
 
 SELECTION_KEY = "training_selection"  # provenance entry of a bundle: {"band", "limit", "estimate"}
 
@@ -76,16 +76,18 @@ def log_visible_fraction(abs_mag, feh, limit: float, galaxy_model: GalaxyModel =
 
 
 def selection_log_volume(emulator, limit: float, *, band: int = 0, support=None,
-                         galaxy_model: GalaxyModel = DEFAULT_GALAXY, mu_range=galaxy.MU_RANGE) -> np.ndarray:
-    """log V(θ) (nT, ng, nf) on the nodes of ``emulator.domain`` for a magnitude limit in ``band``.
+                         galaxy_model: GalaxyModel = DEFAULT_GALAXY, mu_range=galaxy.MU_RANGE,
+                         domain=None) -> np.ndarray:
+    """log V(θ) (nT, ng, nf) on the nodes of ``domain`` (default ``emulator.domain``) for a
+    magnitude limit in ``band``.
 
-    M(θ) is the emulator's absolute magnitude in ``band`` at each node. support: optional
+    M(θ) is the emulator's (or truth model's) absolute magnitude in ``band`` at each node. support: optional
     boolean (nT, ng, nf) mask of the nodes where the training density is meaningful; outside
     it log V is held at its smallest value inside, so that dividing by V cannot lift the
     unsupported corners of the grid (where M(θ) is extrapolated and V can be ~0) above the
     training set's own faintest types.
     """
-    dom = emulator.domain
+    dom = emulator.domain if domain is None else domain
     if dom is None:
         raise ValueError("the emulator has no training domain: nothing to correct")
     if not 0 <= band < emulator.n_bands:
@@ -113,16 +115,39 @@ def magnitude_limit_estimate(mags, q: float = 95.0) -> float | None:
     return float(np.percentile(m, q)) if m.size else None
 
 
-def bundle_selection_limit(emulator) -> float:
-    """The training selection limit recorded in the bundle's provenance (``SELECTION_KEY``):
-    written by :func:`dds_infer.training.train` (estimated from the training split) and by
-    ``dds-infer import-keras --selection-limit``. A clear error if the bundle has none."""
-    rec = emulator.provenance.get(SELECTION_KEY)
+def recorded_selection_limit(emulator) -> float | None:
+    """The training selection limit recorded in the bundle's provenance (``SELECTION_KEY``), or
+    None: written by :func:`dds_infer.training.train` (estimated from the training split) and by
+    ``dds-infer import-keras --selection-limit``. Objects without provenance (a truth model) have none."""
+    prov = getattr(emulator, "provenance", None)
+    rec = prov.get(SELECTION_KEY) if isinstance(prov, dict) else None
     if not isinstance(rec, dict) or rec.get("limit") is None:
-        raise ValueError("this bundle records no training selection limit (provenance "
-                         f"'{SELECTION_KEY}'); pass the limit as a magnitude instead")
+        return None
     band = rec.get("band")
     if band is not None and band != emulator.bands.names[0]:
         raise ValueError(f"the bundle's selection limit is in band {band!r}, not its first band "
                          f"{emulator.bands.names[0]!r}")
     return float(rec["limit"])
+
+
+def bundle_selection_limit(emulator) -> float:
+    """:func:`recorded_selection_limit`, with a clear error if the bundle has none."""
+    limit = recorded_selection_limit(emulator)
+    if limit is None:
+        raise ValueError("this bundle records no training selection limit (provenance "
+                         f"'{SELECTION_KEY}'); pass the limit as a magnitude instead")
+    return limit
+
+
+def resolve_selection_limit(emulator, selection_limit) -> float | None:
+    """A magnitude from ``selection_limit``: None (no correction), a number, "bundle" (the
+    recorded limit, required) or "auto" (the recorded limit if there is one, else None)."""
+    if selection_limit is None:
+        return None
+    if isinstance(selection_limit, str):
+        if selection_limit == "auto":
+            return recorded_selection_limit(emulator)
+        if selection_limit == "bundle":
+            return bundle_selection_limit(emulator)
+        raise ValueError(f"selection_limit must be a magnitude, 'auto', 'bundle' or None, got {selection_limit!r}")
+    return float(selection_limit)

@@ -178,3 +178,48 @@ def test_import_keras_records_the_selection_limit_for_infer(anchor_dir, tmp_path
                  "--selection-limit", "bundle", "--no-progress", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["selection_limit"] == 17.0
     np.testing.assert_array_equal(np.asarray(seen[0].log_hr), np.asarray(default_prior(emu, selection_limit=17.0).log_hr))
+
+
+def test_domain_draws_follow_density_over_volume():
+    """sample_theta_from_domain with log V draws (Teff, log g) ∝ ρ / V within each [Fe/H] slice."""
+    from dds_infer.domain import TrainingDomain
+    from dds_infer.mock import sample_theta_from_domain
+
+    dens = np.zeros((1, 4, 3, 2))
+    dens[0, 1, 1, :] = 1.0  # two equally dense cells per slice
+    dens[0, 2, 2, :] = 1.0
+    dom = TrainingDomain(density=jnp.asarray(dens), teff=jnp.linspace(4000.0, 7000.0, 4),
+                         logg=jnp.linspace(1.0, 5.0, 3), feh=jnp.array([-0.5, 0.0]))
+    log_v = np.zeros((4, 3, 2))
+    log_v[2, 2, :] = np.log(4.0)  # cell (2, 2) visible in 4x the volume: 4x fewer in the population
+    rng = np.random.default_rng(0)
+    n = 40_000
+    feh = rng.choice([-0.5, 0.0], n)
+    th, ok = sample_theta_from_domain(rng, dom, feh, edge_weight=False, log_volume=log_v)
+    hot = th[ok, 0] > 5500.0
+    assert ok.all() and hot.mean() == pytest.approx(0.2, abs=0.01)
+    th0, _ = sample_theta_from_domain(np.random.default_rng(0), dom, feh, edge_weight=False)
+    assert (th0[:, 0] > 5500.0).mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_mock_population_follows_the_bundles_recorded_selection(shipped):
+    """A truth bundle that records its training selection: make_mock draws θ from density / V
+    ("auto", as default_prior), so fewer luminous giants than from the density itself."""
+    from dataclasses import replace
+
+    from dds_infer.mock import MockConfig, make_mock
+    from dds_infer.priors import default_prior
+    from dds_infer.selection import SELECTION_KEY
+
+    rec = shipped.with_provenance(**{SELECTION_KEY: {"band": shipped.bands.names[0], "limit": 16.0}})
+    cfg = MockConfig(n=1500, seed=2, labels=False)
+    auto, raw = make_mock(rec, cfg), make_mock(rec, replace(cfg, selection_limit=None))
+    assert auto.report["population_selection_limit"] == 16.0 and raw.report["population_selection_limit"] is None
+    assert make_mock(shipped, MockConfig(n=50, seed=2, labels=False)).report["population_selection_limit"] is None
+    g_auto, g_raw = (float(np.mean(m.truth["logg"] < 3.5)) for m in (auto, raw))
+    assert g_auto < 0.8 * g_raw, (g_auto, g_raw)
+    # the inference prior makes the same choice by default
+    np.testing.assert_array_equal(np.asarray(default_prior(rec).log_hr),
+                                  np.asarray(default_prior(rec, selection_limit=16.0).log_hr))
+    np.testing.assert_array_equal(np.asarray(default_prior(shipped).log_hr),
+                                  np.asarray(default_prior(shipped, selection_limit=None).log_hr))

@@ -39,13 +39,13 @@ def register(sub) -> None:
                    "e.g. for a CSV, which keeps no table metadata)")
     p.add_argument("--reddening", default="flat", choices=("flat", "halfnormal", "dustmap"),
                    help="reddening prior (dustmap: centred on the catalogue's E_prior ± E_prior_err)")
-    p.add_argument("--selection-limit", default="none", metavar="MAG|bundle|none",
+    p.add_argument("--selection-limit", default="auto", metavar="MAG|auto|bundle|none",
                    help="apparent-magnitude limit (in the model's first band, G for Green2020) of the catalogue "
-                   "the model's training density comes from, or 'bundle' for the limit the bundle records "
-                   "(dds-infer train estimates it; import-keras --selection-limit): the θ prior becomes that "
-                   "density divided by the volume each stellar type is visible in (dds_infer.selection), the "
-                   "population density Eq. 19 needs. Recommended for real data (a magnitude-limited training "
-                   "set); default none (the density as it is, as for mocks drawn from it)")
+                   "the model's training density comes from: the θ prior becomes that density divided by the "
+                   "volume each stellar type is visible in (dds_infer.selection), the population density "
+                   "Eq. 19 needs. auto (default): the limit the bundle records (dds-infer train estimates it, "
+                   "import-keras --selection-limit sets it), none if it records none; bundle: the recorded "
+                   "limit, an error without one; none: the density as it is")
     p.add_argument("--max-tree-depth", type=int, default=8,
                    help="NUTS tree-depth cap (default 8: twice the ESS per second of NumPyro's 10 here)")
     p.add_argument("--target-accept", type=float, default=None,
@@ -101,12 +101,10 @@ def run(args) -> int:
         cat = correct_parallax(cat, zp, zp_report)
         zp = "none"
     config = InferenceConfig(zp=zp, sigma_floor=args.sigma_floor, parameterization=args.parameterization)
-    selection_limit = _selection_limit(args.selection_limit)
-    prior = default_prior(emu, kind=args.prior, reddening=args.reddening, selection_limit=selection_limit)
-    if selection_limit == "bundle":
-        from ..selection import bundle_selection_limit
+    from ..selection import resolve_selection_limit
 
-        selection_limit = bundle_selection_limit(emu)
+    selection_limit = resolve_selection_limit(emu, _selection_limit(args.selection_limit))
+    prior = default_prior(emu, kind=args.prior, reddening=args.reddening, selection_limit=selection_limit)
     grid_settings = None
     if args.method == "grid":
         import dataclasses
@@ -176,11 +174,11 @@ def _zero_point(args, cat):
 
 
 def _selection_limit(text: str):
-    """--selection-limit: None, "bundle" or a magnitude."""
-    if text.lower() in ("none", "bundle"):
-        return None if text.lower() == "none" else "bundle"
+    """--selection-limit: None, "auto", "bundle" or a magnitude."""
+    if text.lower() in ("none", "auto", "bundle"):
+        return None if text.lower() == "none" else text.lower()
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"--selection-limit must be a magnitude, 'bundle' or 'none', got {text!r}") from None
+        raise ValueError(f"--selection-limit must be a magnitude, 'auto', 'bundle' or 'none', got {text!r}") from None
 
