@@ -61,8 +61,15 @@ def main(argv=None) -> int:
     prior = default_prior(emu, reddening="halfnormal", E_scale=args.E_scale)
     config = InferenceConfig()
     t0 = time.perf_counter()
-    draws = draw_from_prior(prior, int(args.n_stars * 1.6) + 50, seed=args.seed)
-    cat, keep = simulate_observations(emu, draws, config, seed=args.seed)
+    n_draw = int(args.n_stars * 1.6) + 50
+    for _ in range(8):  # draw more when few prior draws are observable (e.g. a dwarf-rich prior)
+        draws = draw_from_prior(prior, n_draw, seed=args.seed)
+        cat, keep = simulate_observations(emu, draws, config, seed=args.seed)
+        if len(keep) >= args.n_stars:
+            break
+        n_draw = int(1.3 * n_draw * args.n_stars / max(len(keep), 1)) + 50
+    if len(keep) < args.n_stars:
+        raise SystemExit(f"only {len(keep)} of {n_draw} prior draws are observable; need {args.n_stars}")
     keep = keep[: args.n_stars]
     cat = cat.subset(np.arange(len(keep)))
     truth = np.column_stack([np.asarray(draws[v])[keep] for v in VARS])
