@@ -11,7 +11,7 @@ fitted to these test stars — divided by the selection volume of a G < 17 magni
 (``--selection-limit``, :mod:`dds_infer.selection`: the training set is magnitude-limited, so its
 density over-represents luminous types by the volume they are seen in, which the distance prior
 counts again). 17 is set from the stars *not* scored by default (95th percentile of G among
-9,000 of them: 17.2); on 3,000 of them (grid path) limits 15-17 gave σ(Teff) 149-147 K, none
+9,000 of them: 17.2); on 3,000 of them (grid path) limits 15/16/17 gave σ(Teff) 150.2/148.3/147.6 K, none
 (``--selection-limit none``, the training density as it is) 154 K. The release's errors already include a 0.02 mag floor
 (``meta["mag_err_floor"]``), so the likelihood's default 0.02 floor adds nothing more.
 Pipeline: grid modes → batched NUTS (4 chains) → mode combination, DR2 parallax zero-point,

@@ -19,8 +19,8 @@ Here S is a hard limit m < ``limit`` in one band (the emulator's band 0, Gaia G,
 extinction is neglected (it shrinks every type's volume alike to first order), and p(μ | [Fe/H])
 is the sky average of :mod:`dds_infer.galaxy`: V(θ) = P(μ < limit − M(θ) | [Fe/H]).
 On the shared real test stars (published network, grid path, 3,000 stars not among those
-``bench/real_accuracy.py`` scores) this moved the Teff bias from +25 to +5 K and σ(Teff) from
-154 to 148 K, for limits from G = 15 to 17 alike.
+``bench/real_accuracy.py`` scores) this moved the Teff bias from +25 to +3...+7 K and σ(Teff) from
+154 to 150-148 K for limits from G = 15 to 17.
 """
 
 from __future__ import annotations
