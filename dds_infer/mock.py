@@ -336,9 +336,8 @@ def _population_selection(cfg: MockConfig, truth, domain):
     limit = resolve_selection_limit(truth, cfg.selection_limit)
     if limit is None:
         return None, None
-    support = np.asarray(domain.density)[cfg.domain_entry] >= cfg.domain_threshold
-    return limit, selection_log_volume(truth, limit, support=support, galaxy_model=cfg.galaxy,
-                                       mu_range=cfg.mu_range, domain=domain)
+    return limit, selection_log_volume(truth, limit, threshold=cfg.domain_threshold, entry=cfg.domain_entry,
+                                       galaxy_model=cfg.galaxy, mu_range=cfg.mu_range, domain=domain)
 
 
 def mock_to_table(mock: MockCatalog):

@@ -227,28 +227,22 @@ def default_prior(emulator, kind: str = "galactic", reddening="flat", *, theta="
     if not mu_range[0] < mu_range[1]:
         raise ValueError(f"mu_range must be increasing, got {mu_range}")
     dom = emulator.domain
+    if selection_limit not in (None, "auto") and (dom is None or theta != "density"):
+        raise ValueError("selection_limit corrects the training-density θ prior (theta='density' and a domain)")
     if dom is None:
         if theta == "density":
             raise ValueError("emulator has no training domain: the HR-diagram prior needs one "
                              "(load a bundle with domain.h5, or pass theta='flat')")
-        if selection_limit not in (None, "auto"):
-            raise ValueError("selection_limit corrects the training-density θ prior: the emulator has no domain")
         lo, hi, n = np.array([2500.0, -2.0, -2.5]), np.array([9000.0, 7.0, 1.0]), np.array([2, 2, 2])
         table = np.full((2, 2, 2), -float(np.log((hi[0] - lo[0]) * (hi[1] - lo[1]))))
     else:
         b = dom.bounds
         lo, hi = b[:, 0], b[:, 1]
         n = np.array([len(dom.teff), len(dom.logg), len(dom.feh)])
-        log_volume = None
-        if theta != "density" and selection_limit == "auto":
-            selection_limit = None
-        selection_limit = resolve_selection_limit(emulator, selection_limit)
-        if selection_limit is not None:
-            if theta != "density":
-                raise ValueError("selection_limit corrects the training-density θ prior (theta='density')")
-            log_volume = selection_log_volume(emulator, float(selection_limit), band=selection_band,
-                                              support=np.asarray(dom.density)[density_entry] >= threshold,
-                                              galaxy_model=galaxy_model, mu_range=mu_range)
+        limit = resolve_selection_limit(emulator, selection_limit) if theta == "density" else None
+        log_volume = None if limit is None else selection_log_volume(
+            emulator, limit, band=selection_band, threshold=threshold, entry=density_entry,
+            galaxy_model=galaxy_model, mu_range=mu_range)
         table = hr_density_table(dom, entry=density_entry, threshold=threshold, log_volume=log_volume)
     step = (hi - lo) / (n - 1)
     f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)  # noqa: E731

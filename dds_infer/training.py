@@ -371,11 +371,10 @@ def _progress(cfg: TrainConfig, start: int, n_train: int):
 def _selection_record(mags, band: str) -> dict:
     """Provenance entry of the training split's magnitude limit (the stars of its θ density):
     what ``default_prior(selection_limit="bundle")`` corrects that density for."""
-    from .selection import SELECTION_KEY, magnitude_limit_estimate
+    from .selection import magnitude_limit_estimate, selection_record
 
     limit = magnitude_limit_estimate(mags)
     if limit is None:
         return {}
-    return {SELECTION_KEY: {"band": band, "limit": round(limit, 3),
-                            "estimate": "95th percentile of the training split's magnitudes"}}
+    return selection_record(band, round(limit, 3), "95th percentile of the training split's magnitudes")
 

@@ -94,3 +94,31 @@ def run_notebook_small(name: str, monkeypatch, *, timeout: int, anchor_dir: Path
     assert "small run: True" in text
     assert stamps() == before, "a small run overwrote the committed figures"
     return nb, text
+
+
+def record_pipeline_infer(monkeypatch) -> list:
+    """Replace ``dds_infer.pipeline.infer`` (what the CLI calls) by a recorder: each call appends
+    ``{"catalog", "emulator", "out", **keyword arguments}`` to the returned list and returns a
+    posterior stand-in with what the CLI reads (``n_stars``, ``summary()``). For tests of what the
+    CLI hands to inference; inference itself is tested elsewhere."""
+    import numpy as np
+    import pandas as pd
+
+    import dds_infer.pipeline
+
+    calls = []
+
+    class _Posterior:
+        def __init__(self, n):
+            self.n_stars = n
+
+        def summary(self):
+            n = self.n_stars
+            return pd.DataFrame({"r_hat_max": np.ones(n), "ess_bulk_min": np.full(n, 100.0), "flag": np.zeros(n)})
+
+    def fake_infer(catalog, emulator, out_dir, **kw):
+        calls.append({"catalog": catalog, "emulator": emulator, "out": out_dir, **kw})
+        return _Posterior(catalog.n_stars)
+
+    monkeypatch.setattr(dds_infer.pipeline, "infer", fake_infer)
+    return calls

@@ -64,28 +64,12 @@ def test_cli_zp_dr3_l21_equals_inference_on_corrected_parallaxes(tmp_path, capsy
     """--zp dr3-l21 hands pipeline.infer exactly what --zp none does on a table whose parallaxes
     were corrected by the reference code (so the posteriors are those of that run: inference on
     a given catalogue is tested elsewhere); the report counts the fallbacks."""
-    import pandas as pd
-
-    import dds_infer.pipeline
+    from conftest import record_pipeline_infer
     from dds_infer.catalog_io import catalog_to_table, write_astropy_table
     from dds_infer.mock import MockConfig, make_mock
     from dds_infer import load_bundle
 
-    calls = []
-
-    class _Post:  # what the CLI reads from the posterior
-        n_stars = 9
-
-        @staticmethod
-        def summary():
-            return pd.DataFrame({"r_hat_max": np.ones(9), "ess_bulk_min": np.full(9, 100.0), "flag": np.zeros(9)})
-
-    def fake_infer(cat, emu, out, *, config, **kw):
-        calls.append({"parallax": cat.parallax.copy(), "parallax_err": cat.parallax_err.copy(), "zp": config.zp,
-                      "mag": cat.mag.copy(), "method": kw["method"]})
-        return _Post()
-
-    monkeypatch.setattr(dds_infer.pipeline, "infer", fake_infer)
+    recorded = record_pipeline_infer(monkeypatch)
     mock = make_mock(load_bundle(SHIPPED), MockConfig(n=9, seed=5, labels=False))
     table = catalog_to_table(mock.catalog)
     for name, col in zip(L21_COLUMNS, _gaia_inputs()):
@@ -104,6 +88,8 @@ def test_cli_zp_dr3_l21_equals_inference_on_corrected_parallaxes(tmp_path, capsy
     assert res["parallax_zero_point"]["fallback_reasons"]["outside_validity"] == 2
     assert main(["infer", "--catalog", str(fixed), "--out", str(tmp_path / "b"), "--zp", "none", *common]) == 0
     capsys.readouterr()
+    calls = [{"parallax": c["catalog"].parallax, "parallax_err": c["catalog"].parallax_err, "zp": c["config"].zp,
+              "mag": c["catalog"].mag} for c in recorded]
     a, b = calls
     assert a["zp"] == b["zp"] == "none"  # corrected once, in the catalogue
     np.testing.assert_allclose(a["parallax"], b["parallax"], rtol=0, atol=1e-12)
@@ -115,7 +101,7 @@ def test_cli_zp_dr3_l21_equals_inference_on_corrected_parallaxes(tmp_path, capsy
     bare = write_astropy_table(catalog_to_table(mock.catalog), tmp_path / "bare.parquet")
     assert main(["infer", "--catalog", str(bare), "--out", str(tmp_path / "c"), "--zp", "dr3-l21", *common]) != 0
     assert "nu_eff_used_in_astrometry" in capsys.readouterr().err
-    assert len(calls) == 2
+    assert len(recorded) == 2
 
 
 def test_read_columns_names_missing_columns(tmp_path):

@@ -102,29 +102,14 @@ def test_corrected_theta_prior_is_the_density_over_the_volume(shipped):
 def test_cli_selection_limit_reaches_the_prior(tmp_path, capsys, monkeypatch):
     import json
 
-    import pandas as pd
-
-    import dds_infer.pipeline
+    from conftest import record_pipeline_infer
     from dds_infer import load_bundle
     from dds_infer.catalog_io import catalog_to_table, write_astropy_table
     from dds_infer.cli import main
     from dds_infer.mock import MockConfig, make_mock
     from dds_infer.priors import default_prior
 
-    priors = []
-
-    class _Post:
-        n_stars = 4
-
-        @staticmethod
-        def summary():
-            return pd.DataFrame({"r_hat_max": np.ones(4), "ess_bulk_min": np.full(4, 100.0), "flag": np.zeros(4)})
-
-    def fake_infer(cat, emu, out, *, prior, **kw):
-        priors.append(prior)
-        return _Post()
-
-    monkeypatch.setattr(dds_infer.pipeline, "infer", fake_infer)
+    calls = record_pipeline_infer(monkeypatch)
     emu = load_bundle(SHIPPED)
     cat = write_astropy_table(catalog_to_table(make_mock(emu, MockConfig(n=4, seed=1, labels=False)).catalog),
                               tmp_path / "c.parquet")
@@ -133,6 +118,7 @@ def test_cli_selection_limit_reaches_the_prior(tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)["selection_limit"] == 16.5
     assert main([*common, "--out", str(tmp_path / "b")]) == 0
     assert json.loads(capsys.readouterr().out)["selection_limit"] is None
+    priors = [c["prior"] for c in calls]
     np.testing.assert_allclose(np.asarray(priors[0].log_hr), np.asarray(default_prior(emu, selection_limit=16.5).log_hr))
     np.testing.assert_allclose(np.asarray(priors[1].log_hr), np.asarray(default_prior(emu).log_hr))
     # 'bundle': the shipped mock model records none -> a clear error, before any inference
@@ -140,13 +126,13 @@ def test_cli_selection_limit_reaches_the_prior(tmp_path, capsys, monkeypatch):
     assert "records no training selection limit" in capsys.readouterr().err
     assert main([*common, "--out", str(tmp_path / "d"), "--selection-limit", "faint"]) != 0
     assert "--selection-limit must be" in capsys.readouterr().err
-    assert len(priors) == 2
+    assert len(calls) == 2
 
 
 def test_import_keras_records_the_selection_limit_for_infer(anchor_dir, tmp_path, capsys, monkeypatch):
     import json
 
-    import dds_infer.pipeline
+    from conftest import record_pipeline_infer
     from dds_infer import load_bundle
     from dds_infer.cli import main
     from dds_infer.priors import default_prior
@@ -159,25 +145,15 @@ def test_import_keras_records_the_selection_limit_for_infer(anchor_dir, tmp_path
     emu = load_bundle(tmp_path / "pub")
     assert emu.provenance["training_selection"] == {"band": emu.bands.names[0], "limit": 17.0,
                                                     "estimate": "given to dds-infer import-keras"}
-    seen = []
-
-    class _Post:
-        n_stars = 5
-
-        @staticmethod
-        def summary():
-            import pandas as pd
-
-            return pd.DataFrame({"r_hat_max": np.ones(5), "ess_bulk_min": np.full(5, 100.0), "flag": np.zeros(5)})
-
-    monkeypatch.setattr(dds_infer.pipeline, "infer", lambda cat, emu, out, *, prior, **kw: seen.append(prior) or _Post())
+    calls = record_pipeline_infer(monkeypatch)
     from dds_infer.catalog_io import read_green2020_h5, write_table
 
     cat = write_table(read_green2020_h5(a / "green2020_test_data_small.h5").subset(np.arange(5)), tmp_path / "c.parquet")
     assert main(["infer", "--model", str(tmp_path / "pub"), "--catalog", str(cat), "--out", str(tmp_path / "r"),
                  "--selection-limit", "bundle", "--no-progress", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["selection_limit"] == 17.0
-    np.testing.assert_array_equal(np.asarray(seen[0].log_hr), np.asarray(default_prior(emu, selection_limit=17.0).log_hr))
+    np.testing.assert_array_equal(np.asarray(calls[0]["prior"].log_hr),
+                                  np.asarray(default_prior(emu, selection_limit=17.0).log_hr))
 
 
 def test_domain_draws_follow_density_over_volume():

@@ -31,10 +31,10 @@ def run(args) -> int:
 
     emu = import_keras_model(args.h5, args.normalization, density_path=args.density)
     if args.selection_limit is not None:
-        from ..selection import SELECTION_KEY
+        from ..selection import selection_record
 
-        emu = emu.with_provenance(**{SELECTION_KEY: {"band": emu.bands.names[0], "limit": float(args.selection_limit),
-                                                     "estimate": "given to dds-infer import-keras"}})
+        emu = emu.with_provenance(**selection_record(emu.bands.names[0], args.selection_limit,
+                                                     "given to dds-infer import-keras"))
     out = save_bundle(emu, args.out)
     info = {
         "out": str(Path(out).resolve()),

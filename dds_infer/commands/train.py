@@ -64,6 +64,7 @@ def run(args) -> int:
     from dataclasses import replace
 
     from ..cli import emit_json
+    from ..selection import recorded_selection_limit
     from ..training import TrainConfig, train
     from ..train_io import save_training_bundle
     from ._common import read_catalog
@@ -104,7 +105,7 @@ def run(args) -> int:
         "final_n_parallax_modelled": last_it.get("n_parallax_modelled"),
         "l2_hidden": cfg.l2_hidden, "l1_reddening": cfg.l1_reddening,
         "label_update_centring": cfg.label_update_centring,
-        "selection_limit": emu.provenance.get("training_selection", {}).get("limit"),
+        "selection_limit": recorded_selection_limit(emu),
     }
     if args.json:
         emit_json(summary)
