@@ -11,6 +11,13 @@ batches; a short last batch is padded to B by repeating its last star (the paddi
 off). Randomness comes from one key per star, split into its chains inside the program, so a
 star's draws do not depend on its batch neighbours or the batch size.
 
+Each chain's warmup starts from the Laplace approximation at the mode nearest its start
+(``init_mass="laplace"``, :func:`laplace_inverse_mass`) rather than NumPyro's identity mass
+matrix, which NumPyro keeps for the first 100 warmup iterations: on 64 real stars those
+iterations took 111 leapfrog steps per draw, 47 with the Laplace start, and a chain's total
+fell from 31.2 to 24.5 steps per draw. The queue engine (:mod:`dds_infer.nuts_queue`) gains
+that; the lockstep batch engine little (its cost is set by the longest trees in the batch).
+
 Note: vmapped NUTS runs in lockstep, so each step costs the largest tree in the batch.
 """
 
@@ -29,7 +36,12 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
-__all__ = ["NutsSettings", "BatchResult", "run_nuts_batch", "check_batch", "star_keys", "pad_batch"]
+from .smallmat import cholesky, solve_lower
+
+__all__ = ["NutsSettings", "BatchResult", "run_nuts_batch", "check_batch", "star_keys", "pad_batch",
+           "laplace_inverse_mass", "INIT_MASS"]
+
+INIT_MASS = ("laplace", "identity")
 
 
 @dataclass(frozen=True)
@@ -42,8 +54,11 @@ class NutsSettings:
     target_accept_prob: float = 0.8
     max_tree_depth: int = 10
     dense_mass: bool = False
+    init_mass: str = "laplace"
 
     def __post_init__(self):
+        if self.init_mass not in INIT_MASS:
+            raise ValueError(f"NutsSettings.init_mass must be one of {INIT_MASS}, got {self.init_mass!r}")
         for name in ("num_warmup", "num_samples", "num_chains", "max_tree_depth"):
             v = getattr(self, name)
             if int(v) != v or v < (0 if name == "num_warmup" else 1):
@@ -134,6 +149,73 @@ def _split_static(static_args) -> tuple[_Static, list]:
     return static, [x for x, a in zip(leaves, is_array) if a]
 
 
+def _newton_system(potential_fn, z):
+    """(value, gradient, L⁻¹ with H = L Lᵀ (NaN where H is not positive definite), diag H) at z."""
+    value, grad = jax.value_and_grad(potential_fn)(z)
+    hess = jax.hessian(potential_fn)(z)
+    hess = 0.5 * (hess + hess.T)
+    inv_chol = solve_lower(cholesky(hess), jnp.eye(z.shape[0], dtype=hess.dtype))
+    return value, grad, inv_chol, jnp.diag(hess)
+
+
+def _newton_refine(potential_fn, z, n_steps: int):
+    """``n_steps`` damped Newton steps towards the mode nearest z, each accepted only if it lowers
+    the potential (step lengths 1, ½, ¼, ⅛; a diagonal Newton step where H is not positive
+    definite). A fixed loop: vmap- and jit-friendly."""
+    def body(_, z):
+        value, grad, inv_chol, diag_h = _newton_system(potential_fn, z)
+        full = -(inv_chol.T @ (inv_chol @ grad))
+        step = jnp.where(jnp.all(jnp.isfinite(full)), full, -grad / jnp.maximum(jnp.abs(diag_h), 1.0))
+        cand = z + jnp.array([1.0, 0.5, 0.25, 0.125], dtype=z.dtype)[:, None] * step
+        vals = jax.vmap(potential_fn)(cand)
+        ok = jnp.isfinite(vals) & (vals < value)
+        best = jnp.argmax(ok)  # the longest step that lowers the potential
+        return jnp.where(ok[best], cand[best], z)
+    return jax.lax.fori_loop(0, n_steps, body, z)
+
+
+def laplace_inverse_mass(potential_fn: Callable, z_flat, dense: bool = False, var_min: float = 1e-6,
+                         var_max: float = 4.0, n_newton: int = 8, max_newton: float = 25.0):
+    """Initial inverse mass matrix of a chain: the Laplace approximation at the mode nearest its start.
+
+    NumPyro's warmup starts from the identity and keeps it for its first 100 iterations
+    (75 of initial buffer + the first 25-iteration slow window); when the posterior's scales
+    differ by ~10× between sites (normalised θ vs the whitened (μ, E)) those iterations
+    take ~5× the leapfrog steps of the adapted chain. Here: ``n_newton`` damped Newton steps
+    from the start (:func:`_newton_refine`; the chain itself still starts where it was put),
+    then Σ = H⁻¹ there (H the Hessian of the potential), its diagonal (or, ``dense``, itself)
+    clipped to [var_min, var_max], provided the point is a mode: H positive definite and the
+    remaining Newton step's squared length gᵀH⁻¹g ≤ ``max_newton`` (≈ d for a draw from the
+    Laplace approximation itself). Where H is not positive definite, each site's own
+    curvature 1/H_ii where H_ii > 0 and g_i²/H_ii ≤ ``max_newton``. Otherwise the identity,
+    NumPyro's own start (per site in the indefinite case). Only the
+    adaptation's starting point changes: the windowed estimates replace it as usual, and
+    the chain's law is NUTS's.
+
+    potential_fn: flat (D,) → scalar; z_flat (D,). Returns (D,) or (D, D). vmap-safe (the
+    Cholesky is :mod:`dds_infer.smallmat`'s, see there why not LAPACK's).
+    """
+    d = z_flat.shape[0]
+    mode = _newton_refine(potential_fn, z_flat, n_newton)
+    _, grad, inv_chol, diag_h = _newton_system(potential_fn, mode)
+    cov = inv_chol.T @ inv_chol
+    var_pd = jnp.diag(cov)
+    pd = jnp.all(jnp.isfinite(cov)) & jnp.all(var_pd > 0)
+    newton = jnp.sum((inv_chol @ grad) ** 2)  # gᵀ H⁻¹ g
+    use = pd & jnp.isfinite(newton) & (newton <= max_newton)
+    # H indefinite (e.g. the bilinear cross terms of an interpolated prior table): each site's own
+    # curvature where it is positive and its Newton step short, the identity otherwise
+    h_pos = jnp.isfinite(diag_h) & (diag_h > 0)
+    var_site = 1.0 / jnp.where(h_pos, diag_h, 1.0)
+    site_ok = ~pd & h_pos & jnp.isfinite(grad) & (grad ** 2 * var_site <= max_newton)
+    var = jnp.where(use, var_pd, jnp.where(site_ok, var_site, 1.0))
+    var = jnp.where(use | site_ok, jnp.clip(var, var_min, var_max), 1.0)
+    if not dense:
+        return var
+    scale = jnp.sqrt(var / jnp.where(use, var_pd, 1.0))  # rescale the clipped sites, keep correlations
+    return jnp.where(use, cov * scale[:, None] * scale[None, :], jnp.diag(var))
+
+
 def _one_chain(model, args, init_z, key, settings: NutsSettings):
     """Warmup + sampling of one NUTS chain on ``model(*args)``; returns constrained draws + stats."""
     pe_fn = partial(potential_energy, model, args, {})
@@ -146,9 +228,13 @@ def _one_chain(model, args, init_z, key, settings: NutsSettings):
         info = ParamInfo(init_z, pe, grad)
         valid = jnp.isfinite(pe) & jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(grad)[0]))
     init_kernel, sample_kernel = hmc(potential_fn=pe_fn, algo="NUTS")
+    imm = None
+    if settings.init_mass == "laplace":
+        flat, unravel = jax.flatten_util.ravel_pytree(info.z)
+        imm = laplace_inverse_mass(lambda v: pe_fn(unravel(v)), flat, settings.dense_mass)
     state = init_kernel(info, settings.num_warmup, target_accept_prob=settings.target_accept_prob,
                         max_tree_depth=settings.max_tree_depth, dense_mass=settings.dense_mass,
-                        rng_key=k_hmc)
+                        inverse_mass_matrix=imm, rng_key=k_hmc)
 
     def step(s, _):  # one scan over warmup + sampling: the kernel is traced and compiled once
         s = sample_kernel(s)
@@ -213,7 +299,7 @@ def check_batch(stars, keys, init_params, num_chains: int):
 def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params: dict | None, keys, *,
                    num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
                    target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
-                   pad_to: int | None = None) -> BatchResult:
+                   init_mass: str = "laplace", pad_to: int | None = None) -> BatchResult:
     """NUTS for a batch of stars, each (star, chain) with its own step size and mass matrix.
 
     model: NumPyro model ``model(star, *static_args)`` for ONE star.
@@ -226,9 +312,11 @@ def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params:
     pad_to: pad the batch to this many stars (reuses the program compiled for that B).
     dense_mass: dense mass matrices use a batched Cholesky (jnp.linalg) inside vmap, which can
         deadlock with jaxlib's CPU LAPACK on some machines; the default diagonal mass is safe.
+    init_mass: the mass matrix the warmup starts from: "laplace" (default, from the curvature at
+        the mode nearest each chain's start, :func:`laplace_inverse_mass`) or "identity" (NumPyro's default).
     """
     settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth,
-                            bool(dense_mass))
+                            bool(dense_mass), init_mass)
     n, keys = check_batch(stars, keys, init_params, num_chains)
     static, arrays = _split_static(tuple(static_args))
     size = n if pad_to is None else int(pad_to)

@@ -52,7 +52,7 @@ from numpyro.infer.hmc_util import (IntegratorState, TreeInfo, _biased_transitio
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
-from .engine import BatchResult, NutsSettings, _split_static, check_batch, pad_batch
+from .engine import BatchResult, NutsSettings, _split_static, check_batch, laplace_inverse_mass, pad_batch
 
 __all__ = ["run_nuts_queue", "queue_program", "DEFAULT_SLOTS", "DEFAULT_BLOCK"]
 
@@ -237,6 +237,10 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
 
         pe0, g0 = jax.vmap(lambda j: jax.value_and_grad(pe_fn(star_of(j)))(z0[j]))(jnp.arange(n_jobs))
         valid0 = jnp.isfinite(pe0) & jnp.all(jnp.isfinite(g0), axis=-1)
+        imm0 = None  # every job's starting inverse mass matrix, computed once (not per slot load)
+        if settings.init_mass == "laplace":
+            imm0 = jax.vmap(lambda j: laplace_inverse_mass(pe_fn(star_of(j)), z0[j], settings.dense_mass))(
+                jnp.arange(n_jobs))
         stream0 = jax.vmap(lambda k: jax.random.key_data(jax.random.split(k)[1]))(job_keys)
         _, wa_update = warmup_adapter(settings.num_warmup, dense_mass=settings.dense_mass,
                                       target_accept_prob=settings.target_accept_prob)
@@ -249,7 +253,7 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
             state = init_kernel(ParamInfo(z0[jj], pe0[jj], g0[jj]), settings.num_warmup,
                                 target_accept_prob=settings.target_accept_prob,
                                 max_tree_depth=settings.max_tree_depth, dense_mass=settings.dense_mass,
-                                rng_key=jax.random.key(0))
+                                inverse_mass_matrix=None if imm0 is None else imm0[jj], rng_key=jax.random.key(0))
             # no key in the adaptation state: its only random use (a step-size search) is off
             state = state._replace(adapt_state=state.adapt_state._replace(rng_key=None), rng_key=None,
                                    mean_accept_prob=jnp.zeros(()), accept_prob=jnp.zeros(()),
@@ -318,7 +322,7 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
 def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params: dict | None, keys, *,
                    num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
                    target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
-                   n_slots: int = DEFAULT_SLOTS, block: int = DEFAULT_BLOCK, pad_to: int | None = None) -> BatchResult:
+                   init_mass: str = "laplace", n_slots: int = DEFAULT_SLOTS, block: int = DEFAULT_BLOCK, pad_to: int | None = None) -> BatchResult:
     """NUTS for B stars × C chains on ``n_slots`` chain slots fed from a queue of B × C jobs.
 
     Same arguments and result as :func:`dds_infer.engine.run_nuts_batch` (which see), plus
@@ -329,7 +333,8 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     pad_to: pad the batch to this many stars by repeating the last (as ``run_nuts_batch``: one
     compiled program for a catalogue's short last chunk; here the padding stars do run).
     """
-    settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth, bool(dense_mass))
+    settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth, bool(dense_mass),
+                            init_mass)
     n, keys = check_batch(stars, keys, init_params, num_chains)
     if int(n_slots) < 1 or int(block) < 1:
         raise ValueError(f"n_slots and block must be >= 1, got {n_slots}, {block}")

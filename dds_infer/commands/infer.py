@@ -57,6 +57,9 @@ def register(sub) -> None:
     p.add_argument("--engine", default="batch", choices=("batch", "queue"),
                    help="NUTS engine: batch (vmapped NumPyro NUTS, chains in lockstep) or queue (each chain "
                    "advances on its own and finished chains are refilled: ~1.6x faster; default batch size 256)")
+    p.add_argument("--init-mass", default="laplace", choices=("laplace", "identity"),
+                   help="mass matrix each chain's warmup starts from: the curvature at the mode nearest its start (default; "
+                   "~22%% fewer leapfrog steps per chain) or NumPyro's identity")
     p.add_argument("--n-slots", type=int, default=None,
                    help="--engine queue: chains advanced together (default min(256, batch size x chains))")
     p.add_argument("--method", default="nuts", choices=("nuts", "grid"),
@@ -121,7 +124,8 @@ def run(args) -> int:
                  seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite,
                  multimodal=not args.no_multimodal, max_tree_depth=args.max_tree_depth,
                  target_accept_prob=args.target_accept,
-                 **({"engine": args.engine, "n_slots": args.n_slots} if args.method == "nuts" else {}))
+                 **({"engine": args.engine, "n_slots": args.n_slots, "init_mass": args.init_mass}
+                    if args.method == "nuts" else {}))
     seconds = time.perf_counter() - t0
     summ = post.summary()
     out = Path(args.out)
@@ -132,6 +136,7 @@ def run(args) -> int:
         "n_flagged": int((summ["flag"] != 0).sum()), "method": args.method,
         "sigma_floor": args.sigma_floor, "parameterization": args.parameterization,
         "target_accept": args.target_accept, "engine": args.engine if args.method == "nuts" else None,
+        "init_mass": args.init_mass if args.method == "nuts" else None,
         "catalog_err_floor": None if cat.mag_err_floor is None else cat.mag_err_floor.tolist(),
         "zp": args.zp, "parallax_zero_point": zp_report, "selection_limit": selection_limit,
         "out": {"posterior": str(out / "posterior.nc"), "summary": str(out / "summary.parquet"),
