@@ -30,7 +30,8 @@ import numpyro.diagnostics as nd
 from scipy.special import ndtri
 from scipy.stats import rankdata
 
-__all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "rank_rhat_ess_bulk", "weighted_quantiles"]
+__all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "rank_rhat_ess_bulk", "rhat_pass_rate_reference",
+           "weighted_quantiles"]
 
 VARIABLES = ("teff", "logg", "feh", "mu", "E", "distance_pc", "A_G")
 FITTED = ("teff", "logg", "feh", "mu", "E")
@@ -63,6 +64,31 @@ def rank_rhat_ess_bulk(x) -> tuple[np.ndarray, np.ndarray]:
     ess = nd.effective_sample_size(to_cs(z))
     const = np.ptp(x.reshape(x.shape[0], -1), axis=1) == 0
     return np.where(const, np.nan, rhat), np.where(const, np.nan, ess)
+
+
+def rhat_pass_rate_reference(ess, num_chains: int, num_samples: int, threshold: float = 1.01,
+                             seed: int = 0) -> np.ndarray:
+    """Per star, whether a sampler with NO convergence problem passes R̂ < ``threshold`` at the given
+    efficiency: what a measured pass rate should be read against.
+
+    ess: (N, V) bulk ESS of each star's V variables (NaN: treated as i.i.d.). Each variable is
+    redrawn as ``num_chains`` AR(1) chains of ``num_samples`` draws, stationary from the first
+    draw (converged by construction), with φ such that the chains' ESS is the given one
+    (ESS / (C S) = (1 − φ)/(1 + φ)), and scored with :func:`rank_rhat_ess_bulk` (maximum over the
+    variables, bulk and folded, as :meth:`Posterior.summary`). Returns (N,) bool; its mean is
+    the expected pass rate. At 4 × 500 draws: ESS 1,200 → 99.8%, 800 → ~91%, 500 → ~42%.
+    """
+    ess = np.asarray(ess, dtype=np.float64)
+    r = np.clip(np.nan_to_num(ess / (num_chains * num_samples), nan=1.0), 1e-3, 1.0)
+    phi = ((1.0 - r) / (1.0 + r))[..., None]  # (N, V, 1)
+    rng = np.random.default_rng(seed)
+    eps = rng.standard_normal(ess.shape + (num_chains, num_samples))
+    x = np.empty_like(eps)
+    x[..., 0] = eps[..., 0]
+    for t in range(1, num_samples):
+        x[..., t] = phi * x[..., t - 1] + np.sqrt(1.0 - phi ** 2) * eps[..., t]
+    rhat = np.max([rank_rhat_ess_bulk(x[:, v])[0] for v in range(ess.shape[1])], axis=0)
+    return rhat < threshold
 
 
 def derive_samples(samples: dict, emulator) -> np.ndarray:

@@ -151,3 +151,24 @@ def test_concat(post, emu):
                                                         _fake_batch(n=2)), np.arange(2), emu)
     with pytest.raises(ValueError, match="different chains/draws"):
         concat([post, short])
+
+
+def test_rhat_pass_rate_reference_predicts_converged_chains():
+    """Chains with no convergence problem (stationary AR(1), φ = 0.4): the reference built from
+    their *measured* ESS predicts their measured R-hat pass rate, and it rises with the ESS."""
+    from dds_infer.posterior import FITTED, rank_rhat_ess_bulk, rhat_pass_rate_reference
+
+    rng = np.random.default_rng(7)
+    n, v, c, s, phi = 600, len(FITTED), 4, 500, 0.4
+    eps = rng.standard_normal((n, v, c, s))
+    x = np.empty_like(eps)
+    x[..., 0] = eps[..., 0]
+    for t in range(1, s):
+        x[..., t] = phi * x[..., t - 1] + np.sqrt(1 - phi ** 2) * eps[..., t]
+    rh, ess = zip(*(rank_rhat_ess_bulk(x[:, k]) for k in range(v)))
+    measured = np.mean(np.max(rh, axis=0) < 1.01)
+    predicted = np.mean(rhat_pass_rate_reference(np.stack(ess, 1), c, s, seed=1))
+    assert 0.6 < measured < 0.99  # the regime where the reference matters
+    assert abs(predicted - measured) < 0.05, (predicted, measured)
+    rates = [np.mean(rhat_pass_rate_reference(np.full((400, v), e), c, s)) for e in (400.0, 800.0, 2000.0)]
+    assert rates[0] < rates[1] < rates[2] and rates[2] > 0.99, rates
