@@ -199,3 +199,32 @@ def test_mock_population_follows_the_bundles_recorded_selection(shipped):
                                   np.asarray(default_prior(rec, selection_limit=16.0).log_hr))
     np.testing.assert_array_equal(np.asarray(default_prior(shipped).log_hr),
                                   np.asarray(default_prior(shipped, selection_limit=None).log_hr))
+
+
+def test_mock_cli_draws_the_population_of_the_selection_limit(tmp_path, capsys):
+    """dds-infer mock --selection-limit hands the limit to make_mock (same catalogue as the API
+    call with that limit, and not the one without); bad combinations are one clear error."""
+    import json
+
+    from dds_infer import load_bundle
+    import pandas as pd
+
+    from dds_infer.cli import main
+    from dds_infer.mock import MockConfig, make_mock
+
+    emu = load_bundle(SHIPPED)
+    common = ["mock", "--truth", str(SHIPPED), "--n", "40", "--no-labels", "--no-progress", "--json"]
+    assert main([*common, "--out", str(tmp_path / "a.parquet"), "--selection-limit", "16"]) == 0
+    assert json.loads(capsys.readouterr().out)["population_selection_limit"] == 16.0
+    got = pd.read_parquet(tmp_path / "a.parquet")["true_logg"].to_numpy()
+    want = make_mock(emu, MockConfig(n=40, seed=0, labels=False, selection_limit=16.0)).truth["logg"].to_numpy()
+    raw = make_mock(emu, MockConfig(n=40, seed=0, labels=False, selection_limit=None)).truth["logg"].to_numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert not np.allclose(got, raw)
+    assert main([*common, "--out", str(tmp_path / "b.parquet")]) == 0
+    assert json.loads(capsys.readouterr().out)["population_selection_limit"] is None  # mock13-v1 records none
+    assert main([*common, "--out", str(tmp_path / "c.parquet"), "--selection-limit", "bundle"]) != 0
+    assert "records no training selection limit" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "d.parquet"), "--population", "isochrone",
+                 "--selection-limit", "16"]) != 0
+    assert "--selection-limit applies to --population domain" in capsys.readouterr().err

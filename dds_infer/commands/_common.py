@@ -42,3 +42,13 @@ def read_model(path) -> Emulator:
     if not path.exists():
         raise FileNotFoundError(f"model bundle {path} not found")
     return load_bundle(path)
+
+
+def parse_selection_limit(text: str):
+    """--selection-limit: None ("none"), "auto", "bundle" or a magnitude."""
+    if text.lower() in ("none", "auto", "bundle"):
+        return None if text.lower() == "none" else text.lower()
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--selection-limit must be a magnitude, 'auto', 'bundle' or 'none', got {text!r}") from None

@@ -84,7 +84,7 @@ def run(args) -> int:
     from ..inference import InferenceConfig
     from ..pipeline import TARGET_ACCEPT, infer
     from ..priors import default_prior
-    from ._common import read_catalog, read_model
+    from ._common import parse_selection_limit, read_catalog, read_model
 
     if args.target_accept is None:
         args.target_accept = TARGET_ACCEPT
@@ -106,7 +106,7 @@ def run(args) -> int:
     config = InferenceConfig(zp=zp, sigma_floor=args.sigma_floor, parameterization=args.parameterization)
     from ..selection import resolve_selection_limit
 
-    selection_limit = resolve_selection_limit(emu, _selection_limit(args.selection_limit))
+    selection_limit = resolve_selection_limit(emu, parse_selection_limit(args.selection_limit))
     prior = default_prior(emu, kind=args.prior, reddening=args.reddening, selection_limit=selection_limit)
     grid_settings = None
     if args.method == "grid":
@@ -176,14 +176,3 @@ def _zero_point(args, cat):
         raise ValueError("--zp dr3-l21 needs Gaia (E)DR3 columns; the Green2020 HDF5 has DR2 parallaxes (use --zp dr2)")
     cols = read_columns(args.catalog, L21_COLUMNS)
     return lindegren2021_zero_point(*(cols[c] for c in L21_COLUMNS))
-
-
-def _selection_limit(text: str):
-    """--selection-limit: None, "auto", "bundle" or a magnitude."""
-    if text.lower() in ("none", "auto", "bundle"):
-        return None if text.lower() == "none" else text.lower()
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"--selection-limit must be a magnitude, 'auto', 'bundle' or 'none', got {text!r}") from None
-

@@ -21,6 +21,12 @@ def register(sub) -> None:
     p.add_argument("--population", choices=("isochrone", "domain"), default=None,
                    help="stellar types: isochrone population, or the emulator's training density "
                         "(default: isochrone for --truth physical, domain for a bundle)")
+    p.add_argument("--selection-limit", default="auto", metavar="MAG|auto|bundle|none",
+                   help="--population domain: draw θ from the truth bundle's training density divided by the "
+                   "volume each stellar type is brighter than this limit in (as dds-infer infer's prior with "
+                   "the same flag, so the mock follows that prior). auto (default): the bundle's recorded limit, "
+                   "none if it records none; bundle: the recorded limit, an error without one; none: the "
+                   "density itself")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--l", type=float, nargs="*", default=None, help="sightline longitudes [deg]")
     p.add_argument("--b", type=float, nargs="*", default=None, help="sightline latitudes [deg]")
@@ -49,16 +55,20 @@ def run(args) -> int:
 
     from ..cli import emit_json
     from ..mock import MockConfig, make_mock, write_mock
+    from ._common import parse_selection_limit
 
     if (args.l is None) != (args.b is None) or (args.l is not None and len(args.l) != len(args.b)):
         raise ValueError("--l and --b must be given together, with the same number of values")
+    population = args.population or ("isochrone" if args.truth == "physical" else "domain")
+    limit = parse_selection_limit(args.selection_limit)
+    if population != "domain" and args.selection_limit.lower() not in ("auto", "none"):
+        raise ValueError("--selection-limit applies to --population domain (θ from the training density)")
     t0 = time.perf_counter()
     truth = load_truth(args.truth)
-    population = args.population or ("isochrone" if args.truth == "physical" else "domain")
     cfg = MockConfig(n=args.n, seed=args.seed, population=population,
                      l=None if args.l is None else tuple(args.l),
                      b=None if args.b is None else tuple(args.b), labels=not args.no_labels,
-                     label_noise_scale=args.label_noise_scale)
+                     label_noise_scale=args.label_noise_scale, selection_limit=limit)
     with tqdm(total=args.n, desc="mock stars", unit="star", disable=args.no_progress) as bar:
         def progress(done, total):
             bar.update(done - bar.n)
