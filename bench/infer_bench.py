@@ -139,7 +139,7 @@ def time_queue(model, stars, static, n, settings, init_fn, n_slots):
     import jax
 
     from dds_infer import nuts_queue
-    from dds_infer.engine import BatchResult, NutsSettings, _split_static
+    from dds_infer.engine import BatchResult, NutsSettings, split_static
     from dds_infer.posterior import Posterior
 
     rows = np.arange(n)
@@ -147,7 +147,7 @@ def time_queue(model, stars, static, n, settings, init_fn, n_slots):
     k_init, k_nuts = _keys(rows)
     nuts = NutsSettings(settings["num_warmup"], settings["num_samples"], settings["num_chains"],
                         settings["target_accept_prob"], settings["max_tree_depth"], False, settings["init_mass"])
-    static_key, arrays = _split_static(tuple(static))
+    static_key, arrays = split_static(tuple(static))
     fn = nuts_queue.queue_program(model, static_key, nuts, int(n_slots), init_fn is not None, nuts_queue.DEFAULT_BLOCK)
     init = None if init_fn is None else jax.block_until_ready(init_fn(sub, k_init))
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potent
 from .smallmat import cholesky, solve_lower
 
 __all__ = ["NutsSettings", "BatchResult", "run_nuts_batch", "check_batch", "star_keys", "pad_batch",
-           "laplace_inverse_mass", "INIT_MASS"]
+           "laplace_inverse_mass", "split_static", "INIT_MASS"]
 
 INIT_MASS = ("laplace", "identity")
 
@@ -142,7 +142,10 @@ class _Static:
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
 
-def _split_static(static_args) -> tuple[_Static, list]:
+def split_static(static_args) -> tuple[_Static, list]:
+    """(hashable key, array leaves) of a model's shared arguments: the key selects the compiled
+    program (with the settings), the arrays are its traced inputs. Public for callers that
+    compile an engine's program ahead of time (e.g. ``nuts_queue.queue_program``)."""
     leaves, treedef = jax.tree_util.tree_flatten(static_args)
     is_array = [isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves]
     static = _Static(treedef, [None if a else x for x, a in zip(leaves, is_array)], is_array)
@@ -318,7 +321,7 @@ def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params:
     settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth,
                             bool(dense_mass), init_mass)
     n, keys = check_batch(stars, keys, init_params, num_chains)
-    static, arrays = _split_static(tuple(static_args))
+    static, arrays = split_static(tuple(static_args))
     size = n if pad_to is None else int(pad_to)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
     fn = _compiled(model, static, settings, init_params is not None)

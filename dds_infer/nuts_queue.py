@@ -52,7 +52,7 @@ from numpyro.infer.hmc_util import (IntegratorState, TreeInfo, _biased_transitio
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
-from .engine import BatchResult, NutsSettings, _split_static, check_batch, laplace_inverse_mass, pad_batch
+from .engine import BatchResult, NutsSettings, split_static, check_batch, laplace_inverse_mass, pad_batch
 
 __all__ = ["run_nuts_queue", "queue_program", "DEFAULT_SLOTS", "DEFAULT_BLOCK"]
 
@@ -338,7 +338,7 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     n, keys = check_batch(stars, keys, init_params, num_chains)
     if int(n_slots) < 1 or int(block) < 1:
         raise ValueError(f"n_slots and block must be >= 1, got {n_slots}, {block}")
-    static, arrays = _split_static(tuple(static_args))
+    static, arrays = split_static(tuple(static_args))
     fn = queue_program(model, static, settings, int(n_slots), init_params is not None, int(block))
     size = n if pad_to is None else int(pad_to)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
