@@ -186,8 +186,9 @@ def laplace_inverse_mass(potential_fn: Callable, z_flat, dense: bool = False, va
     differ by ~10× between sites (normalised θ vs the whitened (μ, E)) those iterations
     take ~5× the leapfrog steps of the adapted chain. Here: ``n_newton`` damped Newton steps
     from the start (:func:`_newton_refine`; the chain itself still starts where it was put),
-    then Σ = H⁻¹ there (H the Hessian of the potential), its diagonal (or, ``dense``, itself)
-    clipped to [var_min, var_max], provided the point is a mode: H positive definite and the
+    then Σ = H⁻¹ there (H the Hessian of the potential), its diagonal clipped to [var_min,
+    var_max] and rounded to powers of 2^(1/8) (a diagonal matrix for ``dense``: the windowed
+    adaptation estimates the correlations), provided the point is a mode: H positive definite and the
     remaining Newton step's squared length gᵀH⁻¹g ≤ ``max_newton`` (≈ d for a draw from the
     Laplace approximation itself). Where H is not positive definite, each site's own
     curvature 1/H_ii where H_ii > 0 and g_i²/H_ii ≤ ``max_newton``. Otherwise the identity,
@@ -213,10 +214,13 @@ def laplace_inverse_mass(potential_fn: Callable, z_flat, dense: bool = False, va
     site_ok = ~pd & h_pos & jnp.isfinite(grad) & (grad ** 2 * var_site <= max_newton)
     var = jnp.where(use, var_pd, jnp.where(site_ok, var_site, 1.0))
     var = jnp.where(use | site_ok, jnp.clip(var, var_min, var_max), 1.0)
-    if not dense:
-        return var
-    scale = jnp.sqrt(var / jnp.where(use, var_pd, 1.0))  # rescale the clipped sites, keep correlations
-    return jnp.where(use, cov * scale[:, None] * scale[None, :], jnp.diag(var))
+    # rounded to 2^(k/8) (±4.4%): XLA rounds the Newton steps and Hessian differently at
+    # different batch widths (~1e-7 here), and NUTS would amplify that into different chains;
+    # rounded, a star's draws stay independent of its batch (barring a value on a rounding edge)
+    k = jnp.round(jnp.log2(var) * 8.0).astype(jnp.int32)
+    frac = jnp.asarray([2.0 ** (i / 8) for i in range(8)], dtype=var.dtype)  # exact constants: no
+    var = jnp.ldexp(frac[k % 8], k // 8)  # transcendental evaluated (it may differ by an ulp)
+    return jnp.diag(var) if dense else var
 
 
 def _one_chain(model, args, init_z, key, settings: NutsSettings):
