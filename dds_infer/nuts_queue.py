@@ -322,7 +322,7 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
 def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params: dict | None, keys, *,
                    num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
                    target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
-                   init_mass: str = "laplace", n_slots: int = DEFAULT_SLOTS, block: int = DEFAULT_BLOCK, pad_to: int | None = None) -> BatchResult:
+                   init_mass: str = "identity", n_slots: int = DEFAULT_SLOTS, block: int = DEFAULT_BLOCK, pad_to: int | None = None) -> BatchResult:
     """NUTS for B stars × C chains on ``n_slots`` chain slots fed from a queue of B × C jobs.
 
     Same arguments and result as :func:`dds_infer.engine.run_nuts_batch` (which see), plus

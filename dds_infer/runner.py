@@ -106,7 +106,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                   target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
                   progress: bool = True, batch_fn: Callable | None = None,
                   overwrite: bool = False, stop_after_chunks: int | None = None, engine: str = "batch",
-                  n_slots: int | None = None, init_mass: str = "laplace") -> Posterior | None:
+                  n_slots: int | None = None, init_mass: str = "identity") -> Posterior | None:
     """NUTS posteriors for every star of ``catalog``, chunk by chunk, resumable.
 
     model, star_data_fn: the single-star NumPyro model ``model(star, emulator, prior, config)``
@@ -124,9 +124,9 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         its chunk of ``batch_size`` stars is a queue of ``batch_size × num_chains`` chains on
         ``n_slots`` slots, default min(256, that)). The two draw different random numbers, so
         the engine is part of the run's fingerprint (n_slots is not: it does not change draws).
-    init_mass: the mass matrix each chain's warmup starts from, "laplace" (the curvature at the
-        mode nearest the start, :func:`dds_infer.engine.laplace_inverse_mass`) or "identity" (NumPyro's; the
-        default of runs before it existed, whose fingerprints stay valid).
+    init_mass: the mass matrix each chain's warmup starts from: "identity" (default, NumPyro's;
+        absent from the fingerprint, so runs from before the option existed resume) or "laplace"
+        (the curvature at the mode nearest the start, :func:`dds_infer.engine.laplace_inverse_mass`).
     Returns the assembled :class:`Posterior`; also writes ``out_dir/posterior.nc`` and
     ``out_dir/summary.parquet``.
     """

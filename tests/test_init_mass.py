@@ -111,9 +111,9 @@ def test_cli_hands_init_mass_to_inference(tmp_path, capsys, monkeypatch):
                               tmp_path / "c.parquet")
     common = ["infer", "--model", str(shipped), "--catalog", str(cat), "--no-progress", "--json"]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
-    assert json.loads(capsys.readouterr().out)["init_mass"] == "laplace"
-    assert main([*common, "--out", str(tmp_path / "b"), "--init-mass", "identity"]) == 0
     assert json.loads(capsys.readouterr().out)["init_mass"] == "identity"
-    assert [c["init_mass"] for c in calls] == ["laplace", "identity"]
+    assert main([*common, "--out", str(tmp_path / "b"), "--init-mass", "laplace"]) == 0
+    assert json.loads(capsys.readouterr().out)["init_mass"] == "laplace"
+    assert [c["init_mass"] for c in calls] == ["identity", "laplace"]
     assert main([*common, "--out", str(tmp_path / "c"), "--method", "grid"]) == 0  # no NUTS: not passed
     assert json.loads(capsys.readouterr().out)["init_mass"] is None and "init_mass" not in calls[-1]
