@@ -43,7 +43,7 @@ from .smallmat import cholesky, solve_lower
 __all__ = ["NutsSettings", "BatchResult", "run_nuts_batch", "check_batch", "star_keys", "pad_batch",
            "laplace_inverse_mass", "split_static", "INIT_MASS"]
 
-INIT_MASS = ("laplace", "identity")
+INIT_MASS = ("identity", "laplace")
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,6 @@ def laplace_inverse_mass(potential_fn: Callable, z_flat, dense: bool = False, va
     potential_fn: flat (D,) → scalar; z_flat (D,). Returns (D,) or (D, D). vmap-safe (the
     Cholesky is :mod:`dds_infer.smallmat`'s, see there why not LAPACK's).
     """
-    d = z_flat.shape[0]
     mode = _newton_refine(potential_fn, z_flat, n_newton)
     _, grad, inv_chol, diag_h = _newton_system(potential_fn, mode)
     cov = inv_chol.T @ inv_chol
@@ -214,8 +213,7 @@ def laplace_inverse_mass(potential_fn: Callable, z_flat, dense: bool = False, va
     h_pos = jnp.isfinite(diag_h) & (diag_h > 0)
     var_site = 1.0 / jnp.where(h_pos, diag_h, 1.0)
     site_ok = ~pd & h_pos & jnp.isfinite(grad) & (grad ** 2 * var_site <= max_newton)
-    var = jnp.where(use, var_pd, jnp.where(site_ok, var_site, 1.0))
-    var = jnp.where(use | site_ok, jnp.clip(var, var_min, var_max), 1.0)
+    var = jnp.where(use | site_ok, jnp.clip(jnp.where(use, var_pd, var_site), var_min, var_max), 1.0)
     # rounded to 2^(k/8) (±4.4%): XLA rounds the Newton steps and Hessian differently at
     # different batch widths (~1e-7 here), and NUTS would amplify that into different chains;
     # rounded, a star's draws stay independent of its batch (barring a value on a rounding edge)

@@ -61,7 +61,7 @@ def run(args) -> int:
         raise ValueError("--l and --b must be given together, with the same number of values")
     population = args.population or ("isochrone" if args.truth == "physical" else "domain")
     limit = parse_selection_limit(args.selection_limit)
-    if population != "domain" and args.selection_limit.lower() not in ("auto", "none"):
+    if population != "domain" and limit not in ("auto", None):
         raise ValueError("--selection-limit applies to --population domain (θ from the training density)")
     t0 = time.perf_counter()
     truth = load_truth(args.truth)
