@@ -3,7 +3,8 @@
 Both run the same single-star model with the published network (imported from the anchor
 folder unless --model), C chains × (warmup + draws), the pipeline's chain starts in the
 grid posterior modes (--init uniform: NumPyro's init_to_uniform), target acceptance 0.95
-(--target-accept) and max tree depth 8 (--max-tree-depth) as in the pipeline, diagonal mass
+(--target-accept), max tree depth 8 (--max-tree-depth) and 4 during warmup
+(--warmup-max-tree-depth) as in the pipeline, diagonal mass
 matrix, and the model's (μ, E) sites whitened on the conditional Gaussian
 (--parameterization direct: the plain (μ, log E) sites, ~10× more leapfrog steps per draw).
 
@@ -145,7 +146,8 @@ def time_queue(model, stars, static, n, settings, init_fn, n_slots):
     sub = jax.tree_util.tree_map(lambda a: a[rows], stars)
     k_init, k_nuts = _keys(rows)
     nuts = NutsSettings(settings["num_warmup"], settings["num_samples"], settings["num_chains"],
-                        settings["target_accept_prob"], settings["max_tree_depth"], False, settings["init_mass"])
+                        settings["target_accept_prob"], settings["max_tree_depth"], False, settings["init_mass"],
+                        settings["warmup_max_tree_depth"])
     static_key, arrays = split_static(tuple(static))
     fn = nuts_queue.queue_program(model, static_key, nuts, int(n_slots), init_fn is not None, nuts_queue.DEFAULT_BLOCK)
     init = None if init_fn is None else jax.block_until_ready(init_fn(sub, k_init))
@@ -169,7 +171,8 @@ def time_baseline(model, stars, static, n, settings, init_fn=None):
     emu, prior, config = static
     closure = lambda star: model(star, emu, prior, config)  # noqa: E731
     mcmc = MCMC(NUTS(closure, target_accept_prob=settings["target_accept_prob"],
-                     max_tree_depth=settings["max_tree_depth"]),
+                     max_tree_depth=(settings["warmup_max_tree_depth"] or settings["max_tree_depth"],
+                                     settings["max_tree_depth"])),
                 num_warmup=settings["num_warmup"], num_samples=settings["num_samples"],
                 num_chains=settings["num_chains"], chain_method="vectorized", progress_bar=False,
                 jit_model_args=True)
@@ -236,6 +239,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-tree-depth", type=int, default=8,
                    help="NUTS tree-depth cap for both (default 8, the pipeline's; NumPyro's is 10)")
     p.add_argument("--target-accept", type=float, default=0.95, help="NUTS target acceptance (default 0.95, as the pipeline)")
+    p.add_argument("--warmup-max-tree-depth", type=int, default=None,
+                   help="NUTS tree-depth cap during warmup, for all three samplers (default: the pipeline's, "
+                   "dds_infer.pipeline.WARMUP_MAX_TREE_DEPTH = 4; --max-tree-depth's value turns it off)")
     p.add_argument("--init-mass", choices=("identity", "laplace"), default="identity",
                    help="mass matrix the warmup starts from: NumPyro's identity (default, as the pipeline) or "
                    "the curvature at the mode nearest each chain's start (engine.laplace_inverse_mass)")
@@ -275,7 +281,10 @@ def main(argv=None) -> int:
         return 0
 
     from dds_infer.catalog_io import read_green2020_h5
+    from dds_infer.pipeline import WARMUP_MAX_TREE_DEPTH
 
+    if args.warmup_max_tree_depth is None:
+        args.warmup_max_tree_depth = WARMUP_MAX_TREE_DEPTH
     emu = load_emulator(args.model)
     model, star_data_fn, prior, config = load_model_source(args.model_source, emu, args.parameterization)
     cat = read_green2020_h5(anchor_dir() / "green2020_test_data_small.h5", require_labels=False,
@@ -285,13 +294,14 @@ def main(argv=None) -> int:
     static = (emu, prior, config)
     settings = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, num_chains=args.num_chains,
                     target_accept_prob=args.target_accept, max_tree_depth=args.max_tree_depth,
-                    init_mass=args.init_mass)
+                    init_mass=args.init_mass, warmup_max_tree_depth=args.warmup_max_tree_depth)
 
     if args.init is None:
         args.init = "grid" if args.model_source == "eq19" else "uniform"
     init_fn = make_init(args.init, args.model_source, static, args.num_chains)
     figures = {"model_source": args.model_source, "parameterization": args.parameterization, "init": args.init,
                "init_mass": args.init_mass, "target_accept": args.target_accept,
+               "warmup_max_tree_depth": args.warmup_max_tree_depth,
                "max_tree_depth": args.max_tree_depth, "n_stars": args.n_stars,
                "num_chains": args.num_chains, "num_warmup": args.num_warmup, "num_samples": args.num_samples}
     if args.queue_only:

@@ -57,8 +57,13 @@ class NutsSettings:
     max_tree_depth: int = 10
     dense_mass: bool = False
     init_mass: str = "identity"
+    warmup_max_tree_depth: int | None = None
 
     def __post_init__(self):
+        if self.warmup_max_tree_depth is not None:
+            v = self.warmup_max_tree_depth
+            if int(v) != v or v < 1:
+                raise ValueError(f"NutsSettings.warmup_max_tree_depth must be a positive integer or None, got {v!r}")
         if self.init_mass not in INIT_MASS:
             raise ValueError(f"NutsSettings.init_mass must be one of {INIT_MASS}, got {self.init_mass!r}")
         for name in ("num_warmup", "num_samples", "num_chains", "max_tree_depth"):
@@ -67,6 +72,12 @@ class NutsSettings:
                 raise ValueError(f"NutsSettings.{name} must be a positive integer, got {v!r}")
         if not 0.0 < self.target_accept_prob < 1.0:
             raise ValueError(f"NutsSettings.target_accept_prob must be in (0, 1), got {self.target_accept_prob}")
+
+    @property
+    def tree_depths(self) -> tuple[int, int]:
+        """(warmup, sampling) tree-depth caps, NumPyro's ``max_tree_depth=(d1, d2)``."""
+        w = self.max_tree_depth if self.warmup_max_tree_depth is None else self.warmup_max_tree_depth
+        return int(w), int(self.max_tree_depth)
 
 
 @struct.dataclass
@@ -240,7 +251,7 @@ def _one_chain(model, args, init_z, key, settings: NutsSettings):
         flat, unravel = jax.flatten_util.ravel_pytree(info.z)
         imm = laplace_inverse_mass(lambda v: pe_fn(unravel(v)), flat, settings.dense_mass)
     state = init_kernel(info, settings.num_warmup, target_accept_prob=settings.target_accept_prob,
-                        max_tree_depth=settings.max_tree_depth, dense_mass=settings.dense_mass,
+                        max_tree_depth=settings.tree_depths, dense_mass=settings.dense_mass,
                         inverse_mass_matrix=imm, rng_key=k_hmc)
 
     def step(s, _):  # one scan over warmup + sampling: the kernel is traced and compiled once
@@ -306,7 +317,8 @@ def check_batch(stars, keys, init_params, num_chains: int):
 def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params: dict | None, keys, *,
                    num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
                    target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
-                   init_mass: str = "identity", pad_to: int | None = None) -> BatchResult:
+                   init_mass: str = "identity", warmup_max_tree_depth: int | None = None,
+                   pad_to: int | None = None) -> BatchResult:
     """NUTS for a batch of stars, each (star, chain) with its own step size and mass matrix.
 
     model: NumPyro model ``model(star, *static_args)`` for ONE star.
@@ -321,9 +333,12 @@ def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params:
         deadlock with jaxlib's CPU LAPACK on some machines; the default diagonal mass is safe.
     init_mass: the mass matrix the warmup starts from: "identity" (default, NumPyro's) or "laplace"
         (the curvature at the mode nearest each chain's start, :func:`laplace_inverse_mass`).
+    warmup_max_tree_depth: the tree-depth cap during warmup (None: ``max_tree_depth``), NumPyro's
+        ``max_tree_depth=(warmup, sampling)``. Warmup draws are discarded, so the cap changes only
+        how much work the adaptation costs, not the sampling phase's Markov chain.
     """
     settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth,
-                            bool(dense_mass), init_mass)
+                            bool(dense_mass), init_mass, warmup_max_tree_depth)
     n, keys = check_batch(stars, keys, init_params, num_chains)
     static, arrays = split_static(tuple(static_args))
     size = n if pad_to is None else int(pad_to)

@@ -144,7 +144,7 @@ def _start_draw(state, u_direction, eps, settings: NutsSettings, latent_size: in
     z, g, pe = state.z, state.z_grad, state.potential_energy
     tree = _tree_like(TreeInfo(z, r, g, z, r, g, z, pe, g, energy, depth=0, weight=0.0, r_sum=r, turning=False,
                                diverging=False, sum_accept_probs=0.0, num_proposals=0))
-    return _start_doubling(energy, tree, u_direction, settings.max_tree_depth, latent_size)
+    return _start_doubling(energy, tree, u_direction, max(settings.tree_depths), latent_size)
 
 
 def _any_turning(inverse_mass_matrix, r, r_sum, r_ckpts, r_sum_ckpts, idx_min, idx_max):
@@ -184,8 +184,10 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
     # --- _double_tree's merge and build_tree's loop condition
     finished_sub = _tree_like(sub, depth=t.tree.depth, turning=turning)
     merged = _combine(t.tree, finished_sub, inv_mm, t.going_right, u[1], True)
-    draw_done = sub_done & ~((merged.depth < settings.max_tree_depth) & ~merged.turning & ~merged.diverging)
-    next_doubling = _start_doubling(t.energy_current, merged, u[2], settings.max_tree_depth, latent_size)
+    d_warm, d_samp = settings.tree_depths
+    depth_cap = d_samp if d_warm == d_samp else jnp.where(state.i < settings.num_warmup, d_warm, d_samp)
+    draw_done = sub_done & ~((merged.depth < depth_cap) & ~merged.turning & ~merged.diverging)
+    next_doubling = _start_doubling(t.energy_current, merged, u[2], max(settings.tree_depths), latent_size)
     in_subtree = t._replace(sub=sub, r_ckpts=r_ckpts, r_sum_ckpts=r_sum_ckpts)
     traj = _where(sub_done, next_doubling, in_subtree)
     # --- sample_kernel after build_tree: the draw, adaptation, next draw's start
@@ -252,7 +254,7 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
             init_kernel, _ = hmc(potential_fn=pe_fn(star), algo="NUTS")
             state = init_kernel(ParamInfo(z0[jj], pe0[jj], g0[jj]), settings.num_warmup,
                                 target_accept_prob=settings.target_accept_prob,
-                                max_tree_depth=settings.max_tree_depth, dense_mass=settings.dense_mass,
+                                max_tree_depth=settings.tree_depths, dense_mass=settings.dense_mass,
                                 inverse_mass_matrix=None if imm0 is None else imm0[jj], rng_key=jax.random.key(0))
             # no key in the adaptation state: its only random use (a step-size search) is off
             state = state._replace(adapt_state=state.adapt_state._replace(rng_key=None), rng_key=None,
@@ -322,7 +324,8 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
 def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params: dict | None, keys, *,
                    num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
                    target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
-                   init_mass: str = "identity", n_slots: int = DEFAULT_SLOTS, block: int = DEFAULT_BLOCK, pad_to: int | None = None) -> BatchResult:
+                   init_mass: str = "identity", warmup_max_tree_depth: int | None = None,
+                   n_slots: int = DEFAULT_SLOTS, block: int = DEFAULT_BLOCK, pad_to: int | None = None) -> BatchResult:
     """NUTS for B stars × C chains on ``n_slots`` chain slots fed from a queue of B × C jobs.
 
     Same arguments and result as :func:`dds_infer.engine.run_nuts_batch` (which see), plus
@@ -334,7 +337,7 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     compiled program for a catalogue's short last chunk; here the padding stars do run).
     """
     settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth, bool(dense_mass),
-                            init_mass)
+                            init_mass, warmup_max_tree_depth)
     n, keys = check_batch(stars, keys, init_params, num_chains)
     if int(n_slots) < 1 or int(block) < 1:
         raise ValueError(f"n_slots and block must be >= 1, got {n_slots}, {block}")

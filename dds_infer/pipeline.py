@@ -18,9 +18,10 @@ from .parallax_zp import check_not_corrected_twice
 from .modes import combine_chain_modes, initial_params, make_theta_grid, star_modes
 from .priors import default_prior
 
-__all__ = ["mode_init_fn", "mode_combine_fn", "infer", "TARGET_ACCEPT"]
+__all__ = ["mode_init_fn", "mode_combine_fn", "infer", "TARGET_ACCEPT", "WARMUP_MAX_TREE_DEPTH"]
 
 TARGET_ACCEPT = 0.95  # NUTS target acceptance of the pipeline (see infer's docstring)
+WARMUP_MAX_TREE_DEPTH = 4  # NUTS tree-depth cap during warmup (idem)
 
 
 def mode_init_fn(emulator, prior, config: InferenceConfig, n_chains: int, theta_grid=None):
@@ -54,7 +55,7 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
           num_chains: int = 4, num_warmup: int = 500, num_samples: int = 500, batch_size: int = 64,
           seed: int = 0, progress: bool = True, overwrite: bool = False, multimodal: bool = True,
           max_tree_depth: int = 8, target_accept_prob: float = TARGET_ACCEPT, method: str = "nuts",
-          grid_settings=None, **runner_kw):
+          grid_settings=None, warmup_max_tree_depth: int | None = WARMUP_MAX_TREE_DEPTH, **runner_kw):
     """NUTS posteriors of θ, μ, E for every star of ``catalog`` (Eq. 19), resumable in ``out_dir``.
 
     prior: default :func:`dds_infer.priors.default_prior` (Galactic, flat E ≤ 5).
@@ -67,6 +68,14 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
     the mean tree is ~13 steps, and the cap only trims the rare long trees the batch waits for
     (64 real stars, 4 × (500 + 500): depth 6 is 1.6× faster than 8 but fewer stars reach R-hat
     < 1.01, 72% vs 81%).
+    warmup_max_tree_depth: the tree-depth cap during warmup only (NumPyro's
+    ``max_tree_depth=(warmup, sampling)``; None: ``max_tree_depth``). 4 (≤ 15 leapfrog steps per
+    warmup draw): a chain's early warmup, before its step size and mass matrix are adapted,
+    otherwise runs trajectories of up to 255 steps (~110 per draw over the first 100 draws on
+    real stars). Warmup draws are discarded and the sampling phase keeps the depth-8 cap, so the
+    posterior is the same; on 128 real stars (4 × (500 + 500), target 0.95) a chain's leapfrog
+    steps fall from 32,400 to 17,400 (−46%) at the same median ESS (872 against 872) and
+    sampling-phase steps per draw (21.2 against 22.5), with no more divergences or R-hat misses.
     target_accept_prob: NUTS dual-averaging target, 0.95 rather than NumPyro's 0.8. The whitened
     coordinates let the adapted step size grow until it meets the priors' sharp features in
     the posterior tails (low log g and [Fe/H], large μ). On 100 stars drawn from the prior
@@ -99,4 +108,5 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
                          num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
                          seed=seed, model=star_model, star_data_fn=star_data_from_catalog,
                          init_fn=init, combine_fn=combine, progress=progress, overwrite=overwrite,
-                         max_tree_depth=max_tree_depth, target_accept_prob=target_accept_prob, **runner_kw)
+                         max_tree_depth=max_tree_depth, target_accept_prob=target_accept_prob,
+                         warmup_max_tree_depth=warmup_max_tree_depth, **runner_kw)

@@ -106,7 +106,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                   target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
                   progress: bool = True, batch_fn: Callable | None = None,
                   overwrite: bool = False, stop_after_chunks: int | None = None, engine: str = "batch",
-                  n_slots: int | None = None, init_mass: str = "identity") -> Posterior | None:
+                  n_slots: int | None = None, init_mass: str = "identity",
+                  warmup_max_tree_depth: int | None = None) -> Posterior | None:
     """NUTS posteriors for every star of ``catalog``, chunk by chunk, resumable.
 
     model, star_data_fn: the single-star NumPyro model ``model(star, emulator, prior, config)``
@@ -127,6 +128,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     init_mass: the mass matrix each chain's warmup starts from: "identity" (default, NumPyro's;
         absent from the fingerprint, so runs from before the option existed resume) or "laplace"
         (the curvature at the mode nearest the start, :func:`dds_infer.engine.laplace_inverse_mass`).
+    warmup_max_tree_depth: the NUTS tree-depth cap during warmup (None: ``max_tree_depth``; in the
+        fingerprint only when set).
     Returns the assembled :class:`Posterior`; also writes ``out_dir/posterior.nc`` and
     ``out_dir/summary.parquet``.
     """
@@ -148,6 +151,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         settings["engine"] = engine
     if init_mass != "identity":  # (absent for "identity", idem)
         settings["init_mass"] = init_mass
+    if warmup_max_tree_depth is not None and int(warmup_max_tree_depth) != int(max_tree_depth):  # (idem)
+        settings["warmup_max_tree_depth"] = int(warmup_max_tree_depth)
     if engine == "queue":
         from .nuts_queue import DEFAULT_SLOTS, run_nuts_queue
 
@@ -190,7 +195,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         res = sampler(model, stars, (emulator, prior, config), init, nuts_keys,
                              num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                              target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
-                             init_mass=init_mass, pad_to=batch_size)
+                             init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=batch_size)
         modes = None
         if combine_fn is not None:
             samples = {key: np.asarray(v) for key, v in res.samples.items()}
