@@ -168,11 +168,13 @@ def time_baseline(model, stars, static, n, settings, init_fn=None):
     import jax
     from numpyro.infer import MCMC, NUTS
 
+    from dds_infer.engine import NutsSettings
+
     emu, prior, config = static
     closure = lambda star: model(star, emu, prior, config)  # noqa: E731
-    mcmc = MCMC(NUTS(closure, target_accept_prob=settings["target_accept_prob"],
-                     max_tree_depth=(settings["warmup_max_tree_depth"] or settings["max_tree_depth"],
-                                     settings["max_tree_depth"])),
+    depths = NutsSettings(max_tree_depth=settings["max_tree_depth"],
+                          warmup_max_tree_depth=settings["warmup_max_tree_depth"]).tree_depths
+    mcmc = MCMC(NUTS(closure, target_accept_prob=settings["target_accept_prob"], max_tree_depth=depths),
                 num_warmup=settings["num_warmup"], num_samples=settings["num_samples"],
                 num_chains=settings["num_chains"], chain_method="vectorized", progress_bar=False,
                 jit_model_args=True)

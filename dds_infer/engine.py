@@ -60,14 +60,12 @@ class NutsSettings:
     warmup_max_tree_depth: int | None = None
 
     def __post_init__(self):
-        if self.warmup_max_tree_depth is not None:
-            v = self.warmup_max_tree_depth
-            if int(v) != v or v < 1:
-                raise ValueError(f"NutsSettings.warmup_max_tree_depth must be a positive integer or None, got {v!r}")
         if self.init_mass not in INIT_MASS:
             raise ValueError(f"NutsSettings.init_mass must be one of {INIT_MASS}, got {self.init_mass!r}")
-        for name in ("num_warmup", "num_samples", "num_chains", "max_tree_depth"):
+        for name in ("num_warmup", "num_samples", "num_chains", "max_tree_depth", "warmup_max_tree_depth"):
             v = getattr(self, name)
+            if v is None and name == "warmup_max_tree_depth":
+                continue
             if int(v) != v or v < (0 if name == "num_warmup" else 1):
                 raise ValueError(f"NutsSettings.{name} must be a positive integer, got {v!r}")
         if not 0.0 < self.target_accept_prob < 1.0:

@@ -122,3 +122,18 @@ def record_pipeline_infer(monkeypatch) -> list:
 
     monkeypatch.setattr(dds_infer.pipeline, "infer", fake_infer)
     return calls
+
+
+def shipped_infer_cli(monkeypatch, tmp_path, n: int = 3) -> tuple[list, list]:
+    """(recorded pipeline.infer calls, the common ``dds-infer infer`` arguments) for CLI tests on an
+    ``n``-star mock of the shipped model (mock13-v1) written to ``tmp_path``; add ``--out`` and
+    the flags under test. Inference is replaced by :func:`record_pipeline_infer`."""
+    from dds_infer import load_bundle
+    from dds_infer.catalog_io import catalog_to_table, write_astropy_table
+    from dds_infer.mock import MockConfig, make_mock
+
+    shipped = REPO_ROOT / "models" / "mock13-v1"
+    calls = record_pipeline_infer(monkeypatch)
+    mock = make_mock(load_bundle(shipped), MockConfig(n=n, seed=2, labels=False))
+    cat = write_astropy_table(catalog_to_table(mock.catalog), tmp_path / "c.parquet")
+    return calls, ["infer", "--model", str(shipped), "--catalog", str(cat), "--no-progress", "--json"]

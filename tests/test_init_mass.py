@@ -97,19 +97,11 @@ def test_laplace_start_cuts_the_warmup_and_keeps_the_posterior():
 
 def test_cli_hands_init_mass_to_inference(tmp_path, capsys, monkeypatch):
     import json
-    from pathlib import Path
 
-    from conftest import record_pipeline_infer
-    from dds_infer import load_bundle
-    from dds_infer.catalog_io import catalog_to_table, write_astropy_table
+    from conftest import shipped_infer_cli
     from dds_infer.cli import main
-    from dds_infer.mock import MockConfig, make_mock
 
-    shipped = Path(__file__).resolve().parents[1] / "models" / "mock13-v1"
-    calls = record_pipeline_infer(monkeypatch)
-    cat = write_astropy_table(catalog_to_table(make_mock(load_bundle(shipped), MockConfig(n=3, seed=2, labels=False)).catalog),
-                              tmp_path / "c.parquet")
-    common = ["infer", "--model", str(shipped), "--catalog", str(cat), "--no-progress", "--json"]
+    calls, common = shipped_infer_cli(monkeypatch, tmp_path)
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
     assert json.loads(capsys.readouterr().out)["init_mass"] == "identity"
     assert main([*common, "--out", str(tmp_path / "b"), "--init-mass", "laplace"]) == 0
