@@ -32,6 +32,10 @@ matrix, and the model's (μ, E) sites whitened on the conditional Gaussian
 ``frac_rhat_lt_1_01_converged_reference`` (and ``queue_*``): the fraction of stars a sampler with
 no convergence problem would bring below R-hat 1.01 at the measured bulk ESS of each star's
 variables (:func:`converged_rhat_reference`); the measured fraction is to be read against it.
+``--cpu-devices N`` (default: one per core, as ``dds-infer``): (a) and (c) spread their stars
+over N JAX CPU devices (:mod:`dds_infer.devices`); ``devices`` is reported. With N > 1 the
+baselines (b) run in a separate one-device process with XLA's default threading
+(``baseline_process``), which is faster for one device than the multi-device setting.
 ``--init-mass laplace``: both engines start each chain's warmup from the Laplace approximation
 at the mode nearest its start instead of NumPyro's identity (the default, as the pipeline's).
 
@@ -50,7 +54,7 @@ import time
 
 import numpy as np
 
-from _common import REPO, anchor_dir, report
+from _common import REPO, add_cpu_devices_arg, anchor_dir, report, start_devices
 
 
 def load_model_source(source: str, emu, parameterization: str = "whitened"):
@@ -100,10 +104,12 @@ def _keys(rows):
     return split[:, 0], split[:, 1]
 
 
-def time_engine(model, stars, static, n, batch_size, settings, init_fn=None):
-    """Steady-state seconds for n stars (grid-mode starts included when init_fn is given)."""
+def time_engine(model, stars, static, n, batch_size, settings, init_fn=None, devices=None):
+    """Steady-state seconds for n stars (grid-mode starts included when init_fn is given), on
+    ``devices`` devices (default all: each runs its share of a batch in its own lockstep)."""
     import jax
 
+    from dds_infer.devices import n_devices, padded_size
     from dds_infer.engine import run_nuts_batch
     from dds_infer.posterior import Posterior, concat
 
@@ -113,7 +119,10 @@ def time_engine(model, stars, static, n, batch_size, settings, init_fn=None):
         k_init, k_nuts = _keys(rows)
         init = None if init_fn is None else init_fn(take(rows), k_init)
         return jax.block_until_ready(run_nuts_batch(model, take(rows), static, init, k_nuts,
-                                                    pad_to=batch_size, **settings))
+                                                    pad_to=batch_size, devices=devices, **settings))
+
+    n_dev = n_devices(devices)
+    share = padded_size(batch_size, n_dev) // n_dev
 
     t0 = time.perf_counter()
     batch(np.arange(min(batch_size, n)))
@@ -124,8 +133,8 @@ def time_engine(model, stars, static, n, batch_size, settings, init_fn=None):
         res = batch(rows)
         results.append(Posterior.from_batch(res, rows, static[0]))
         steps = np.asarray(res.num_steps)  # (B, C, S): vmapped NUTS pays the largest tree per draw
-        lanes_mean.append(steps.mean())
-        lanes_max.append(steps.max(axis=(0, 1)).mean())
+        lanes_mean.append(steps.mean())  # ... of its device's share of the (padded) batch
+        lanes_max.append(np.mean([steps[i:i + share].max(axis=(0, 1)).mean() for i in range(0, len(rows), share)]))
     seconds = time.perf_counter() - t0
     n_batches = -(-n // batch_size)
     lockstep = float(np.mean(lanes_mean) / np.mean(lanes_max))
@@ -134,12 +143,14 @@ def time_engine(model, stars, static, n, batch_size, settings, init_fn=None):
 
 def time_queue(model, stars, static, n, settings, init_fn, n_slots):
     """The queue engine (dds_infer.nuts_queue) on the first n stars in ONE call (n × C jobs on
-    n_slots slots): (steady seconds incl. the grid-mode starts, compile seconds, Posterior,
-    iterations). Compiled ahead of time so that the compile is measured apart."""
+    n_slots slots in all, n_slots / devices on each device): (steady seconds incl. the grid-mode
+    starts, compile seconds, Posterior, iterations per device). Compiled ahead of time so that
+    the compile is measured apart."""
     import jax
 
     from dds_infer import nuts_queue
-    from dds_infer.engine import BatchResult, NutsSettings, split_static
+    from dds_infer.devices import padded_size
+    from dds_infer.engine import BatchResult, NutsSettings, pad_batch, split_static
     from dds_infer.posterior import Posterior
 
     rows = np.arange(n)
@@ -148,18 +159,21 @@ def time_queue(model, stars, static, n, settings, init_fn, n_slots):
     nuts = NutsSettings(settings["num_warmup"], settings["num_samples"], settings["num_chains"],
                         settings["target_accept_prob"], settings["max_tree_depth"], False, settings["init_mass"],
                         settings["warmup_max_tree_depth"])
-    static_key, arrays = split_static(tuple(static))
-    fn = nuts_queue.queue_program(model, static_key, nuts, int(n_slots), init_fn is not None, nuts_queue.DEFAULT_BLOCK)
+    fn, n_dev = nuts_queue.sharded_queue_program(model, tuple(static), nuts, int(n_slots), init_fn is not None)
+    arrays = split_static(tuple(static))[1]
+    size = padded_size(n, n_dev)
     init = None if init_fn is None else jax.block_until_ready(init_fn(sub, k_init))
     t0 = time.perf_counter()
-    exe = fn.lower(sub, arrays, init, k_nuts).compile()
+    exe = fn.lower(pad_batch(sub, size), arrays, pad_batch(init, size), pad_batch(k_nuts, size)).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     init = None if init_fn is None else init_fn(sub, k_init)
-    out, n_iter = jax.block_until_ready(exe(sub, arrays, init, k_nuts))
+    out, n_iter = jax.block_until_ready(exe(pad_batch(sub, size), arrays, pad_batch(init, size),
+                                            pad_batch(k_nuts, size)))
     seconds = time.perf_counter() - t0
+    out = jax.tree_util.tree_map(lambda a: a[:n], out)
     res = BatchResult(**out, iterations=n_iter)
-    return seconds, compile_s, Posterior.from_batch(res, rows, static[0]), int(n_iter)
+    return seconds, compile_s, Posterior.from_batch(res, rows, static[0]), np.asarray(n_iter).tolist()
 
 
 def time_baseline(model, stars, static, n, settings, init_fn=None):
@@ -218,6 +232,7 @@ def queue_figures(args, model, stars, static, settings, init_fn) -> dict:
     sec_q, compile_q, post_q, iters = time_queue(model, stars, static, nq, settings, init_fn, args.n_slots)
     summ_q = post_q.summary()
     steps = post_q.sample_stats["num_steps"]
+    slots_per_device = -(-args.n_slots // len(iters))
     return {"queue_stars": nq, "queue_n_slots": args.n_slots, "queue_seconds": sec_q,
             "queue_compile_seconds": compile_q, "queue_stars_per_s": nq / sec_q,
             "queue_frac_rhat_lt_1_01": float(np.mean(summ_q["r_hat_max"] < 1.01)),
@@ -226,10 +241,39 @@ def queue_figures(args, model, stars, static, settings, init_fn) -> dict:
             "queue_median_ess": float(np.nanmedian(summ_q["ess_bulk_min"])),
             "queue_frac_divergent_stars": float(np.mean(summ_q["n_divergent"] > 0)),
             "queue_mean_leapfrog_steps_per_draw": float(steps.mean()),
-            "queue_iterations": iters,
+            "queue_iterations": int(np.sum(iters)), "queue_iterations_per_device": iters,
             # sampling-phase leapfrog steps per slot-iteration: a lower bound on the
             # useful fraction (warmup steps are not recorded)
-            "queue_sampling_steps_per_slot_iteration": float(steps.sum()) / (iters * args.n_slots)}
+            "queue_sampling_steps_per_slot_iteration": float(steps.sum()) / (np.sum(iters) * slots_per_device)}
+
+
+def baseline_figures(args, model, stars, static, settings, init_fn) -> dict:
+    """(b): the per-star MCMC loop and the engine's kernel looped one star at a time, one device."""
+    nb = min(args.baseline_stars, args.n_stars)
+    sec_b, compile_b = time_baseline(model, stars, static, nb, settings, init_fn)
+    sec_1, _, _, _ = time_engine(model, jax_take(stars, nb), static, nb, 1, settings, init_fn, devices=1)
+    return {"engine_b1_stars_per_s": nb / sec_1,
+            "baseline": f"per-star MCMC(NUTS, chain_method='vectorized', jit_model_args=True), "
+                        f"timed on {nb} stars, extrapolated per star",
+            "baseline_stars_timed": nb, "seconds_baseline": sec_b,
+            "seconds_baseline_extrapolated": sec_b / nb * args.n_stars,
+            "baseline_compile_seconds": compile_b, "baseline_stars_per_s": nb / sec_b}
+
+
+def baseline_subprocess(argv) -> dict:
+    """:func:`baseline_figures` in a fresh process on one CPU device with XLA's own threading (a
+    one-device program runs faster with it; a multi-device process turns it off), same settings."""
+    import json
+    import os
+    import subprocess
+
+    from dds_infer.devices import SINGLE_THREAD_FLAGS
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = [sys.executable, __file__, *argv, "--baseline-only", "--cpu-devices", "1", "--json"]
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(SINGLE_THREAD_FLAGS, "").strip())
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return {**json.loads(out), "baseline_process": "separate, 1 device, XLA's default threading"}
 
 
 def main(argv=None) -> int:
@@ -273,7 +317,11 @@ def main(argv=None) -> int:
     p.add_argument("--grid-batch", type=int, default=1000, help="--method grid: stars per grid batch (speed)")
     p.add_argument("--work-dir", default=None, help="--method grid: keep (and resume) the NUTS runs here")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="only the (b) baselines (what a multi-device run starts in a 1-device subprocess)")
+    add_cpu_devices_arg(p)
     args = p.parse_args(argv)
+    devices = start_devices(args)
     if args.method == "grid":
         from grid_compare import run
 
@@ -306,6 +354,10 @@ def main(argv=None) -> int:
                "warmup_max_tree_depth": args.warmup_max_tree_depth,
                "max_tree_depth": args.max_tree_depth, "n_stars": args.n_stars,
                "num_chains": args.num_chains, "num_warmup": args.num_warmup, "num_samples": args.num_samples}
+    if args.baseline_only:
+        report(baseline_figures(args, model, stars, static, settings, init_fn), args.json)
+        return 0
+    figures["devices"] = devices
     if args.queue_only:
         if args.queue <= 0:
             raise SystemExit("--queue-only needs --queue N")
@@ -325,16 +377,11 @@ def main(argv=None) -> int:
                     "mean_leapfrog_steps_per_draw": float(post.sample_stats["num_steps"].mean()),
                     "lockstep_efficiency": lockstep})
     if args.baseline_stars > 0:
-        nb = min(args.baseline_stars, args.n_stars)
-        sec_b, compile_b = time_baseline(model, stars, static, nb, settings, init_fn)
-        sec_1, _, _, _ = time_engine(model, jax_take(stars, nb), static, nb, 1, settings, init_fn)
-        figures.update({"engine_b1_stars_per_s": nb / sec_1, "speedup_vs_engine_b1": (args.n_stars / sec_e) / (nb / sec_1)})
-        figures.update({"baseline": f"per-star MCMC(NUTS, chain_method='vectorized', jit_model_args=True), "
-                                    f"timed on {nb} stars, extrapolated per star",
-                        "baseline_stars_timed": nb, "seconds_baseline": sec_b,
-                        "seconds_baseline_extrapolated": sec_b / nb * args.n_stars,
-                        "baseline_compile_seconds": compile_b, "baseline_stars_per_s": nb / sec_b,
-                        "speedup": (args.n_stars / sec_e) / (nb / sec_b)})
+        base = (baseline_figures(args, model, stars, static, settings, init_fn) if devices == 1
+                else baseline_subprocess(argv))
+        figures.update(base)
+        figures.update({"speedup_vs_engine_b1": figures["engine_stars_per_s"] / base["engine_b1_stars_per_s"],
+                        "speedup": figures["engine_stars_per_s"] / base["baseline_stars_per_s"]})
     if args.vs_direct > 0 and args.model_source == "eq19":
         import dataclasses
 

@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from _common import anchor_dir, report
+from _common import add_cpu_devices_arg, anchor_dir, report, start_devices
 
 GOALS = {"sigma": {"teff": 150.0, "logg": 0.20, "E": 0.05}, "abs_bias": {"logg": 0.05}, "z_sigma": (0.8, 1.3)}
 
@@ -64,7 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", action="store_true")
+    add_cpu_devices_arg(ap)
     args = ap.parse_args(argv)
+    devices = start_devices(args)
     limit = None if args.selection_limit.lower() == "none" else float(args.selection_limit)
 
     from dds_infer.catalog import StarCatalog
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
                       for stat in ("sigma", "bias")}}
         for src in np.unique(sources)}
     figures = {
-        "n_stars": int(post.n_stars),
+        "n_stars": int(post.n_stars), "devices": devices,
         "sigma": {k: v["sigma"] for k, v in acc.items()},
         "bias": {k: v["bias"] for k, v in acc.items()},
         "z_sigma": {k: v["z_sigma"] for k, v in acc.items()},

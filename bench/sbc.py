@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, report
+from _common import REPO, add_cpu_devices_arg, report, start_devices
 
 VARS = ("teff", "logg", "feh", "mu", "E")
 
@@ -46,7 +46,9 @@ def main(argv=None) -> int:
     ap.add_argument("--figure", default=None, help="rank histograms (default bench/figures/sbc_ranks[_grid].png)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", action="store_true")
+    add_cpu_devices_arg(ap)
     args = ap.parse_args(argv)
+    devices = start_devices(args)
     if args.figure is None:
         args.figure = str(REPO / "bench" / "figures" / ("sbc_ranks.png" if args.method == "nuts" else "sbc_ranks_grid.png"))
 
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
         fig.suptitle(f"SBC ranks, {n} stars ({Path(args.model).name}, {how})")
         fig.savefig(args.figure, dpi=110)
     figures = {
-        "n_stars": int(n), "coverage68": cov68, "coverage95": cov95,
+        "n_stars": int(n), "coverage68": cov68, "coverage95": cov95, "devices": devices,
         "frac_rhat_lt_1_01": float(np.mean(s["r_hat_max"] < 1.01)) if args.method == "nuts" else None,
         "frac_flagged": float(np.mean(s["flag"] != 0)),
         "method": args.method,

@@ -16,7 +16,7 @@ from .evaluate import evaluate_catalog  # noqa: E402
 _LAZY = {  # imported on first use, so loading and inference never import the training code
     "TrainConfig": "training", "train": "training",
     "infer": "pipeline", "InferenceConfig": "inference", "default_prior": "priors",
-    "Posterior": "posterior", "MockConfig": "mock", "make_mock": "mock",
+    "Posterior": "posterior", "MockConfig": "mock", "make_mock": "mock", "use_cpu_cores": "devices",
 }
 
 
@@ -42,6 +42,7 @@ __all__ = [
     "load_bundle",
     "save_bundle",
     "evaluate_catalog",
+    "use_cpu_cores",
     "TrainConfig",
     "train",
     "infer",

@@ -25,6 +25,12 @@ COMMAND_MODULES = (
     "dds_infer.commands.los",
 )
 
+SPREAD_COMMANDS = ("infer", "demo")  # their inference spreads its stars over the CPU devices
+CPU_DEVICES_ARG = dict(type=int, default=None, metavar="N",
+                       help="JAX CPU devices, one per core, over which inference spreads its stars (default for "
+                       "infer and demo: the cores this process may use; otherwise and with 1: one device "
+                       "with XLA's own threading)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -33,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate it, infer stellar parameters, distances and reddening.",
     )
     parser.add_argument("--version", action="version", version=f"dds_infer {__version__}")
+    parser.add_argument("--cpu-devices", **CPU_DEVICES_ARG)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -42,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.register(sub)
+    for sp in sub.choices.values():  # also accepted after the command name
+        sp.add_argument("--cpu-devices", **{**CPU_DEVICES_ARG, "default": argparse.SUPPRESS})
     return parser
 
 
@@ -64,7 +73,25 @@ def _clean(o):
     return o
 
 
+def _start_devices(argv) -> None:
+    """Before any JAX computation (which fixes the device count): one CPU device per core
+    (:func:`dds_infer.devices.use_cpu_cores`) for the commands that spread stars over devices
+    (``SPREAD_COMMANDS``), or as many as ``--cpu-devices`` asks for any command. Other commands
+    (training, evaluation) keep JAX's single device and XLA's own multi-threading."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--cpu-devices", type=int, default=None)
+    pre.add_argument("command", nargs="?")
+    early, _ = pre.parse_known_args(argv)
+    if early.cpu_devices is not None and early.cpu_devices < 1:
+        raise SystemExit(f"dds-infer: error: --cpu-devices must be >= 1, got {early.cpu_devices}")
+    if early.cpu_devices is not None or early.command in SPREAD_COMMANDS:
+        from .devices import use_cpu_cores
+
+        use_cpu_cores(early.cpu_devices)
+
+
 def main(argv=None) -> int:
+    _start_devices(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -38,6 +38,7 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
+from .devices import n_devices, padded_size, shard_stars
 from .smallmat import cholesky, solve_lower
 
 __all__ = ["NutsSettings", "BatchResult", "run_nuts_batch", "check_batch", "star_keys", "pad_batch",
@@ -89,8 +90,8 @@ class BatchResult:
     accept_prob: (B, C) mean acceptance probability over the sampling phase.
     step_size: (B, C) adapted step size; inverse_mass_matrix: (B, C, D) or (B, C, D, D).
     init_valid: (B, C) bool, the initial point had finite potential and gradient.
-    iterations: () loop iterations of :func:`dds_infer.nuts_queue.run_nuts_queue` (one leapfrog
-        step per slot each), None for :func:`run_nuts_batch`.
+    iterations: (devices,) loop iterations of :func:`dds_infer.nuts_queue.run_nuts_queue` on each
+        device (one leapfrog step per slot each), None for :func:`run_nuts_batch`.
     """
 
     samples: dict
@@ -316,7 +317,7 @@ def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params:
                    num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
                    target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
                    init_mass: str = "identity", warmup_max_tree_depth: int | None = None,
-                   pad_to: int | None = None) -> BatchResult:
+                   pad_to: int | None = None, devices: int | None = None) -> BatchResult:
     """NUTS for a batch of stars, each (star, chain) with its own step size and mass matrix.
 
     model: NumPyro model ``model(star, *static_args)`` for ONE star.
@@ -334,14 +335,20 @@ def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params:
     warmup_max_tree_depth: the tree-depth cap during warmup (None: ``max_tree_depth``), NumPyro's
         ``max_tree_depth=(warmup, sampling)``. Warmup draws are discarded, so the cap changes only
         how much work the adaptation costs, not the sampling phase's Markov chain.
+    devices: spread the stars over this many local devices (default: all of them; on a CPU see
+        :func:`dds_infer.devices.use_cpu_cores`); the batch is padded to a multiple of it. Each
+        device runs its share in its own lockstep, so the slowest chain holds up only its share.
     """
     settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth,
                             bool(dense_mass), init_mass, warmup_max_tree_depth)
     n, keys = check_batch(stars, keys, init_params, num_chains)
+    n_dev = n_devices(devices)
     static, arrays = split_static(tuple(static_args))
-    size = n if pad_to is None else int(pad_to)
+    size = padded_size(n if pad_to is None else int(pad_to), n_dev)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
     fn = _compiled(model, static, settings, init_params is not None)
+    if n_dev > 1:
+        fn = shard_stars(fn, n_dev, (True, False, True, True))
     out = fn(stars_p, arrays, init_p, keys_p)
     if size != n:
         out = jax.tree_util.tree_map(lambda a: a[:n], out)

@@ -330,9 +330,12 @@ def grid_posterior(out: dict, star_id, emulator, settings: GridSettings, attrs=N
 
 
 def grid_batch_fn(emulator, prior: Prior, config: InferenceConfig, settings: GridSettings = GridSettings(),
-                  pad_to: int | None = None):
+                  pad_to: int | None = None, devices: int | None = None):
     """``batch_fn(stars, star_id, keys) -> Posterior`` for :func:`dds_infer.runner.infer_catalog`:
-    the coarse grid is built once; batches are padded to ``pad_to`` stars (one compilation)."""
+    the coarse grid is built once; batches are padded to ``pad_to`` stars (one compilation), and
+    to a multiple of ``devices`` (default: all local devices, :mod:`dds_infer.devices`), over
+    which the stars are spread."""
+    from .devices import n_devices, padded_size, shard_stars
     from .engine import pad_batch
 
     if not all(isinstance(k, str) for k in (prior.distance_kind, prior.feh_kind, prior.theta_kind,
@@ -340,11 +343,16 @@ def grid_batch_fn(emulator, prior: Prior, config: InferenceConfig, settings: Gri
         raise NotImplementedError("the grid path supports the built-in prior kinds only; "
                                   "use method='nuts' for user-callable priors")
     grid = make_cell_grid(emulator, settings.threshold, settings.stride)
+    n_dev = n_devices(devices)
+    run = partial(grid_batch, config=config, settings=settings)
+    if n_dev > 1:  # each device its share of the stars (the grid, emulator and prior on every device)
+        run = shard_stars(lambda st, k, g, e, p: grid_batch(st, k, g, e, p, config, settings), n_dev,
+                          (True, True, False, False, False))
 
     def batch_fn(stars, star_id, keys):
         n = len(star_id)
-        size = max(n, pad_to or n)
-        out = grid_batch(pad_batch(stars, size), pad_batch(keys, size), grid, emulator, prior, config, settings)
+        size = padded_size(max(n, pad_to or n), n_dev)
+        out = run(pad_batch(stars, size), pad_batch(keys, size), grid, emulator, prior)
         out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], out)
         return grid_posterior(out, star_id, emulator, settings)
 

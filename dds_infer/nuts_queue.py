@@ -52,11 +52,12 @@ from numpyro.infer.hmc_util import (IntegratorState, TreeInfo, _biased_transitio
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
+from .devices import n_devices, padded_size, shard_stars
 from .engine import BatchResult, NutsSettings, split_static, check_batch, laplace_inverse_mass, pad_batch
 
-__all__ = ["run_nuts_queue", "queue_program", "DEFAULT_SLOTS", "DEFAULT_BLOCK"]
+__all__ = ["run_nuts_queue", "queue_program", "sharded_queue_program", "DEFAULT_SLOTS", "DEFAULT_BLOCK"]
 
-DEFAULT_SLOTS = 256  # chains advanced together
+DEFAULT_SLOTS = 256  # chains advanced together (in all: each of D devices advances 1/D of them)
 DEFAULT_BLOCK = 32  # iterations per block of random numbers
 
 MAX_DELTA_ENERGY = 1000.0  # NumPyro's default: a leaf with ΔH above this is a divergence
@@ -325,7 +326,8 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
                    num_warmup: int = 500, num_samples: int = 500, num_chains: int = 4,
                    target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
                    init_mass: str = "identity", warmup_max_tree_depth: int | None = None,
-                   n_slots: int = DEFAULT_SLOTS, block: int = DEFAULT_BLOCK, pad_to: int | None = None) -> BatchResult:
+                   n_slots: int = DEFAULT_SLOTS, block: int = DEFAULT_BLOCK, pad_to: int | None = None,
+                   devices: int | None = None) -> BatchResult:
     """NUTS for B stars × C chains on ``n_slots`` chain slots fed from a queue of B × C jobs.
 
     Same arguments and result as :func:`dds_infer.engine.run_nuts_batch` (which see), plus
@@ -335,17 +337,42 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     with many more jobs than slots wastes least (the idle tail is at most one job per slot).
     pad_to: pad the batch to this many stars by repeating the last (as ``run_nuts_batch``: one
     compiled program for a catalogue's short last chunk; here the padding stars do run).
+    devices: spread the stars over this many local devices (default: all; :mod:`dds_infer.devices`),
+    each with its own queue of ``n_slots / devices`` slots (rounded up); the batch is padded to a
+    multiple of it. ``BatchResult.iterations`` then has one entry per device.
     """
     settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth, bool(dense_mass),
                             init_mass, warmup_max_tree_depth)
     n, keys = check_batch(stars, keys, init_params, num_chains)
     if int(n_slots) < 1 or int(block) < 1:
         raise ValueError(f"n_slots and block must be >= 1, got {n_slots}, {block}")
-    static, arrays = split_static(tuple(static_args))
-    fn = queue_program(model, static, settings, int(n_slots), init_params is not None, int(block))
-    size = n if pad_to is None else int(pad_to)
+    fn, n_dev = sharded_queue_program(model, static_args, settings, int(n_slots), init_params is not None,
+                                      int(block), devices)
+    size = padded_size(n if pad_to is None else int(pad_to), n_dev)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
-    out, n_iter = fn(stars_p, arrays, init_p, keys_p)
+    out, n_iter = fn(stars_p, split_static(tuple(static_args))[1], init_p, keys_p)
     if size != n:
         out = jax.tree_util.tree_map(lambda a: a[:n], out)
     return BatchResult(**out, iterations=n_iter)
+
+
+def sharded_queue_program(model: Callable, static_args: tuple, settings: NutsSettings, n_slots: int, has_init: bool,
+                          block: int = DEFAULT_BLOCK, devices: int | None = None):
+    """(``run(stars, arrays, init, keys) -> (out, iterations (devices,))``, devices): the queue
+    program of :func:`queue_program` with ``n_slots / devices`` slots (rounded up) per device,
+    mapped over the devices (:func:`dds_infer.devices.shard_stars`; the batch must be a multiple
+    of ``devices``). What :func:`run_nuts_queue` runs; public so that benchmarks can compile it
+    ahead of time (``.lower(...).compile()``)."""
+    n_dev = n_devices(devices)
+    static, _ = split_static(tuple(static_args))
+    fn = queue_program(model, static, settings, padded_size(n_slots, n_dev) // n_dev, has_init, int(block))
+    return _over_devices(fn, n_dev), n_dev
+
+
+@lru_cache(maxsize=16)
+def _over_devices(fn, n_dev: int):
+    """``fn`` with its loop count given a leading axis (one entry per device), mapped over n_dev."""
+    def run(stars, arrays, init, keys):
+        out, n_iter = fn(stars, arrays, init, keys)
+        return out, n_iter[None]
+    return jax.jit(run) if n_dev == 1 else shard_stars(run, n_dev, (True, False, True, True))

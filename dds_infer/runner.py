@@ -22,6 +22,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from .devices import n_devices
 from .engine import run_nuts_batch, star_keys
 from .inference import direct_log_density
 from .posterior import Posterior, concat
@@ -107,7 +108,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                   progress: bool = True, batch_fn: Callable | None = None,
                   overwrite: bool = False, stop_after_chunks: int | None = None, engine: str = "batch",
                   n_slots: int | None = None, init_mass: str = "identity",
-                  warmup_max_tree_depth: int | None = None) -> Posterior | None:
+                  warmup_max_tree_depth: int | None = None, devices: int | None = None) -> Posterior | None:
     """NUTS posteriors for every star of ``catalog``, chunk by chunk, resumable.
 
     model, star_data_fn: the single-star NumPyro model ``model(star, emulator, prior, config)``
@@ -130,6 +131,10 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         (the curvature at the mode nearest the start, :func:`dds_infer.engine.laplace_inverse_mass`).
     warmup_max_tree_depth: the NUTS tree-depth cap during warmup (None: ``max_tree_depth``; in the
         fingerprint only when set).
+    devices: spread each chunk's stars over this many local devices (default: all of them; on a
+        CPU, :func:`dds_infer.devices.use_cpu_cores` makes one device per core). Not in the
+        fingerprint: it changes individual draws (rounding) but not their distribution, so a run
+        may resume on another machine; each chunk records its ``devices`` in its attributes.
     Returns the assembled :class:`Posterior`; also writes ``out_dir/posterior.nc`` and
     ``out_dir/summary.parquet``.
     """
@@ -160,6 +165,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         sampler = partial(run_nuts_queue, n_slots=slots)
     else:
         sampler = run_nuts_batch
+    n_dev = n_devices(devices)
     chash, desc = run_config_hash(model, emulator, prior, config, settings)
     manifest = {"config_hash": chash, "catalog": catalog_fingerprint(catalog), "description": desc}
     _check_manifest(out_dir, manifest, overwrite)
@@ -193,16 +199,17 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         init_keys, nuts_keys = split[:, 0], split[:, 1]
         init = None if init_fn is None else init_fn(stars, init_keys)
         res = sampler(model, stars, (emulator, prior, config), init, nuts_keys,
-                             num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                             target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
-                             init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=batch_size)
+                      num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                      target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
+                      init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=batch_size,
+                      devices=n_dev)
         modes = None
         if combine_fn is not None:
             samples = {key: np.asarray(v) for key, v in res.samples.items()}
             logp = direct_log_density(-np.asarray(res.potential_energy), samples)  # of (x, μ, log E)
             modes = [combine_fn({key: v[i] for key, v in samples.items()}, logp[i]) for i in range(len(rows))]
         post = Posterior.from_batch(res, ids[rows], emulator, modes, attrs={"config_hash": chash, "rows": [
-            int(rows[0]), int(rows[-1]) + 1]})
+            int(rows[0]), int(rows[-1]) + 1], "devices": n_dev})
         post.save(chunk_dir / f"chunk_{k:05d}.nc")
         if bar is not None:
             bar.update(len(rows))

@@ -21,7 +21,32 @@ ANCHOR_FILES = (
 )
 
 
+def _two_cpu_devices():
+    """Run the suite on two JAX CPU devices, as ``dds-infer`` does on a 2-core machine, so that the
+    engines' multi-device path is what the tests exercise. XLA reads the threading flags that
+    :func:`dds_infer.devices.use_cpu_cores` sets when the backend starts (here); the environment is
+    then restored so that notebook kernels and CLI subprocesses choose for themselves."""
+    import jax
+
+    from dds_infer.devices import use_cpu_cores
+
+    before = os.environ.get("XLA_FLAGS")
+    use_cpu_cores(2)
+    jax.devices()
+    if before is None:
+        os.environ.pop("XLA_FLAGS", None)
+    else:
+        os.environ["XLA_FLAGS"] = before
+
+
 def pytest_configure(config):
+    """One persistent JAX compilation cache per test session (:func:`_compilation_cache`), then two
+    CPU devices (:func:`_two_cpu_devices`)."""
+    _compilation_cache(config)
+    _two_cpu_devices()
+
+
+def _compilation_cache(config):
     """One persistent JAX compilation cache per test session, in a fresh temporary folder (never
     reused between runs): a program compiled by one test, notebook kernel or CLI subprocess is
     loaded, not recompiled, by the next with the same program and shapes. The environment

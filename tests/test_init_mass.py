@@ -82,9 +82,10 @@ def test_laplace_start_cuts_the_warmup_and_keeps_the_posterior():
     """One chain on one slot: the queue engine's iteration count is the chain's total number of
     leapfrog steps, warmup included."""
     init = {"x": jnp.full((1, 1, 4), 0.01)}
-    res = {m: run_nuts_queue(scaled_model, SCALES, (), init, jax.random.key(3), n_slots=1, init_mass=m, **RUN)
+    res = {m: run_nuts_queue(scaled_model, SCALES, (), init, jax.random.key(3), n_slots=1, init_mass=m,
+                              devices=1, **RUN)
            for m in ("identity", "laplace")}
-    it = {m: int(r.iterations) for m, r in res.items()}
+    it = {m: int(r.iterations.sum()) for m, r in res.items()}
     sampling = {m: int(np.asarray(r.num_steps).sum()) for m, r in res.items()}
     warmup = {m: it[m] - sampling[m] for m in it}
     assert warmup["laplace"] < 0.5 * warmup["identity"], warmup

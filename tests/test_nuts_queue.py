@@ -30,11 +30,12 @@ SCALE = (jnp.asarray(1.0),)
 def test_schedule_does_not_change_any_draw():
     stars, keys = _stars(5), star_keys(7, np.arange(5))
     run = dict(num_warmup=40, num_samples=30, num_chains=3, max_tree_depth=6)
-    ref = run_nuts_queue(gauss_model, stars, SCALE, None, keys, n_slots=4, block=8, **run)
-    other = run_nuts_queue(gauss_model, stars, SCALE, None, keys, n_slots=16, block=3, **run)
+    # on the suite's 2 devices: 4 and 16 slots per device (2 slots would round differently: see the module)
+    ref = run_nuts_queue(gauss_model, stars, SCALE, None, keys, n_slots=8, block=8, **run)
+    other = run_nuts_queue(gauss_model, stars, SCALE, None, keys, n_slots=32, block=3, **run)
     # other companions: stars 1-2 padded with copies of star 2 (pad_to: the same compiled program)
     sub = run_nuts_queue(gauss_model, jax.tree_util.tree_map(lambda a: a[1:3], stars), SCALE, None, keys[1:3],
-                         n_slots=4, block=8, pad_to=5, **run)
+                         n_slots=8, block=8, pad_to=5, **run)
     for k in ("x", "y", "w"):
         a = np.asarray(ref.samples[k])
         assert a.shape[:3] == (5, 3, 30)
@@ -45,11 +46,11 @@ def test_schedule_does_not_change_any_draw():
     # chains differ from each other and from another seed
     a = np.asarray(ref.samples["y"])
     assert not np.array_equal(a[:, 0], a[:, 1])
-    seed2 = run_nuts_queue(gauss_model, stars, SCALE, None, star_keys(8, np.arange(5)), n_slots=4, block=8, **run)
+    seed2 = run_nuts_queue(gauss_model, stars, SCALE, None, star_keys(8, np.arange(5)), n_slots=8, block=8, **run)
     assert not np.array_equal(a, np.asarray(seed2.samples["y"]))
     # the iteration count: at least the longest job's leapfrog steps, at most all jobs' in sequence
     steps = np.asarray(ref.num_steps).sum(-1)  # sampling phase only: a lower bound per job
-    assert steps.max() <= int(ref.iterations)
+    assert steps.max() <= int(np.asarray(ref.iterations).max())
 
 
 @pytest.mark.slow
@@ -105,11 +106,11 @@ def test_runner_with_the_queue_engine_resumes_and_is_fingerprinted(tmp_path):
     emu = init_emulator(jax.random.key(0))
     cat, _ = mock_catalog(emu, 6, seed=2)
     kw = dict(batch_size=4, num_chains=2, num_warmup=40, num_samples=30, seed=0, model=star_model,
-              star_data_fn=star_data_from_catalog, progress=False, engine="queue", n_slots=4)
+              star_data_fn=star_data_from_catalog, progress=False, engine="queue", n_slots=8)
     full = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "a", **kw)
     assert full.samples["mu"].shape == (6, 2, 30)
     assert infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", stop_after_chunks=1, **kw) is None
-    resumed = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", **dict(kw, n_slots=8))
+    resumed = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", **dict(kw, n_slots=16))
     for k in full.samples:  # n_slots is not part of the fingerprint: it does not change the draws
         np.testing.assert_array_equal(full.samples[k], resumed.samples[k])
     with pytest.raises(ManifestMismatchError, match="different run"):

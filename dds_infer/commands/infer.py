@@ -86,6 +86,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..cli import emit_json
+    from ..devices import n_devices
     from ..inference import InferenceConfig
     from ..pipeline import TARGET_ACCEPT, WARMUP_MAX_TREE_DEPTH, infer
     from ..priors import default_prior
@@ -143,6 +144,7 @@ def run(args) -> int:
         "n_flagged": int((summ["flag"] != 0).sum()), "method": args.method,
         "sigma_floor": args.sigma_floor, "parameterization": args.parameterization,
         "target_accept": args.target_accept, "engine": args.engine if args.method == "nuts" else None,
+        "devices": n_devices(),
         "init_mass": args.init_mass if args.method == "nuts" else None,
         "warmup_max_tree_depth": (None if args.method != "nuts" else WARMUP_MAX_TREE_DEPTH
                                   if args.warmup_max_tree_depth is None else args.warmup_max_tree_depth),
@@ -154,7 +156,8 @@ def run(args) -> int:
     if args.json:
         emit_json(figures)
         return 0
-    print(f"stars: {figures['n_stars']} in {seconds:.1f} s ({figures['stars_per_s']:.2f} stars/s)")
+    print(f"stars: {figures['n_stars']} in {seconds:.1f} s ({figures['stars_per_s']:.2f} stars/s "
+          f"on {figures['devices']} device(s))")
     if args.method == "nuts":
         print(f"r_hat < 1.01: {figures['frac_rhat_lt_1_01']:.3f}, median bulk ESS: {figures['median_ess']:.0f}, "
               f"flagged: {figures['n_flagged']}")
