@@ -92,6 +92,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert main(argv) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["n_stars"] == 40 and set(rep["accuracy"]) == {"teff", "logg", "feh", "mu", "E"}
+    assert rep["devices"] == 2  # the suite's two CPU devices (conftest)
     assert rep["nuts"]["n_stars"] == 6 and set(rep["nuts"]["accuracy"]) == set(rep["accuracy"])
     assert 0.0 <= rep["nuts"]["frac_agree_with_grid"] <= 1.0
     for name in ("recovery.png", "recovery_nuts.png"):

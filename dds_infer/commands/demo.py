@@ -57,6 +57,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..cli import emit_json
+    from ..devices import n_devices
     from ..mock import MockConfig, make_mock, write_mock
     from ..pipeline import infer
     from ..recovery import median_agreement, plot_recovery
@@ -98,7 +99,7 @@ def run(args) -> int:
     res, arrays = _score(grid, mock.truth)
     report = {
         "model": str(model_dir), "n_stars": int(grid.n_stars), "seed": args.seed, "method": "grid",
-        **res,
+        "devices": n_devices(), **res,
         "median_weight_ess": float(np.median(grid.star_stats["weight_ess"])),
         "nuts": None,
         "seconds": {"mock": round(t_mock, 1), "grid": round(t_grid, 1), "nuts": round(t_nuts, 1),
