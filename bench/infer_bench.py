@@ -41,7 +41,7 @@ at the mode nearest its start instead of NumPyro's identity (the default, as the
 
     python bench/infer_bench.py [--json] [--model-source toy|eq19] [--n-stars 200] [--batch-size 64]
         [--parameterization whitened|direct] [--max-tree-depth 8] [--init grid|uniform] [--init-mass laplace|identity]
-        [--queue N --n-slots 256 [--queue-only]]
+        [--queue N --n-slots 64xdevices [--queue-only]]
     python bench/infer_bench.py --method grid [--n-stars 300 --n-mock 300 --work-dir DIR] [--json]
       (keys grid_stars_per_s, grid_setup_seconds, grid_agreement_frac, ...: see bench/grid_compare.py)
 """
@@ -228,7 +228,11 @@ def jax_take(stars, n):
 
 def queue_figures(args, model, stars, static, settings, init_fn) -> dict:
     """The queue_* keys: the queue engine on the first --queue stars in one call."""
+    from dds_infer.nuts_queue import default_slots
+
     nq = min(args.queue, args.n_stars)
+    if args.n_slots is None:
+        args.n_slots = default_slots()
     sec_q, compile_q, post_q, iters = time_queue(model, stars, static, nq, settings, init_fn, args.n_slots)
     summ_q = post_q.summary()
     steps = post_q.sample_stats["num_steps"]
@@ -300,7 +304,8 @@ def main(argv=None) -> int:
     p.add_argument("--queue", type=int, default=0,
                    help="also run the queue engine (dds_infer.nuts_queue: no lockstep, finished chains refilled) "
                    "on this many of the stars in one call (keys queue_*, speedup_queue_vs_engine)")
-    p.add_argument("--n-slots", type=int, default=256, help="--queue: chains advanced together")
+    p.add_argument("--n-slots", type=int, default=None,
+                   help="--queue: chains advanced together, in all devices (default: 64 per device, the engine's)")
     p.add_argument("--queue-only", action="store_true",
                    help="--queue N: time only the queue engine (e.g. its catalogue-scale rate on N = 1000 stars, "
                    "where the idle tail of the queue matters less); no engine_* keys")

@@ -124,7 +124,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     engine: "batch" (:func:`dds_infer.engine.run_nuts_batch`, vmapped NumPyro NUTS) or "queue"
         (:func:`dds_infer.nuts_queue.run_nuts_queue`: no lockstep, ~1.6× faster on real stars;
         its chunk of ``batch_size`` stars is a queue of ``batch_size × num_chains`` chains on
-        ``n_slots`` slots, default min(256, that)). The two draw different random numbers, so
+        ``n_slots`` slots, default min(64 per device, that)). The two draw different random numbers, so
         the engine is part of the run's fingerprint (n_slots is not: it does not change draws).
     init_mass: the mass matrix each chain's warmup starts from: "identity" (default, NumPyro's;
         absent from the fingerprint, so runs from before the option existed resume) or "laplace"
@@ -158,14 +158,14 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         settings["init_mass"] = init_mass
     if warmup_max_tree_depth is not None and int(warmup_max_tree_depth) != int(max_tree_depth):  # (idem)
         settings["warmup_max_tree_depth"] = int(warmup_max_tree_depth)
+    n_dev = n_devices(devices)
     if engine == "queue":
-        from .nuts_queue import DEFAULT_SLOTS, run_nuts_queue
+        from .nuts_queue import default_slots, run_nuts_queue
 
-        slots = min(DEFAULT_SLOTS, int(batch_size) * int(num_chains)) if n_slots is None else int(n_slots)
+        slots = min(default_slots(n_dev), int(batch_size) * int(num_chains)) if n_slots is None else int(n_slots)
         sampler = partial(run_nuts_queue, n_slots=slots)
     else:
         sampler = run_nuts_batch
-    n_dev = n_devices(devices)
     chash, desc = run_config_hash(model, emulator, prior, config, settings)
     manifest = {"config_hash": chash, "catalog": catalog_fingerprint(catalog), "description": desc}
     _check_manifest(out_dir, manifest, overwrite)

@@ -66,7 +66,8 @@ def register(sub) -> None:
                    "curvature at the mode nearest its start (~22%% fewer leapfrog steps per chain, 12%% fewer "
                    "iterations with --engine queue; no clear wall-clock gain measured)")
     p.add_argument("--n-slots", type=int, default=None,
-                   help="--engine queue: chains advanced together (default min(256, batch size x chains))")
+                   help="--engine queue: chains advanced together, in all devices (default min(64 per device, "
+                   "batch size x chains))")
     p.add_argument("--method", default="nuts", choices=("nuts", "grid"),
                    help="nuts: batched NUTS chains; grid: importance sampling in θ with (μ, E) by closed form and "
                    "quadrature (~10^3 stars/s, one chain of i.i.d. draws, flag 2 = low weight ESS)")
