@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-__all__ = ["available_cores", "use_cpu_cores", "n_devices", "shard_stars", "padded_size"]
+__all__ = ["available_cores", "use_cpu_cores", "n_devices", "shard_stars", "padded_size", "unshard"]
 
 AXIS = "stars"
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -98,3 +98,14 @@ def shard_stars(fn, devices: int, sharded: tuple[bool, ...]):
     mesh = Mesh(np.asarray(jax.local_devices()[:devices]), (AXIS,))
     specs = tuple(PartitionSpec(AXIS) if s else PartitionSpec() for s in sharded)
     return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(AXIS), check_vma=False))
+
+
+def unshard(tree, n: int | None = None):
+    """Every leaf of ``tree`` (outputs of a :func:`shard_stars` program) copied into one array on
+    the default device, optionally cut to its first ``n`` rows. The copy goes through the host
+    (``np.asarray``), so no XLA program runs on the multi-device arrays: in one CI run, slicing
+    such an output op by op (``a[:n]``) aborted the process inside XLA's CPU runtime."""
+    import jax.numpy as jnp
+
+    cut = slice(None) if n is None else slice(0, int(n))
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[cut]), tree)

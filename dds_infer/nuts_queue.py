@@ -52,7 +52,7 @@ from numpyro.infer.hmc_util import (IntegratorState, TreeInfo, _biased_transitio
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
-from .devices import n_devices, padded_size, shard_stars
+from .devices import n_devices, padded_size, shard_stars, unshard
 from .engine import BatchResult, NutsSettings, split_static, check_batch, laplace_inverse_mass, pad_batch
 
 __all__ = ["run_nuts_queue", "queue_program", "sharded_queue_program", "default_slots", "DEFAULT_SLOTS",
@@ -359,7 +359,9 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     size = padded_size(n if pad_to is None else int(pad_to), n_dev)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
     out, n_iter = fn(stars_p, split_static(tuple(static_args))[1], init_p, keys_p)
-    if size != n:
+    if n_dev > 1:
+        out, n_iter = unshard(out, n), unshard(n_iter)
+    elif size != n:
         out = jax.tree_util.tree_map(lambda a: a[:n], out)
     return BatchResult(**out, iterations=n_iter)
 

@@ -153,3 +153,16 @@ def test_cli_infer_reports_its_devices(tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)["devices"] == 2  # the suite's (conftest)
     assert main([*common, "--out", str(tmp_path / "b"), "--method", "grid"]) == 0
     assert json.loads(capsys.readouterr().out)["devices"] == 2  # the grid path spreads its stars too
+
+
+def test_shard_stars_and_unshard():
+    """Shares are computed apart (a per-share sum differs from the global one); unshard gives one
+    array on one device, cut to its first rows."""
+    from dds_infer.devices import shard_stars, unshard
+
+    x = jnp.arange(8.0)
+    out = shard_stars(lambda a, b: (a * b, jnp.sum(a)[None]), 2, (True, False))(x, jnp.asarray(2.0))
+    y, sums = unshard(out[0], 5), unshard(out[1])
+    assert len(y.devices()) == 1 and len(sums.devices()) == 1
+    np.testing.assert_array_equal(np.asarray(y), 2 * np.arange(5.0))
+    np.testing.assert_array_equal(np.asarray(sums), [6.0, 22.0])
