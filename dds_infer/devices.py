@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-__all__ = ["available_cores", "use_cpu_cores", "n_devices", "shard_stars", "padded_size", "unshard"]
+__all__ = ["available_cores", "use_cpu_cores", "n_devices", "shard_stars", "padded_size", "unshard", "first_rows"]
 
 AXIS = "stars"
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -109,3 +109,11 @@ def unshard(tree, n: int | None = None):
 
     cut = slice(None) if n is None else slice(0, int(n))
     return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[cut]), tree)
+
+
+def first_rows(tree, n: int, devices: int):
+    """The first ``n`` rows of every leaf of an engine's output: :func:`unshard` when it came from
+    ``devices`` > 1, else a slice on its device (nothing when there are exactly ``n`` rows)."""
+    if devices > 1:
+        return unshard(tree, n)
+    return jax.tree_util.tree_map(lambda a: a if a.shape[0] == n else a[:n], tree)

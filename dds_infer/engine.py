@@ -38,7 +38,7 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
-from .devices import n_devices, padded_size, shard_stars, unshard
+from .devices import first_rows, n_devices, padded_size, shard_stars
 from .smallmat import cholesky, solve_lower
 
 __all__ = ["NutsSettings", "BatchResult", "run_nuts_batch", "check_batch", "star_keys", "pad_batch",
@@ -348,9 +348,5 @@ def run_nuts_batch(model: Callable, stars: Any, static_args: tuple, init_params:
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
     fn = _compiled(model, static, settings, init_params is not None)
     if n_dev > 1:
-        out = unshard(shard_stars(fn, n_dev, (True, False, True, True))(stars_p, arrays, init_p, keys_p), n)
-    else:
-        out = fn(stars_p, arrays, init_p, keys_p)
-    if size != n and n_dev == 1:
-        out = jax.tree_util.tree_map(lambda a: a[:n], out)
-    return BatchResult(**out)
+        fn = shard_stars(fn, n_dev, (True, False, True, True))
+    return BatchResult(**first_rows(fn(stars_p, arrays, init_p, keys_p), n, n_dev))

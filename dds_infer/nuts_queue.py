@@ -52,18 +52,17 @@ from numpyro.infer.hmc_util import (IntegratorState, TreeInfo, _biased_transitio
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
-from .devices import n_devices, padded_size, shard_stars, unshard
+from .devices import first_rows, n_devices, padded_size, shard_stars
 from .engine import BatchResult, NutsSettings, split_static, check_batch, laplace_inverse_mass, pad_batch
 
-__all__ = ["run_nuts_queue", "queue_program", "sharded_queue_program", "default_slots", "DEFAULT_SLOTS",
-           "DEFAULT_SLOTS_PER_DEVICE", "DEFAULT_BLOCK"]
+__all__ = ["run_nuts_queue", "queue_program", "sharded_queue_program", "default_slots", "DEFAULT_SLOTS_PER_DEVICE",
+           "DEFAULT_BLOCK"]
 
 # chains advanced together on each device. Real stars, 4 × (500 + 500), 2 cores: on two devices
 # 64 slots each ran 9.44 stars/s at 1,024 stars (32: 7.99, 128: 8.61) and 8.49 at 200 (128:
 # 6.71); on one device 5.05 at 200 stars against 4.79 with 256 slots. Fewer slots leave less
 # idle tail; below ~64 the per-iteration overhead grows (µs per slot-iteration 3.0 → 3.6).
 DEFAULT_SLOTS_PER_DEVICE = 64
-DEFAULT_SLOTS = DEFAULT_SLOTS_PER_DEVICE  # (on one device; default_slots() for the devices in use)
 DEFAULT_BLOCK = 32  # iterations per block of random numbers
 
 MAX_DELTA_ENERGY = 1000.0  # NumPyro's default: a leaf with ΔH above this is a divergence
@@ -359,10 +358,7 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     size = padded_size(n if pad_to is None else int(pad_to), n_dev)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
     out, n_iter = fn(stars_p, split_static(tuple(static_args))[1], init_p, keys_p)
-    if n_dev > 1:
-        out, n_iter = unshard(out, n), unshard(n_iter)
-    elif size != n:
-        out = jax.tree_util.tree_map(lambda a: a[:n], out)
+    out, n_iter = first_rows(out, n, n_dev), first_rows(n_iter, n_dev, n_dev)
     return BatchResult(**out, iterations=n_iter)
 
 
