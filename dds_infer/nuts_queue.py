@@ -89,7 +89,31 @@ class _Slot(NamedTuple):
 
 
 def _where(pred, a, b):
-    return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
+    """``jnp.where(pred, a, b)`` leaf by leaf for pytrees a, b of one structure and a scalar
+    ``pred``, as one select per dtype: the leaves are packed into one flat vector per dtype,
+    selected and unpacked (exact). Under ``vmap`` over slots XLA then runs one kernel over
+    (slots, size) per dtype instead of one small kernel per leaf; the per-kernel cost, not the
+    arithmetic, dominates the loop on CPU."""
+    la, tdef = jax.tree_util.tree_flatten(a)
+    lb = jax.tree_util.tree_leaves(b)
+    la, lb = [jnp.asarray(x) for x in la], [jnp.asarray(y) for y in lb]
+    out = list(la)
+    groups: dict = {}
+    for i, x in enumerate(la):
+        key = jnp.result_type(x, lb[i]) if x.shape == lb[i].shape else i  # (broadcasts: alone)
+        groups.setdefault(key, []).append(i)
+    for key, idx in groups.items():
+        if len(idx) == 1:
+            out[idx[0]] = jnp.where(pred, la[idx[0]], lb[idx[0]])
+            continue
+        sel = jnp.where(pred, jnp.concatenate([jnp.ravel(la[i]).astype(key) for i in idx]),
+                        jnp.concatenate([jnp.ravel(lb[i]).astype(key) for i in idx]))
+        start = 0
+        for i in idx:
+            size = la[i].size
+            out[i] = sel[start:start + size].reshape(la[i].shape)
+            start += size
+    return jax.tree_util.tree_unflatten(tdef, out)
 
 
 def _tree_like(tree: TreeInfo, **kw) -> TreeInfo:

@@ -117,3 +117,30 @@ def test_runner_with_the_queue_engine_resumes_and_is_fingerprinted(tmp_path):
         infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", **dict(kw, engine="batch"))
     with pytest.raises(ValueError, match="engine"):
         infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "c", **dict(kw, engine="fast"))
+
+
+def test_packed_select_equals_a_select_per_leaf():
+    """nuts_queue._where packs each dtype's leaves into one vector before selecting; it must give
+    exactly jnp.where leaf by leaf (values, dtypes, shapes), also under vmap and with a leaf
+    whose shapes differ between the two trees (broadcast, selected alone)."""
+    from dds_infer.nuts_queue import _where
+
+    rng = np.random.default_rng(0)
+    a = dict(v=jnp.asarray(rng.normal(size=5), jnp.float32), s=jnp.float32(2.5), i=jnp.int32(3),
+             m=jnp.asarray(rng.normal(size=(2, 3)), jnp.float32), b=jnp.asarray(True), k=jnp.arange(4, dtype=jnp.int32),
+             w=jnp.float32(1.0))
+    b = dict(v=jnp.asarray(rng.normal(size=5), jnp.float32), s=jnp.float32(-1.0), i=jnp.int32(-7),
+             m=jnp.asarray(rng.normal(size=(2, 3)), jnp.float32), b=jnp.asarray(False), k=-jnp.arange(4, dtype=jnp.int32),
+             w=jnp.asarray(rng.normal(size=3), jnp.float32))
+    for pred in (True, False):
+        got, want = _where(jnp.asarray(pred), a, b), jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
+        for key in a:
+            assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape, key
+            np.testing.assert_array_equal(got[key], want[key])
+    preds = jnp.asarray([True, False, True])
+    stack = lambda t: jax.tree_util.tree_map(lambda x: jnp.stack([x, x + 1, x * 2]), t)  # noqa: E731
+    got = jax.vmap(_where)(preds, stack(a), stack(b))
+    want = jax.vmap(lambda p, x, y: jax.tree_util.tree_map(lambda u, v: jnp.where(p, u, v), x, y))(
+        preds, stack(a), stack(b))
+    for key in a:
+        np.testing.assert_array_equal(got[key], want[key])
