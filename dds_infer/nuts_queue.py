@@ -218,8 +218,10 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
     depth_cap = d_samp if d_warm == d_samp else jnp.where(state.i < settings.num_warmup, d_warm, d_samp)
     draw_done = sub_done & ~((merged.depth < depth_cap) & ~merged.turning & ~merged.diverging)
     next_doubling = _start_doubling(t.energy_current, merged, u[2], max(settings.tree_depths), latent_size)
-    in_subtree = t._replace(sub=sub, r_ckpts=r_ckpts, r_sum_ckpts=r_sum_ckpts)
-    traj = _where(sub_done, next_doubling, in_subtree)
+    # the checkpoints stay out of the selects below (80 numbers per slot): a subtree reads only
+    # checkpoints it wrote itself (_leaf_idx_to_ckpt_idxs), so a new subtree need not clear them
+    no_ckpts = dict(r_ckpts=None, r_sum_ckpts=None)
+    traj = _where(sub_done, next_doubling._replace(**no_ckpts), t._replace(sub=sub, **no_ckpts))
     # --- sample_kernel after build_tree: the draw, adaptation, next draw's start
     accept_prob = merged.sum_accept_probs / merged.num_proposals
     z_info = IntegratorState(merged.z_proposal, r, merged.z_proposal_pe, merged.z_proposal_grad)
@@ -228,7 +230,7 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
                            potential_energy=merged.z_proposal_pe, adapt_state=adapt_new)
     new_traj = _start_draw(drawn, u[3], ndtri(u[N_UNIFORMS:N_UNIFORMS + latent_size]), settings, latent_size)
     state = _where(draw_done, drawn, state)
-    traj = _where(draw_done, new_traj, traj)
+    traj = _where(draw_done, new_traj._replace(**no_ckpts), traj)._replace(r_ckpts=r_ckpts, r_sum_ckpts=r_sum_ckpts)
     record = (draw_done, state.i - 1, merged.z_proposal, merged.z_proposal_pe, merged.diverging,
               merged.num_proposals, accept_prob)
     return slot._replace(state=state, traj=traj, counter=slot.counter + 1), record
