@@ -147,3 +147,25 @@ def test_runner_resume_matches_uninterrupted_run(setup, base, tmp_path):
     assert (tmp_path / "b" / "summary.parquet").is_file()
     with pytest.raises(ManifestMismatchError, match="different run"):
         infer_catalog(cat, emu, None, InferenceConfig(sigma_floor=0.03), tmp_path / "b", **kw)
+
+
+def test_runner_pads_only_the_last_chunk_and_never_past_the_catalogue(setup, tmp_path, monkeypatch):
+    """Padding stars are sampled too (wasted work): a catalogue smaller than batch_size runs as
+    one unpadded chunk; a larger one pads only its last chunk, to batch_size (one program)."""
+    import dds_infer.runner as runner
+
+    emu, cat, _, _ = setup  # 10 stars
+    seen = []
+
+    def spy(model, stars, *args, pad_to=None, **kw):
+        seen.append((len(stars.mag), pad_to))
+        return run_nuts_batch(model, stars, *args, pad_to=pad_to, **kw)
+
+    monkeypatch.setattr(runner, "run_nuts_batch", spy)
+    kw = dict(num_chains=C, num_warmup=20, num_samples=10, seed=0, model=star_model,
+              star_data_fn=star_data_from_catalog, progress=False)
+    post = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "a", batch_size=64, **kw)
+    assert seen == [(10, 10)] and post.samples["mu"].shape == (10, C, 10)
+    seen.clear()
+    infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", batch_size=4, **kw)
+    assert seen == [(4, 4), (4, 4), (2, 4)]

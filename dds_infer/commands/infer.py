@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from ..parallax_zp import L21_COLUMNS
 
+# --engine queue's default chunk: its chains refill their slots only within a chunk, so small
+# chunks leave slots idle at each chunk's end. 1,000 real stars (bench/real_accuracy.py --engine
+# queue, 2 cores): 171 s in 256-star chunks, 114 s in one 1,000-star chunk (batch engine: 169 s).
+QUEUE_BATCH_SIZE = 1024
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -29,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--num-chains", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="stars per compiled batch (= chunk); default 64 (nuts), 256 (nuts --engine queue), 1024 (grid)")
+                   help="stars per compiled batch (= chunk); default 64 (nuts), 1024 (nuts --engine queue, whose chains refill their slots within a chunk), 1024 (grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sigma-floor", type=float, default=0.02,
                    help="photometric error floor [mag] added in quadrature; a floor the catalogue already "
@@ -60,7 +65,7 @@ def register(sub) -> None:
                    "(default, ~10x fewer leapfrog steps) or direct (mu, log E); the posterior is the same")
     p.add_argument("--engine", default="batch", choices=("batch", "queue"),
                    help="NUTS engine: batch (vmapped NumPyro NUTS, chains in lockstep) or queue (each chain "
-                   "advances on its own and finished chains are refilled: ~1.6x faster; default batch size 256)")
+                   "advances on its own and finished chains are refilled: ~1.5x faster end to end; default batch size 1024)")
     p.add_argument("--init-mass", default="identity", choices=("identity", "laplace"),
                    help="mass matrix each chain's warmup starts from: NumPyro's identity (default) or the "
                    "curvature at the mode nearest its start (~22%% fewer leapfrog steps per chain, 12%% fewer "
@@ -96,7 +101,7 @@ def run(args) -> int:
     if args.target_accept is None:
         args.target_accept = TARGET_ACCEPT
     if args.batch_size is None:
-        args.batch_size = 1024 if args.method == "grid" else (256 if args.engine == "queue" else 64)
+        args.batch_size = 1024 if args.method == "grid" else (QUEUE_BATCH_SIZE if args.engine == "queue" else 64)
     for name in ("num_warmup", "num_samples", "num_chains", "batch_size"):
         if getattr(args, name) < (0 if name == "num_warmup" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
