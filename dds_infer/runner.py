@@ -77,6 +77,36 @@ def run_config_hash(model, emulator, prior, config, settings: dict) -> tuple[str
     return h.hexdigest(), desc
 
 
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _manifest_difference(old: dict, new: dict) -> str:
+    """What differs between two run manifests, in words: each differing setting with its old and
+    new value (e.g. ``settings.engine: absent -> 'queue'``), else the catalogue or the
+    emulator/prior arrays (which enter the hash only)."""
+    a = _flatten(old.get("description"))
+    b = _flatten(json.loads(json.dumps(new.get("description"), sort_keys=True, default=str)))
+    missing = "absent"
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+    parts = [f"{k}: {a[k]!r}" if k in a else f"{k}: {missing}" for k in keys]
+    parts = [f"{p} -> {b[k]!r}" if k in b else f"{p} -> {missing}" for p, k in zip(parts, keys)]
+    oc, nc = old.get("catalog") or {}, new.get("catalog") or {}
+    if oc.get("n_stars") != nc.get("n_stars"):
+        parts.append(f"catalogue: {oc.get('n_stars')} -> {nc.get('n_stars')} stars")
+    elif oc != nc:
+        parts.append("catalogue: the same number of stars, other ids, photometry or parallaxes")
+    if not parts and old.get("config_hash") != new.get("config_hash"):
+        parts.append("the emulator's or the prior's arrays differ")
+    return "; ".join(parts) or "the manifest differs"
+
+
 def _check_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
     path = out_dir / MANIFEST
     if path.exists():
@@ -84,10 +114,10 @@ def _check_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
         if old.get("config_hash") == manifest["config_hash"] and old.get("catalog") == manifest["catalog"]:
             return
         if not overwrite:
-            diff = [k for k in ("config_hash", "catalog", "description") if old.get(k) != manifest.get(k)]
             raise ManifestMismatchError(
-                f"{out_dir} holds results of a different run (differs in {diff}); use another output "
-                "directory or overwrite=True (--overwrite) to discard them")
+                f"{out_dir} holds results of a different run ({_manifest_difference(old, manifest)}); use "
+                "the same settings to resume it, another output directory, or overwrite=True (--overwrite) "
+                "to discard them")
         shutil.rmtree(out_dir / "chunks", ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(MANIFEST + ".tmp")

@@ -169,3 +169,31 @@ def test_runner_pads_only_the_last_chunk_and_never_past_the_catalogue(setup, tmp
     seen.clear()
     infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", batch_size=4, **kw)
     assert seen == [(4, 4), (4, 4), (2, 4)]
+
+
+def test_manifest_mismatch_names_what_differs(tmp_path):
+    """Resuming into a folder of another run fails with the differing settings spelled out."""
+    from dds_infer.runner import _check_manifest
+
+    def manifest(settings, config, n_stars=10, sha="a", chash="h1"):
+        return {"config_hash": chash, "catalog": {"n_stars": n_stars, "sha256": sha},
+                "description": {"model": "m", "settings": settings, "config": config, "prior_type": "Prior"}}
+
+    first = manifest({"batch_size": 64, "seed": 0}, {"sigma_floor": 0.02})
+    _check_manifest(tmp_path, first, overwrite=False)
+    _check_manifest(tmp_path, first, overwrite=False)  # the same run: resumes
+    with pytest.raises(ManifestMismatchError) as err:
+        _check_manifest(tmp_path, manifest({"batch_size": 64, "seed": 0, "engine": "queue"}, {"sigma_floor": 0.03},
+                                           chash="h2"), overwrite=False)
+    msg = str(err.value)
+    assert "settings.engine: absent -> 'queue'" in msg and "config.sigma_floor: 0.02 -> 0.03" in msg
+    assert "batch_size" not in msg and "catalogue" not in msg
+    with pytest.raises(ManifestMismatchError, match="catalogue: 10 -> 12 stars"):
+        _check_manifest(tmp_path, manifest({"batch_size": 64, "seed": 0}, {"sigma_floor": 0.02}, n_stars=12),
+                        overwrite=False)
+    with pytest.raises(ManifestMismatchError, match="other ids, photometry or parallaxes"):
+        _check_manifest(tmp_path, manifest({"batch_size": 64, "seed": 0}, {"sigma_floor": 0.02}, sha="b"),
+                        overwrite=False)
+    with pytest.raises(ManifestMismatchError, match="arrays differ"):
+        _check_manifest(tmp_path, manifest({"batch_size": 64, "seed": 0}, {"sigma_floor": 0.02}, chash="h3"),
+                        overwrite=False)
