@@ -230,8 +230,8 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
     drawn = state._replace(i=state.i + 1, z=merged.z_proposal, z_grad=merged.z_proposal_grad,
                            potential_energy=merged.z_proposal_pe, adapt_state=adapt_new)
     new_traj = _start_draw(drawn, u[3], ndtri(u[N_UNIFORMS:N_UNIFORMS + latent_size]), settings, latent_size)
-    state = _where(draw_done, drawn, state)
-    traj = _where(draw_done, new_traj._replace(**no_ckpts), traj)._replace(r_ckpts=r_ckpts, r_sum_ckpts=r_sum_ckpts)
+    state, traj = _where(draw_done, (drawn, new_traj._replace(**no_ckpts)), (state, traj))
+    traj = traj._replace(r_ckpts=r_ckpts, r_sum_ckpts=r_sum_ckpts)
     record = (draw_done, state.i - 1, merged.z_proposal, merged.z_proposal_pe, merged.diverging,
               merged.num_proposals, accept_prob)
     return slot._replace(state=state, traj=traj, counter=slot.counter + 1), record
