@@ -62,7 +62,8 @@ __all__ = ["run_nuts_queue", "queue_program", "sharded_queue_program", "default_
 # 64 slots each ran 9.44 stars/s at 1,024 stars (32: 7.99, 128: 8.61) and 8.49 at 200 (128:
 # 6.71); on one device 5.05 at 200 stars against 4.79 with 256 slots. Fewer slots leave less
 # idle tail; below ~64 the per-iteration overhead grows (µs per slot-iteration 3.0 → 3.6).
-# With the packed selects (session 12): 10.58 stars/s at 1,024 stars with 64, 9.75 with 128.
+# With the packed selects (session 12): 10.58 stars/s at 1,024 stars with 64, 9.75 with 128
+# (11.46 with 64 after the merged draw-end select).
 DEFAULT_SLOTS_PER_DEVICE = 64
 DEFAULT_BLOCK = 32  # iterations per block of random numbers
 
