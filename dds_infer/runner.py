@@ -2,7 +2,8 @@
 
 The catalogue is processed in chunks of ``batch_size`` stars (one engine batch each, the last
 one padded to ``batch_size`` so that it reuses the compiled program; a catalogue smaller than
-``batch_size`` is one unpadded chunk: padding stars are sampled too, and would be wasted work). Each finished chunk is written atomically to ``out_dir/chunks/chunk_NNNNN.nc``;
+``batch_size`` is one unpadded chunk: padding stars are sampled too, and would be wasted work).
+Each finished chunk is written atomically to ``out_dir/chunks/chunk_NNNNN.nc``;
 ``out_dir/manifest.json`` records the run configuration hash and the catalogue fingerprint. A
 rerun with the same manifest skips finished chunks; a different one refuses to mix results
 unless ``overwrite=True``. Star k always gets the key fold_in(key(seed), k), so results do not
@@ -93,10 +94,9 @@ def _manifest_difference(old: dict, new: dict) -> str:
     emulator/prior arrays (which enter the hash only)."""
     a = _flatten(old.get("description"))
     b = _flatten(json.loads(json.dumps(new.get("description"), sort_keys=True, default=str)))
-    missing = "absent"
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
-    parts = [f"{k}: {a[k]!r}" if k in a else f"{k}: {missing}" for k in keys]
-    parts = [f"{p} -> {b[k]!r}" if k in b else f"{p} -> {missing}" for p, k in zip(parts, keys)]
+    shown = lambda d, k: repr(d[k]) if k in d else "absent"  # noqa: E731
+    parts = [f"{k}: {shown(a, k)} -> {shown(b, k)}" for k in sorted(set(a) | set(b))
+             if shown(a, k) != shown(b, k)]
     oc, nc = old.get("catalog") or {}, new.get("catalog") or {}
     if oc.get("n_stars") != nc.get("n_stars"):
         parts.append(f"catalogue: {oc.get('n_stars')} -> {nc.get('n_stars')} stars")
@@ -156,8 +156,9 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         (:func:`dds_infer.nuts_queue.run_nuts_queue`: no lockstep; its chunk of ``batch_size``
         stars is a queue of ``batch_size × num_chains`` chains on ``n_slots`` slots, default
         min(64 per device, that); ~1.5× faster than "batch" end to end in 1,000-star chunks,
-        no faster in 256-star ones, whose slots idle at each chunk's end). The two draw different random numbers, so
-        the engine is part of the run's fingerprint (n_slots is not: it does not change draws).
+        no faster in 256-star ones, whose slots idle at each chunk's end). The two draw
+        different random numbers, so the engine is part of the run's fingerprint (n_slots is
+        not: it does not change draws).
     init_mass: the mass matrix each chain's warmup starts from: "identity" (default, NumPyro's;
         absent from the fingerprint, so runs from before the option existed resume) or "laplace"
         (the curvature at the mode nearest the start, :func:`dds_infer.engine.laplace_inverse_mass`).

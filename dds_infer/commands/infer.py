@@ -34,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--num-chains", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="stars per compiled batch (= chunk); default 64 (nuts), 1024 (nuts --engine queue, whose chains refill their slots within a chunk), 1024 (grid)")
+                   help="stars per compiled batch (= chunk); default 64 (nuts), 1024 (nuts --engine queue, "
+                   "whose chains refill their slots only within a chunk), 1024 (grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sigma-floor", type=float, default=0.02,
                    help="photometric error floor [mag] added in quadrature; a floor the catalogue already "
@@ -65,7 +66,8 @@ def register(sub) -> None:
                    "(default, ~10x fewer leapfrog steps) or direct (mu, log E); the posterior is the same")
     p.add_argument("--engine", default="batch", choices=("batch", "queue"),
                    help="NUTS engine: batch (vmapped NumPyro NUTS, chains in lockstep) or queue (each chain "
-                   "advances on its own and finished chains are refilled: ~1.5x faster end to end; default batch size 1024)")
+                   "advances on its own and finished chains are refilled: ~1.5x faster end to end; default "
+                   "batch size 1024)")
     p.add_argument("--init-mass", default="identity", choices=("identity", "laplace"),
                    help="mass matrix each chain's warmup starts from: NumPyro's identity (default) or the "
                    "curvature at the mode nearest its start (~22%% fewer leapfrog steps per chain, 12%% fewer "
