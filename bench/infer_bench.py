@@ -149,7 +149,7 @@ def time_queue(model, stars, static, n, settings, init_fn, n_slots):
     import jax
 
     from dds_infer import nuts_queue
-    from dds_infer.devices import padded_size, unshard
+    from dds_infer.devices import first_rows, padded_size
     from dds_infer.engine import BatchResult, NutsSettings, pad_batch, split_static
     from dds_infer.posterior import Posterior
 
@@ -171,7 +171,7 @@ def time_queue(model, stars, static, n, settings, init_fn, n_slots):
     out, n_iter = jax.block_until_ready(exe(pad_batch(sub, size), arrays, pad_batch(init, size),
                                             pad_batch(k_nuts, size)))
     seconds = time.perf_counter() - t0
-    out, n_iter = unshard(out, n), unshard(n_iter)
+    out, n_iter = first_rows(out, n, n_dev), first_rows(n_iter, n_dev, n_dev)
     res = BatchResult(**out, iterations=n_iter)
     return seconds, compile_s, Posterior.from_batch(res, rows, static[0]), np.asarray(n_iter).tolist()
 

@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--num-samples", type=int, default=500)
     ap.add_argument("--num-chains", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="stars per chunk (default 100; 1024 with --engine queue, as dds-infer infer)")
+                    help="stars per chunk (default 100; with --engine queue nuts_queue.DEFAULT_CHUNK, "
+                    "as dds-infer infer)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", choices=("nuts", "grid"), default="nuts")
     ap.add_argument("--engine", choices=("batch", "queue"), default="batch",
@@ -88,10 +89,12 @@ def main(argv=None) -> int:
                                     ids=ref.star_ids(),  # labels and prior reddenings withheld;
                                     meta={"mag_err_floor": ref.meta.get("mag_err_floor")})  # 0.02 mag in mag_err
     t0 = time.perf_counter()
+    from dds_infer.nuts_queue import DEFAULT_CHUNK
+
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                   batch_size=args.batch_size or (1024 if args.engine == "queue" else 100),
+                   batch_size=args.batch_size or (DEFAULT_CHUNK if args.engine == "queue" else 100),
                    engine=args.engine, dense_mass=args.dense_mass))
         prior = default_prior(emu, reddening=args.reddening, E_scale=args.E_scale, selection_limit=limit)
         post = infer(blind, emu, args.out or tmp, prior=prior, config=InferenceConfig(sigma_floor=args.sigma_floor),

@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     ap.add_argument("--num-samples", type=int, default=500)
     ap.add_argument("--num-chains", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="stars per chunk (default 100; 1024 with --engine queue, as dds-infer infer)")
+                    help="stars per chunk (default 100; with --engine queue nuts_queue.DEFAULT_CHUNK, "
+                    "as dds-infer infer)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", choices=("nuts", "grid"), default="nuts")
     ap.add_argument("--engine", choices=("batch", "queue"), default="batch",
@@ -76,10 +77,12 @@ def main(argv=None) -> int:
     keep = keep[: args.n_stars]
     cat = cat.subset(np.arange(len(keep)))
     truth = np.column_stack([np.asarray(draws[v])[keep] for v in VARS])
+    from dds_infer.nuts_queue import DEFAULT_CHUNK
+
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                   batch_size=args.batch_size or (1024 if args.engine == "queue" else 100),
+                   batch_size=args.batch_size or (DEFAULT_CHUNK if args.engine == "queue" else 100),
                    engine=args.engine))
         post = infer(cat, emu, args.out or tmp, prior=prior, config=config, seed=args.seed,
                      progress=not args.no_progress, overwrite=args.out is None, **kw)

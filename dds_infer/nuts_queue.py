@@ -56,15 +56,17 @@ from .devices import first_rows, n_devices, padded_size, shard_stars
 from .engine import BatchResult, NutsSettings, split_static, check_batch, laplace_inverse_mass, pad_batch
 
 __all__ = ["run_nuts_queue", "queue_program", "sharded_queue_program", "default_slots", "DEFAULT_SLOTS_PER_DEVICE",
-           "DEFAULT_BLOCK"]
+           "DEFAULT_BLOCK", "DEFAULT_CHUNK"]
 
-# chains advanced together on each device. Real stars, 4 × (500 + 500), 2 cores: on two devices
-# 64 slots each ran 9.44 stars/s at 1,024 stars (32: 7.99, 128: 8.61) and 8.49 at 200 (128:
-# 6.71); on one device 5.05 at 200 stars against 4.79 with 256 slots. Fewer slots leave less
-# idle tail; below ~64 the per-iteration overhead grows (µs per slot-iteration 3.0 → 3.6).
-# With the packed selects (session 12): 10.58 stars/s at 1,024 stars with 64, 9.75 with 128
-# (11.46 with 64 after the merged draw-end select).
+# chains advanced together on each device: 64 ran fastest on 1,024 real stars on 2 cores (11.46
+# stars/s; 128: 9.75 at the commit before); fewer leave less idle tail until the per-iteration
+# overhead grows (scans: bench/RESULTS.md)
 DEFAULT_SLOTS_PER_DEVICE = 64
+# stars per chunk when a catalogue runs through this engine (dds-infer infer --engine queue, the
+# benches): slots are refilled only within a chunk, so small chunks leave them idle at each end.
+# 1,000 real stars end to end (bench/real_accuracy.py --engine queue): 114 s in one chunk, 171 s
+# in 256-star chunks; the batch engine 169 s.
+DEFAULT_CHUNK = 1024
 DEFAULT_BLOCK = 32  # iterations per block of random numbers
 
 MAX_DELTA_ENERGY = 1000.0  # NumPyro's default: a leaf with ΔH above this is a divergence

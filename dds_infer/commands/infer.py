@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from ..parallax_zp import L21_COLUMNS
 
-# --engine queue's default chunk: its chains refill their slots only within a chunk, so small
-# chunks leave slots idle at each chunk's end. 1,000 real stars (bench/real_accuracy.py --engine
-# queue, 2 cores): 171 s in 256-star chunks, 114 s in one 1,000-star chunk (batch engine: 169 s).
-QUEUE_BATCH_SIZE = 1024
-
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -103,7 +98,9 @@ def run(args) -> int:
     if args.target_accept is None:
         args.target_accept = TARGET_ACCEPT
     if args.batch_size is None:
-        args.batch_size = 1024 if args.method == "grid" else (QUEUE_BATCH_SIZE if args.engine == "queue" else 64)
+        from ..nuts_queue import DEFAULT_CHUNK
+
+        args.batch_size = 1024 if args.method == "grid" else (DEFAULT_CHUNK if args.engine == "queue" else 64)
     for name in ("num_warmup", "num_samples", "num_chains", "batch_size"):
         if getattr(args, name) < (0 if name == "num_warmup" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
