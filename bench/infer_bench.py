@@ -8,11 +8,16 @@ grid posterior modes (--init uniform: NumPyro's init_to_uniform), target accepta
 matrix, and the model's (μ, E) sites whitened on the conditional Gaussian
 (--parameterization direct: the plain (μ, log E) sites, ~10× more leapfrog steps per draw).
 
-(a) engine: ``dds_infer.engine.run_nuts_batch`` on batches of --batch-size stars (one compiled
-    program, the last batch padded), after the batched grid-mode starts. Compile time is
-    measured on a first call and excluded from the rate; ``seconds_engine`` is the steady-state wall time for all N stars.
-    ``lockstep_efficiency`` = mean leapfrog steps per draw / mean over draws of the batch's
-    largest tree (sampling phase): the fraction of vmapped work that is not padding.
+(a) engine (--engine, default queue as ``dds-infer infer``): ``queue``: the queue engine
+    (:mod:`dds_infer.nuts_queue`, no lockstep: each chain advances one leapfrog step per
+    iteration and a finished chain's slot takes the next (star, chain) job) on all N stars in
+    one call, compiled ahead of time (``engine_compile_seconds``) and timed with its grid-mode
+    starts; ``batch``: ``dds_infer.engine.run_nuts_batch`` on batches of --batch-size stars
+    (one compiled program, the last batch padded), after the batched grid-mode starts, compile
+    time measured on a first call and excluded from the rate. ``seconds_engine`` is the
+    steady-state wall time for all N stars. ``lockstep_efficiency`` (batch) = mean leapfrog
+    steps per draw / mean over draws of the batch's largest tree (sampling phase): the fraction
+    of vmapped work that is not padding.
 (b) baseline: one ``numpyro.infer.MCMC(NUTS(model), num_chains=C, chain_method="vectorized",
     jit_model_args=True)`` re-run per star (compiled once: the star is a traced model argument).
     "vectorized" is the fastest fair per-star baseline on CPU ("parallel" needs C devices,
@@ -23,10 +28,9 @@ matrix, and the model's (μ, E) sites whitened on the conditional Gaussian
     ``engine_b1_stars_per_s`` is therefore also reported: the same NumPyro NUTS kernel (C
     vectorised chains) compiled once and looped one star at a time, and
     ``speedup_vs_engine_b1`` = (a) / that: the gain from batching stars alone.
-(c) --queue N: the queue engine (:mod:`dds_infer.nuts_queue`, no lockstep: each chain advances
-    one leapfrog step per iteration and a finished chain's slot takes the next (star, chain)
-    job) on the first N stars in one call, same model, starts and settings; compiled ahead of
-    time (``queue_compile_seconds``), timed with its grid-mode starts. ``--queue-only``: only (c)
+(c) the other engine, on the first N stars of the same run: ``--vs-batch N`` (with --engine
+    queue; keys batch_*, ``speedup_vs_batch_engine``) or ``--queue N`` (with --engine batch; keys
+    queue_*, ``speedup_queue_vs_engine``). ``--queue N --queue-only``: only the queue engine
     (e.g. ``--n-stars 1024 --queue 1024 --queue-only``: the rate at catalogue scale, where the
     queue's idle tail matters less).
 ``frac_rhat_lt_1_01_converged_reference`` (and ``queue_*``): the fraction of stars a sampler with
@@ -39,9 +43,10 @@ baselines (b) run in a separate one-device process with XLA's default threading
 ``--init-mass laplace``: both engines start each chain's warmup from the Laplace approximation
 at the mode nearest its start instead of NumPyro's identity (the default, as the pipeline's).
 
-    python bench/infer_bench.py [--json] [--model-source toy|eq19] [--n-stars 200] [--batch-size 64]
-        [--parameterization whitened|direct] [--max-tree-depth 8] [--init grid|uniform] [--init-mass laplace|identity]
-        [--queue N --n-slots 64xdevices [--queue-only]]
+    python bench/infer_bench.py [--json] [--model-source toy|eq19] [--n-stars 200] [--engine queue|batch]
+        [--vs-batch N] [--batch-size 64] [--parameterization whitened|direct] [--max-tree-depth 8]
+        [--init grid|uniform] [--init-mass laplace|identity] [--n-slots 64xdevices]
+        [--engine batch --queue N [--queue-only]]
     python bench/infer_bench.py --method grid [--n-stars 300 --n-mock 300 --work-dir DIR] [--json]
       (keys grid_stars_per_s, grid_setup_seconds, grid_agreement_frac, ...: see bench/grid_compare.py)
 """
@@ -226,11 +231,19 @@ def jax_take(stars, n):
     return jax.tree_util.tree_map(lambda a: a[:n], stars)
 
 
-def queue_figures(args, model, stars, static, settings, init_fn) -> dict:
-    """The queue_* keys: the queue engine on the first --queue stars in one call."""
+# the queue_* keys that are the (a) keys when the queue engine is the engine under test
+QUEUE_AS_ENGINE = {"queue_seconds": "seconds_engine", "queue_compile_seconds": "engine_compile_seconds",
+                   "queue_stars_per_s": "engine_stars_per_s", "queue_frac_rhat_lt_1_01": "frac_rhat_lt_1_01",
+                   "queue_frac_rhat_lt_1_01_converged_reference": "frac_rhat_lt_1_01_converged_reference",
+                   "queue_median_ess": "median_ess", "queue_frac_divergent_stars": "frac_divergent_stars",
+                   "queue_mean_leapfrog_steps_per_draw": "mean_leapfrog_steps_per_draw"}
+
+
+def queue_figures(args, model, stars, static, settings, init_fn, n: int | None = None) -> dict:
+    """The queue_* keys: the queue engine on the first n (default --queue) stars in one call."""
     from dds_infer.nuts_queue import default_slots
 
-    nq = min(args.queue, args.n_stars)
+    nq = min(args.queue if n is None else n, args.n_stars)
     if args.n_slots is None:
         args.n_slots = default_slots()
     sec_q, compile_q, post_q, iters = time_queue(model, stars, static, nq, settings, init_fn, args.n_slots)
@@ -249,6 +262,17 @@ def queue_figures(args, model, stars, static, settings, init_fn) -> dict:
             # sampling-phase leapfrog steps per slot-iteration: a lower bound on the
             # useful fraction (warmup steps are not recorded)
             "queue_sampling_steps_per_slot_iteration": float(steps.sum()) / (np.sum(iters) * slots_per_device)}
+
+
+def rate_figures(post, args) -> dict:
+    """Convergence figures of a batch-engine run (the queue engine's are in :func:`queue_figures`)."""
+    summ = post.summary()
+    return {"frac_rhat_lt_1_01": float(np.mean(summ["r_hat_max"] < 1.01)),
+            "frac_rhat_lt_1_01_converged_reference": converged_rhat_reference(
+                summ, args.num_chains, args.num_samples),
+            "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
+            "frac_divergent_stars": float(np.mean(summ["n_divergent"] > 0)),
+            "mean_leapfrog_steps_per_draw": float(post.sample_stats["num_steps"].mean())}
 
 
 def baseline_figures(args, model, stars, static, settings, init_fn) -> dict:
@@ -301,11 +325,18 @@ def main(argv=None) -> int:
     p.add_argument("--vs-direct", type=int, default=0,
                    help="also time the engine with the direct (mu, log E) coordinates on this many of the "
                    "stars, and the whitened engine again on the same ones (keys direct_*, speedup_whitened_vs_direct)")
+    p.add_argument("--engine", choices=("queue", "batch"), default="queue",
+                   help="(a): the NUTS engine under test (default queue, as dds-infer infer)")
+    p.add_argument("--vs-batch", type=int, default=0,
+                   help="with --engine queue: also the batch engine on the first N stars in the same run "
+                   "(keys batch_*, speedup_vs_batch_engine)")
     p.add_argument("--queue", type=int, default=0,
-                   help="also run the queue engine (dds_infer.nuts_queue: no lockstep, finished chains refilled) "
-                   "on this many of the stars in one call (keys queue_*, speedup_queue_vs_engine)")
+                   help="with --engine batch: also run the queue engine (dds_infer.nuts_queue: no lockstep, "
+                   "finished chains refilled) on this many of the stars in one call (keys queue_*, "
+                   "speedup_queue_vs_engine)")
     p.add_argument("--n-slots", type=int, default=None,
-                   help="--queue: chains advanced together, in all devices (default: 64 per device, the engine's)")
+                   help="queue engine: chains advanced together, in all devices (default: 64 per device, the "
+                   "engine's)")
     p.add_argument("--queue-only", action="store_true",
                    help="--queue N: time only the queue engine (e.g. its catalogue-scale rate on N = 1000 stars, "
                    "where the idle tail of the queue matters less); no engine_* keys")
@@ -369,18 +400,29 @@ def main(argv=None) -> int:
         figures.update(queue_figures(args, model, stars, static, settings, init_fn))
         report(figures, args.json)
         return 0
-    sec_e, compile_e, post, lockstep = time_engine(model, stars, static, args.n_stars, args.batch_size, settings,
-                                                   init_fn)
-    summ = post.summary()
-    figures.update({"batch_size": args.batch_size, "seconds_engine": sec_e, "engine_compile_seconds": compile_e,
-                    "engine_stars_per_s": args.n_stars / sec_e,
-                    "frac_rhat_lt_1_01": float(np.mean(summ["r_hat_max"] < 1.01)),
-                    "frac_rhat_lt_1_01_converged_reference": converged_rhat_reference(summ, args.num_chains,
-                                                                                      args.num_samples),
-                    "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
-                    "frac_divergent_stars": float(np.mean(summ["n_divergent"] > 0)),
-                    "mean_leapfrog_steps_per_draw": float(post.sample_stats["num_steps"].mean()),
-                    "lockstep_efficiency": lockstep})
+    if args.engine == "queue":
+        if args.queue > 0:
+            raise SystemExit("--queue N adds the queue engine to --engine batch; the engine under test is already "
+                             "the queue (use --vs-batch N for the batch engine)")
+        q = queue_figures(args, model, stars, static, settings, init_fn, n=args.n_stars)
+        figures.update({"engine": "queue", "lockstep_efficiency": None,
+                        **{QUEUE_AS_ENGINE.get(k, k): v for k, v in q.items() if k != "queue_stars"}})
+    else:
+        if args.vs_batch > 0:
+            raise SystemExit("--vs-batch N adds the batch engine to --engine queue")
+        sec_e, compile_e, post, lockstep = time_engine(model, stars, static, args.n_stars, args.batch_size,
+                                                       settings, init_fn)
+        figures.update({"engine": "batch", "batch_size": args.batch_size, "seconds_engine": sec_e,
+                        "engine_compile_seconds": compile_e, "engine_stars_per_s": args.n_stars / sec_e,
+                        **rate_figures(post, args), "lockstep_efficiency": lockstep})
+    if args.vs_batch > 0:
+        nb = min(args.vs_batch, args.n_stars)
+        sec_b, _, post_b, lock_b = time_engine(model, jax_take(stars, nb), static, nb, args.batch_size, settings,
+                                               init_fn)
+        figures.update({"batch_stars": nb, "batch_size": args.batch_size, "batch_stars_per_s": nb / sec_b,
+                        **{f"batch_{k}": v for k, v in rate_figures(post_b, args).items()},
+                        "batch_lockstep_efficiency": lock_b,
+                        "speedup_vs_batch_engine": figures["engine_stars_per_s"] / (nb / sec_b)})
     if args.baseline_stars > 0:
         base = (baseline_figures(args, model, stars, static, settings, init_fn) if devices == 1
                 else baseline_subprocess(argv))

@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from _common import add_cpu_devices_arg, anchor_dir, report, start_devices
+from dds_infer.runner import DEFAULT_ENGINE, ENGINES
 
 GOALS = {"sigma": {"teff": 150.0, "logg": 0.20, "E": 0.05}, "abs_bias": {"logg": 0.05}, "z_sigma": (0.8, 1.3)}
 
@@ -51,12 +52,13 @@ def main(argv=None) -> int:
     ap.add_argument("--num-samples", type=int, default=500)
     ap.add_argument("--num-chains", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="stars per chunk (default 100; with --engine queue nuts_queue.DEFAULT_CHUNK, "
-                    "as dds-infer infer)")
+                    help="stars per chunk (default dds_infer.runner.default_batch_size, as dds-infer infer: "
+                    "1024, or 64 with --engine batch)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", choices=("nuts", "grid"), default="nuts")
-    ap.add_argument("--engine", choices=("batch", "queue"), default="batch",
-                    help="NUTS engine (dds_infer.runner.ENGINES): batch (lockstep) or queue")
+    ap.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                    help="NUTS engine (dds_infer.runner.ENGINES): queue (default, as dds-infer infer) or batch "
+                    "(lockstep)")
     ap.add_argument("--dense-mass", action="store_true", help="dense (not diagonal) NUTS mass matrices")
     ap.add_argument("--reddening", default="flat", help="E prior kind (dds_infer.priors.REDDENING_KINDS)")
     ap.add_argument("--E-scale", type=float, default=1.0, help="half-normal E prior scale [mag]")
@@ -89,12 +91,10 @@ def main(argv=None) -> int:
                                     ids=ref.star_ids(),  # labels and prior reddenings withheld;
                                     meta={"mag_err_floor": ref.meta.get("mag_err_floor")})  # 0.02 mag in mag_err
     t0 = time.perf_counter()
-    from dds_infer.nuts_queue import DEFAULT_CHUNK
-
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                   batch_size=args.batch_size or (DEFAULT_CHUNK if args.engine == "queue" else 100),
+                   batch_size=args.batch_size,
                    engine=args.engine, dense_mass=args.dense_mass))
         prior = default_prior(emu, reddening=args.reddening, E_scale=args.E_scale, selection_limit=limit)
         post = infer(blind, emu, args.out or tmp, prior=prior, config=InferenceConfig(sigma_floor=args.sigma_floor),

@@ -36,6 +36,8 @@ adaptation statistically.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Callable, NamedTuple
 
@@ -240,11 +242,38 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
     return slot._replace(state=state, traj=traj, counter=slot.counter + 1), record
 
 
+_SINK: list = [None]  # the host function that finished-chain counts go to (see reporting_to)
+_SINK_LOCK = threading.Lock()
+
+
+def _report_finished(n):
+    """Host side of the progress callback: ``n`` chains just finished (called from any device's thread)."""
+    with _SINK_LOCK:
+        if _SINK[0] is not None:
+            _SINK[0](int(n))
+
+
+@contextmanager
+def reporting_to(sink: Callable[[int], None]):
+    """While active, a queue program compiled with ``progress=True`` calls ``sink(n)`` each time n of
+    its chains finish (from the devices' threads, serialised). The values computed do not change."""
+    with _SINK_LOCK:
+        _SINK[0] = sink
+    try:
+        yield
+    finally:
+        with _SINK_LOCK:
+            _SINK[0] = None
+
+
 @lru_cache(maxsize=16)
-def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int, has_init: bool, block: int):
+def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int, has_init: bool, block: int,
+                  progress: bool = False):
     """The jitted queue sampler ``run(stars, arrays, init, keys)`` for (model, static args, settings,
     slots), cached; what :func:`run_nuts_queue` calls. Public so that benchmarks can compile it
-    ahead of time (``.lower(...).compile()``) and time the compilation apart."""
+    ahead of time (``.lower(...).compile()``) and time the compilation apart. progress: report
+    finished chains to the host as they finish (:func:`reporting_to`; a chunk of 1,024 stars
+    takes minutes, and its chains finish all along)."""
     total = settings.num_warmup + settings.num_samples
 
     def run(stars, arrays, init, keys):
@@ -329,6 +358,9 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
             slots, bufs, k, _ = jax.lax.while_loop(lambda c: (c[2] < block) & ~jnp.any(finished(c[0])), inner,
                                                    (slots, bufs, jnp.asarray(0, jnp.int32), u))
             done = finished(slots)
+            if progress:
+                n_done = jnp.sum(done)
+                jax.lax.cond(n_done > 0, lambda n: jax.debug.callback(_report_finished, n), lambda n: None, n_done)
             jd = jnp.where(done, slots.job, n_jobs)  # finished jobs: their adapted step size and mass matrix
             adapt = slots.state.adapt_state
             bufs = dict(bufs, step_size=bufs["step_size"].at[jd].set(adapt.step_size, mode="drop"),
@@ -362,7 +394,7 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
                    target_accept_prob: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
                    init_mass: str = "identity", warmup_max_tree_depth: int | None = None,
                    n_slots: int | None = None, block: int = DEFAULT_BLOCK, pad_to: int | None = None,
-                   devices: int | None = None) -> BatchResult:
+                   devices: int | None = None, on_finished: Callable[[int], None] | None = None) -> BatchResult:
     """NUTS for B stars × C chains on ``n_slots`` chain slots fed from a queue of B × C jobs.
 
     Same arguments and result as :func:`dds_infer.engine.run_nuts_batch` (which see), plus
@@ -376,6 +408,8 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     each with its own queue of ``n_slots / devices`` slots (rounded up); the batch is padded to a
     multiple of it. ``BatchResult.iterations`` then has one entry per device.
     n_slots: default :func:`default_slots` (64 per device).
+    on_finished: called as ``on_finished(n)`` each time n chains finish during the call (progress
+    within a call; padding stars' chains included); the draws do not depend on it.
     """
     settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth, bool(dense_mass),
                             init_mass, warmup_max_tree_depth)
@@ -384,10 +418,14 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     if int(n_slots) < 1 or int(block) < 1:
         raise ValueError(f"n_slots and block must be >= 1, got {n_slots}, {block}")
     fn, n_dev = sharded_queue_program(model, static_args, settings, int(n_slots), init_params is not None,
-                                      int(block), devices)
+                                      int(block), devices, on_finished is not None)
     size = padded_size(n if pad_to is None else int(pad_to), n_dev)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
-    out, n_iter = fn(stars_p, split_static(tuple(static_args))[1], init_p, keys_p)
+    if on_finished is None:
+        out, n_iter = fn(stars_p, split_static(tuple(static_args))[1], init_p, keys_p)
+    else:
+        with reporting_to(on_finished):  # until the (asynchronous) computation has finished
+            out, n_iter = jax.block_until_ready(fn(stars_p, split_static(tuple(static_args))[1], init_p, keys_p))
     out, n_iter = first_rows(out, n, n_dev), first_rows(n_iter, n_dev, n_dev)
     return BatchResult(**out, iterations=n_iter)
 
@@ -398,7 +436,7 @@ def default_slots(devices: int | None = None) -> int:
 
 
 def sharded_queue_program(model: Callable, static_args: tuple, settings: NutsSettings, n_slots: int, has_init: bool,
-                          block: int = DEFAULT_BLOCK, devices: int | None = None):
+                          block: int = DEFAULT_BLOCK, devices: int | None = None, progress: bool = False):
     """(``run(stars, arrays, init, keys) -> (out, iterations (devices,))``, devices): the queue
     program of :func:`queue_program` with ``n_slots / devices`` slots (rounded up) per device,
     mapped over the devices (:func:`dds_infer.devices.shard_stars`; the batch must be a multiple
@@ -406,7 +444,8 @@ def sharded_queue_program(model: Callable, static_args: tuple, settings: NutsSet
     ahead of time (``.lower(...).compile()``)."""
     n_dev = n_devices(devices)
     static, _ = split_static(tuple(static_args))
-    fn = queue_program(model, static, settings, padded_size(n_slots, n_dev) // n_dev, has_init, int(block))
+    fn = queue_program(model, static, settings, padded_size(n_slots, n_dev) // n_dev, has_init, int(block),
+                       bool(progress))
     return _over_devices(fn, n_dev), n_dev
 
 

@@ -52,7 +52,7 @@ def mode_combine_fn(weights: str = "gelfand_dey", n_sigma: float = 4.0):
 
 
 def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | None = None,
-          num_chains: int = 4, num_warmup: int = 500, num_samples: int = 500, batch_size: int = 64,
+          num_chains: int = 4, num_warmup: int = 500, num_samples: int = 500, batch_size: int | None = None,
           seed: int = 0, progress: bool = True, overwrite: bool = False, multimodal: bool = True,
           max_tree_depth: int = 8, target_accept_prob: float = TARGET_ACCEPT, method: str = "nuts",
           grid_settings=None, warmup_max_tree_depth: int | None = WARMUP_MAX_TREE_DEPTH, **runner_kw):
@@ -84,9 +84,11 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
     its longest trees, not by the mean step count: 8.4 / 12.2 / 17.1 steps per draw).
     method: "nuts" (default) or "grid": the importance-sampling grid path
     (:mod:`dds_infer.gridpath`, settings ``grid_settings``), ~10³ stars/s, same outputs.
-    runner_kw: e.g. ``engine="queue"`` (:func:`dds_infer.runner.infer_catalog`): NUTS without
-    lockstep, 1.57× faster on 200 real stars (``bench/infer_bench.py --queue``); use a
-    ``batch_size`` of a few hundred stars so that each chunk's queue keeps its slots busy.
+    batch_size: stars per chunk (None: :func:`dds_infer.runner.default_batch_size`, 1,024 for the
+    grid path and the queue engine, 64 for the batch engine).
+    runner_kw: e.g. ``engine="batch"`` (:func:`dds_infer.runner.infer_catalog`; default "queue",
+    NUTS without lockstep: 1.5× faster than "batch" on 1,000 real stars end to end, the same
+    posteriors; ``bench/real_accuracy.py --engine batch|queue``).
     """
     from .runner import infer_catalog
 
@@ -97,7 +99,9 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
     check_not_corrected_twice(catalog, config.zero_point_mas)
     if method == "grid":
         from .gridpath import GridSettings, grid_batch_fn
+        from .runner import default_batch_size
 
+        batch_size = default_batch_size("grid") if batch_size is None else batch_size
         fn = grid_batch_fn(emulator, prior, config, grid_settings or GridSettings(), pad_to=batch_size)
         return infer_catalog(catalog, emulator, prior, config, out_dir, batch_size=batch_size, seed=seed,
                              star_data_fn=star_data_from_catalog, model=star_model, batch_fn=fn,

@@ -133,7 +133,7 @@ def test_bad_inputs_raise():
 def test_runner_resume_matches_uninterrupted_run(setup, base, tmp_path):
     emu, cat, _, _ = setup  # 10 stars in chunks of 4, 4, 2 (the last one padded)
     kw = dict(batch_size=B, num_chains=C, num_warmup=W, num_samples=S, seed=0, model=star_model,
-              star_data_fn=star_data_from_catalog, progress=False)
+              star_data_fn=star_data_from_catalog, progress=False, engine="batch")
     full = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "a", **kw)
     assert infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", stop_after_chunks=1, **kw) is None
     assert sorted(p.name for p in (tmp_path / "b" / "chunks").glob("*.nc")) == ["chunk_00000.nc"]
@@ -163,7 +163,7 @@ def test_runner_pads_only_the_last_chunk_and_never_past_the_catalogue(setup, tmp
 
     monkeypatch.setattr(runner, "run_nuts_batch", spy)
     kw = dict(num_chains=C, num_warmup=20, num_samples=10, seed=0, model=star_model,
-              star_data_fn=star_data_from_catalog, progress=False)
+              star_data_fn=star_data_from_catalog, progress=False, engine="batch")
     post = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "a", batch_size=64, **kw)
     assert seen == [(10, 10)] and post.samples["mu"].shape == (10, C, 10)
     seen.clear()

@@ -91,9 +91,10 @@ def test_bad_arguments():
 
 
 @pytest.mark.slow
-def test_runner_with_the_queue_engine_resumes_and_is_fingerprinted(tmp_path):
-    """infer_catalog(engine="queue"): chunks (last one padded), resume = uninterrupted run, and a
-    folder written by the batch engine is not silently resumed by the queue engine."""
+def test_runner_with_the_queue_engine_resumes_and_is_fingerprinted(tmp_path, capsys):
+    """infer_catalog(engine="queue"): chunks (last one padded), resume = uninterrupted run (the
+    resumed one with the progress bar, fed from inside the compiled loop), and a folder written by
+    the batch engine is not silently resumed by the queue engine."""
     import sys
     from pathlib import Path
 
@@ -110,9 +111,11 @@ def test_runner_with_the_queue_engine_resumes_and_is_fingerprinted(tmp_path):
     full = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "a", **kw)
     assert full.samples["mu"].shape == (6, 2, 30)
     assert infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", stop_after_chunks=1, **kw) is None
-    resumed = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", **dict(kw, n_slots=16))
+    capsys.readouterr()
+    resumed = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", **dict(kw, n_slots=16, progress=True))
     for k in full.samples:  # n_slots is not part of the fingerprint: it does not change the draws
         np.testing.assert_array_equal(full.samples[k], resumed.samples[k])
+    assert "6/6" in capsys.readouterr().err  # the bar reached every star
     with pytest.raises(ManifestMismatchError, match="different run"):
         infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", **dict(kw, engine="batch"))
     with pytest.raises(ValueError, match="engine"):
@@ -144,3 +147,44 @@ def test_packed_select_equals_a_select_per_leaf():
         preds, stack(a), stack(b))
     for key in a:
         np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_queue_is_the_default_engine_with_large_chunks(tmp_path, monkeypatch, capsys):
+    """dds-infer infer (and dds_infer.infer) sample with the queue engine in DEFAULT_CHUNK-star chunks
+    unless told otherwise; --engine batch keeps the lockstep engine's 64-star batches; the grid
+    path is not a NUTS engine."""
+    import json
+
+    from conftest import shipped_infer_cli
+    from dds_infer.cli import main
+    from dds_infer.nuts_queue import DEFAULT_CHUNK
+    from dds_infer.runner import DEFAULT_ENGINE, default_batch_size
+
+    assert DEFAULT_ENGINE == "queue"
+    assert default_batch_size() == DEFAULT_CHUNK and default_batch_size("nuts", "batch") == 64
+    calls, common = shipped_infer_cli(monkeypatch, tmp_path)
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] == "queue"
+    assert calls[-1]["engine"] == "queue" and calls[-1]["batch_size"] == DEFAULT_CHUNK
+    assert main([*common, "--out", str(tmp_path / "b"), "--engine", "batch"]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] == "batch"
+    assert calls[-1]["engine"] == "batch" and calls[-1]["batch_size"] == 64
+    assert main([*common, "--out", str(tmp_path / "c"), "--method", "grid"]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] is None
+    assert "engine" not in calls[-1] and calls[-1]["batch_size"] == default_batch_size("grid")
+
+
+def test_progress_reports_every_chain_without_changing_a_draw(capsys):
+    """on_finished hears of every chain (padding stars' included) as it finishes, from inside the
+    compiled loop, and the draws are those of the program without the callback."""
+    from dds_infer.devices import n_devices, padded_size
+
+    stars, keys = _stars(3), star_keys(3, np.arange(3))
+    run = dict(num_warmup=30, num_samples=20, num_chains=2, max_tree_depth=5, n_slots=4)
+    heard = []
+    with_cb = run_nuts_queue(gauss_model, stars, SCALE, None, keys, on_finished=heard.append, **run)
+    plain = run_nuts_queue(gauss_model, stars, SCALE, None, keys, **run)
+    for k in ("x", "y", "w"):
+        assert np.array_equal(np.asarray(with_cb.samples[k]), np.asarray(plain.samples[k])), k
+    assert all(n > 0 for n in heard) and len(heard) > 1  # as chains finish, not once at the end
+    assert sum(heard) == padded_size(3, n_devices()) * run["num_chains"]

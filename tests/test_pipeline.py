@@ -57,7 +57,7 @@ def test_cli_infer_json_and_resume(small_mock, tmp_path, capsys):
     assert res["n_stars"] == 6 and res["stars_per_s"] > 0
     assert 0.0 <= res["frac_rhat_lt_1_01"] <= 1.0 and res["median_ess"] > 0
     # the mock's errors include its survey's floor: declared through the Parquet file, not added again
-    assert res["sigma_floor"] == 0.02 and res["parameterization"] == "whitened" and res["engine"] == "batch"
+    assert res["sigma_floor"] == 0.02 and res["parameterization"] == "whitened" and res["engine"] == "queue"
     assert res["catalog_err_floor"] == pytest.approx(list(mock.catalog.meta["mag_err_floor"]))
     chunks = sorted((out / "chunks").glob("*.nc"))
     assert len(chunks) == 2
@@ -75,11 +75,11 @@ def test_cli_infer_json_and_resume(small_mock, tmp_path, capsys):
     assert [c.stat().st_mtime_ns for c in chunks] == mtimes
     assert pd.read_parquet(res["out"]["summary"]).equals(s)
     assert main(argv[:-4] + ["--num-samples", "0", "--json"]) == 2  # bad value: clear error
-    # the queue engine (no lockstep) through the CLI: same outputs, sane posteriors
-    argv_q = [a if a != str(out) else str(tmp_path / "queue") for a in argv] + ["--engine", "queue"]
+    # the batch engine (lockstep; the default before the queue) through the CLI: same outputs, sane posteriors
+    argv_q = [a if a != str(out) else str(tmp_path / "batch") for a in argv] + ["--engine", "batch"]
     assert main(argv_q) == 0
     rq = json.loads(capsys.readouterr().out)
-    assert rq["engine"] == "queue" and rq["n_stars"] == 6
+    assert rq["engine"] == "batch" and rq["n_stars"] == 6
     sq = pd.read_parquet(rq["out"]["summary"])
     assert list(sq["star_id"]) == list(s["star_id"])
     assert np.all(np.abs(sq["mu_median"].to_numpy() - t["mu"].to_numpy()) < 1.5)

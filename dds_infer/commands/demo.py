@@ -34,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("--num-warmup", type=int, default=500)
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--num-chains", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="NUTS stars per chunk (default: dds-infer infer's, 1024 with its default engine)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report summary as JSON")
     p.set_defaults(func=run)

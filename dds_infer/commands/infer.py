@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..parallax_zp import L21_COLUMNS
+from ..runner import DEFAULT_ENGINE, ENGINES, default_batch_size
 
 
 def register(sub) -> None:
@@ -29,8 +30,8 @@ def register(sub) -> None:
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--num-chains", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="stars per compiled batch (= chunk); default 64 (nuts), 1024 (nuts --engine queue, "
-                   "whose chains refill their slots only within a chunk), 1024 (grid)")
+                   help="stars per compiled batch (= chunk); default 1024 (grid; nuts with the queue engine, "
+                   "whose chains refill their slots only within a chunk), 64 (nuts --engine batch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sigma-floor", type=float, default=0.02,
                    help="photometric error floor [mag] added in quadrature; a floor the catalogue already "
@@ -59,10 +60,10 @@ def register(sub) -> None:
     p.add_argument("--parameterization", default="whitened", choices=("whitened", "direct"),
                    help="NUTS sample sites for (mu, E): whitened on their conditional Gaussian at each theta "
                    "(default, ~10x fewer leapfrog steps) or direct (mu, log E); the posterior is the same")
-    p.add_argument("--engine", default="batch", choices=("batch", "queue"),
-                   help="NUTS engine: batch (vmapped NumPyro NUTS, chains in lockstep) or queue (each chain "
-                   "advances on its own and finished chains are refilled: ~1.5x faster end to end; default "
-                   "batch size 1024)")
+    p.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES,
+                   help="NUTS engine: queue (default; each chain advances on its own and finished chains are "
+                   "refilled, ~1.5x faster end to end in 1024-star chunks) or batch (vmapped NumPyro NUTS, "
+                   "chains in lockstep; the default before 2026-12-01: resume such runs with --engine batch)")
     p.add_argument("--init-mass", default="identity", choices=("identity", "laplace"),
                    help="mass matrix each chain's warmup starts from: NumPyro's identity (default) or the "
                    "curvature at the mode nearest its start (~22%% fewer leapfrog steps per chain, 12%% fewer "
@@ -98,9 +99,7 @@ def run(args) -> int:
     if args.target_accept is None:
         args.target_accept = TARGET_ACCEPT
     if args.batch_size is None:
-        from ..nuts_queue import DEFAULT_CHUNK
-
-        args.batch_size = 1024 if args.method == "grid" else (DEFAULT_CHUNK if args.engine == "queue" else 64)
+        args.batch_size = default_batch_size(args.method, args.engine)
     for name in ("num_warmup", "num_samples", "num_chains", "batch_size"):
         if getattr(args, name) < (0 if name == "num_warmup" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
