@@ -36,8 +36,6 @@ adaptation statistically.
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Callable, NamedTuple
 
@@ -54,6 +52,7 @@ from numpyro.infer.hmc_util import (IntegratorState, TreeInfo, _biased_transitio
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
+from . import progress as _progress
 from .devices import first_rows, n_devices, padded_size, shard_stars
 from .engine import BatchResult, NutsSettings, split_static, check_batch, laplace_inverse_mass, pad_batch
 
@@ -242,37 +241,13 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
     return slot._replace(state=state, traj=traj, counter=slot.counter + 1), record
 
 
-_SINK: list = [None]  # the host function that finished-chain counts go to (see reporting_to)
-_SINK_LOCK = threading.Lock()
-
-
-def _report_finished(n):
-    """Host side of the progress callback: ``n`` chains just finished (called from any device's thread)."""
-    with _SINK_LOCK:
-        if _SINK[0] is not None:
-            _SINK[0](int(n))
-
-
-@contextmanager
-def reporting_to(sink: Callable[[int], None]):
-    """While active, a queue program compiled with ``progress=True`` calls ``sink(n)`` each time n of
-    its chains finish (from the devices' threads, serialised). The values computed do not change."""
-    with _SINK_LOCK:
-        _SINK[0] = sink
-    try:
-        yield
-    finally:
-        with _SINK_LOCK:
-            _SINK[0] = None
-
-
 @lru_cache(maxsize=16)
 def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int, has_init: bool, block: int,
                   progress: bool = False):
     """The jitted queue sampler ``run(stars, arrays, init, keys)`` for (model, static args, settings,
     slots), cached; what :func:`run_nuts_queue` calls. Public so that benchmarks can compile it
     ahead of time (``.lower(...).compile()``) and time the compilation apart. progress: report
-    finished chains to the host as they finish (:func:`reporting_to`; a chunk of 1,024 stars
+    finished chains to the host as they finish (:mod:`dds_infer.progress`; a chunk of 1,024 stars
     takes minutes, and its chains finish all along)."""
     total = settings.num_warmup + settings.num_samples
 
@@ -360,7 +335,7 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
             done = finished(slots)
             if progress:
                 n_done = jnp.sum(done)
-                jax.lax.cond(n_done > 0, lambda n: jax.debug.callback(_report_finished, n), lambda n: None, n_done)
+                jax.lax.cond(n_done > 0, lambda n: jax.debug.callback(_progress.report, n), lambda n: None, n_done)
             jd = jnp.where(done, slots.job, n_jobs)  # finished jobs: their adapted step size and mass matrix
             adapt = slots.state.adapt_state
             bufs = dict(bufs, step_size=bufs["step_size"].at[jd].set(adapt.step_size, mode="drop"),
@@ -424,7 +399,7 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     if on_finished is None:
         out, n_iter = fn(stars_p, split_static(tuple(static_args))[1], init_p, keys_p)
     else:
-        with reporting_to(on_finished):  # until the (asynchronous) computation has finished
+        with _progress.reporting_to(on_finished):  # until the (asynchronous) computation has finished
             out, n_iter = jax.block_until_ready(fn(stars_p, split_static(tuple(static_args))[1], init_p, keys_p))
     out, n_iter = first_rows(out, n, n_dev), first_rows(n_iter, n_dev, n_dev)
     return BatchResult(**out, iterations=n_iter)

@@ -30,6 +30,7 @@ from .devices import n_devices
 from .engine import run_nuts_batch, star_keys
 from .inference import direct_log_density
 from .posterior import Posterior, concat
+from .progress import chains_to_stars
 
 __all__ = ["infer_catalog", "catalog_fingerprint", "run_config_hash", "ManifestMismatchError", "ENGINES",
            "DEFAULT_ENGINE", "default_batch_size"]
@@ -138,20 +139,6 @@ def default_batch_size(method: str = "nuts", engine: str = DEFAULT_ENGINE) -> in
     if method == "grid":
         return 1024
     return DEFAULT_CHUNK if engine == "queue" else 64
-
-
-def _chains_to_stars(bar, shown: list, n_rows: int, num_chains: int) -> Callable[[int], None]:
-    """The queue engine's finished-chain counts as stars on ``bar`` (chains // num_chains, at most
-    ``n_rows``: a chunk's padding stars' chains count too); ``shown[0]`` tracks what was added."""
-    chains = [0]
-
-    def on_finished(n: int) -> None:
-        chains[0] += n
-        stars = min(chains[0] // num_chains, n_rows)
-        if stars > shown[0]:
-            bar.update(stars - shown[0])
-            shown[0] = stars
-    return on_finished
 
 
 def _default_model():
@@ -271,7 +258,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                       target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
                       init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=min(batch_size, n),
                       devices=n_dev, **({} if bar is None or engine != "queue" else
-                                        {"on_finished": _chains_to_stars(bar, shown, len(rows), num_chains)}))
+                                        {"on_finished": chains_to_stars(bar, shown, len(rows), num_chains)}))
         modes = None
         if combine_fn is not None:
             samples = {key: np.asarray(v) for key, v in res.samples.items()}

@@ -10,7 +10,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "infer",
         help="sample the posterior of (Teff, logg, [Fe/H], distance modulus, reddening) for every star",
-        description="Batched NUTS (one compiled program, per-star/per-chain adaptation), or with --method grid "
+        description="NUTS for every star and chain (one compiled program per chunk, per-chain adaptation; the queue "
+        "engine by default, no lockstep), or with --method grid "
         "importance sampling in θ with (μ, E) in closed form (dds_infer.gridpath), over a catalogue, "
         "in resumable chunks: <out>/chunks/*.nc, <out>/posterior.nc (arviz NetCDF, dims star x chain x "
         "draw) and <out>/summary.parquet (one row per star; flag bits: 1 r_hat, 2 low ESS, "
