@@ -87,8 +87,8 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
     batch_size: stars per chunk (None: :func:`dds_infer.runner.default_batch_size`, 1,024 for the
     grid path and the queue engine, 64 for the batch engine).
     runner_kw: e.g. ``engine="batch"`` (:func:`dds_infer.runner.infer_catalog`; default "queue",
-    NUTS without lockstep: 1.5× faster than "batch" on 1,000 real stars end to end, the same
-    posteriors; ``bench/real_accuracy.py --engine batch|queue``).
+    NUTS without lockstep: 1.3× faster than "batch" end to end on 1,000 real stars, 1.5× in
+    ``bench/infer_bench.py --vs-batch 200``, the same posteriors).
     """
     from .runner import infer_catalog
 
