@@ -169,6 +169,21 @@ def test_runner_pads_only_the_last_chunk_and_never_past_the_catalogue(setup, tmp
     seen.clear()
     infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", batch_size=4, **kw)
     assert seen == [(4, 4), (4, 4), (2, 4)]
+    seen.clear()  # at most 6 per chunk: 2 x 5 stars, not 6 + 4 padded to 6
+    infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "c", batch_size=6, **kw)
+    assert seen == [(5, 5), (5, 5)]
+
+
+def test_chunks_are_the_fewest_and_nearly_equal():
+    from dds_infer.runner import chunk_size
+
+    for n in range(1, 300, 7):
+        for bs in (1, 4, 64, 100, 1024):
+            c = chunk_size(n, bs)
+            k = -(-n // c)
+            assert c <= bs and k == -(-n // bs), (n, bs)  # never more chunks than batch_size implies
+            assert k * c - n < k, (n, bs)  # the last chunk is short (padded) by fewer stars than chunks
+    assert chunk_size(1100, 1024) == 550 and chunk_size(10_000, 1024) == 1000 and chunk_size(700, 1024) == 700
 
 
 def test_manifest_mismatch_names_what_differs(tmp_path):
