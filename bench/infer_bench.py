@@ -323,8 +323,9 @@ def main(argv=None) -> int:
                    help="chain starts for both: the pipeline's grid modes (default for eq19) or NumPyro's "
                    "init_to_uniform (default for toy)")
     p.add_argument("--vs-direct", type=int, default=0,
-                   help="also time the engine with the direct (mu, log E) coordinates on this many of the "
-                   "stars, and the whitened engine again on the same ones (keys direct_*, speedup_whitened_vs_direct)")
+                   help="also time the batch engine with the direct (mu, log E) coordinates on this many of the "
+                   "stars, and with the whitened ones again on the same stars (keys direct_*, "
+                   "speedup_whitened_vs_direct)")
     p.add_argument("--engine", choices=("queue", "batch"), default="queue",
                    help="(a): the NUTS engine under test (default queue, as dds-infer infer)")
     p.add_argument("--vs-batch", type=int, default=0,
@@ -357,6 +358,11 @@ def main(argv=None) -> int:
                    help="only the (b) baselines (what a multi-device run starts in a 1-device subprocess)")
     add_cpu_devices_arg(p)
     args = p.parse_args(argv)
+    if args.engine == "queue" and args.queue > 0 and not args.queue_only:
+        p.error("--queue N adds the queue engine to --engine batch; the engine under test is already the queue "
+                "(--vs-batch N adds the batch engine)")
+    if args.engine == "batch" and args.vs_batch > 0:
+        p.error("--vs-batch N adds the batch engine to --engine queue")
     devices = start_devices(args)
     if args.method == "grid":
         from grid_compare import run
@@ -401,15 +407,10 @@ def main(argv=None) -> int:
         report(figures, args.json)
         return 0
     if args.engine == "queue":
-        if args.queue > 0:
-            raise SystemExit("--queue N adds the queue engine to --engine batch; the engine under test is already "
-                             "the queue (use --vs-batch N for the batch engine)")
         q = queue_figures(args, model, stars, static, settings, init_fn, n=args.n_stars)
         figures.update({"engine": "queue", "lockstep_efficiency": None,
                         **{QUEUE_AS_ENGINE.get(k, k): v for k, v in q.items() if k != "queue_stars"}})
     else:
-        if args.vs_batch > 0:
-            raise SystemExit("--vs-batch N adds the batch engine to --engine queue")
         sec_e, compile_e, post, lockstep = time_engine(model, stars, static, args.n_stars, args.batch_size,
                                                        settings, init_fn)
         figures.update({"engine": "batch", "batch_size": args.batch_size, "seconds_engine": sec_e,

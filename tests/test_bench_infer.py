@@ -1,0 +1,34 @@
+"""bench/infer_bench.py at toy size: the engine keys of issue 5's acceptance 3 are there and sane
+for the default engine (the queue), with the batch engine beside it in the same run. (The
+per-star baseline, ``--baseline-stars``, recompiles NumPyro's loop for every star, ~70 s even
+for one: it is left to the benchmark runs.)"""
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+@pytest.mark.slow
+def test_infer_bench_reports_the_default_engine_against_the_batch_engine(anchor_dir, monkeypatch, capsys):
+    monkeypatch.setenv("DDS_ANCHOR_DIR", str(anchor_dir))
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import infer_bench
+
+    argv = ["--json", "--n-stars", "4", "--num-warmup", "20", "--num-samples", "20", "--num-chains", "2",
+            "--batch-size", "4", "--baseline-stars", "0", "--vs-batch", "4"]
+    assert infer_bench.main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["engine"] == "queue" and res["n_stars"] == 4 and res["batch_stars"] == 4
+    for key in ("engine_stars_per_s", "batch_stars_per_s"):
+        assert res[key] > 0, key
+    assert "speedup" not in res  # no baseline was run
+    assert res["speedup_vs_batch_engine"] == pytest.approx(res["engine_stars_per_s"] / res["batch_stars_per_s"])
+    for key in ("frac_rhat_lt_1_01", "batch_frac_rhat_lt_1_01"):
+        assert 0.0 <= res[key] <= 1.0, key
+    assert res["median_ess"] > 0 and res["queue_iterations"] > 0
+    with pytest.raises(SystemExit):  # the queue is already the engine under test
+        infer_bench.main(argv + ["--queue", "4"])
+    sys.modules.pop("infer_bench", None)
