@@ -169,9 +169,19 @@ def test_runner_pads_only_the_last_chunk_and_never_past_the_catalogue(setup, tmp
     seen.clear()
     infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", batch_size=4, **kw)
     assert seen == [(4, 4), (4, 4), (2, 4)]
-    seen.clear()  # at most 6 per chunk: 2 x 5 stars, not 6 + 4 padded to 6
-    infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "c", batch_size=6, **kw)
-    assert seen == [(5, 5), (5, 5)]
+    seen.clear()  # at most 6 per chunk: 2 x 5 stars, not 6 + 4 padded to 6 (first chunk seen, not run)
+
+    class Seen(Exception):
+        pass
+
+    def record_only(model, stars, *args, pad_to=None, **kw):
+        seen.append((len(stars.mag), pad_to))
+        raise Seen
+
+    monkeypatch.setattr(runner, "run_nuts_batch", record_only)
+    with pytest.raises(Seen):
+        infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "c", batch_size=6, **kw)
+    assert seen == [(5, 5)]
 
 
 def test_chunks_are_the_fewest_and_nearly_equal():
