@@ -239,6 +239,17 @@ QUEUE_AS_ENGINE = {"queue_seconds": "seconds_engine", "queue_compile_seconds": "
                    "queue_mean_leapfrog_steps_per_draw": "mean_leapfrog_steps_per_draw"}
 
 
+def rate_figures(post, args) -> dict:
+    """Convergence and step figures of an engine run (either engine)."""
+    summ = post.summary()
+    return {"frac_rhat_lt_1_01": float(np.mean(summ["r_hat_max"] < 1.01)),
+            "frac_rhat_lt_1_01_converged_reference": converged_rhat_reference(
+                summ, args.num_chains, args.num_samples),
+            "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
+            "frac_divergent_stars": float(np.mean(summ["n_divergent"] > 0)),
+            "mean_leapfrog_steps_per_draw": float(post.sample_stats["num_steps"].mean())}
+
+
 def queue_figures(args, model, stars, static, settings, init_fn, n: int | None = None) -> dict:
     """The queue_* keys: the queue engine on the first n (default --queue) stars in one call."""
     from dds_infer.nuts_queue import default_slots
@@ -247,32 +258,15 @@ def queue_figures(args, model, stars, static, settings, init_fn, n: int | None =
     if args.n_slots is None:
         args.n_slots = default_slots()
     sec_q, compile_q, post_q, iters = time_queue(model, stars, static, nq, settings, init_fn, args.n_slots)
-    summ_q = post_q.summary()
     steps = post_q.sample_stats["num_steps"]
     slots_per_device = -(-args.n_slots // len(iters))
     return {"queue_stars": nq, "queue_n_slots": args.n_slots, "queue_seconds": sec_q,
             "queue_compile_seconds": compile_q, "queue_stars_per_s": nq / sec_q,
-            "queue_frac_rhat_lt_1_01": float(np.mean(summ_q["r_hat_max"] < 1.01)),
-            "queue_frac_rhat_lt_1_01_converged_reference": converged_rhat_reference(
-                summ_q, args.num_chains, args.num_samples),
-            "queue_median_ess": float(np.nanmedian(summ_q["ess_bulk_min"])),
-            "queue_frac_divergent_stars": float(np.mean(summ_q["n_divergent"] > 0)),
-            "queue_mean_leapfrog_steps_per_draw": float(steps.mean()),
+            **{f"queue_{k}": v for k, v in rate_figures(post_q, args).items()},
             "queue_iterations": int(np.sum(iters)), "queue_iterations_per_device": iters,
             # sampling-phase leapfrog steps per slot-iteration: a lower bound on the
             # useful fraction (warmup steps are not recorded)
             "queue_sampling_steps_per_slot_iteration": float(steps.sum()) / (np.sum(iters) * slots_per_device)}
-
-
-def rate_figures(post, args) -> dict:
-    """Convergence figures of a batch-engine run (the queue engine's are in :func:`queue_figures`)."""
-    summ = post.summary()
-    return {"frac_rhat_lt_1_01": float(np.mean(summ["r_hat_max"] < 1.01)),
-            "frac_rhat_lt_1_01_converged_reference": converged_rhat_reference(
-                summ, args.num_chains, args.num_samples),
-            "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
-            "frac_divergent_stars": float(np.mean(summ["n_divergent"] > 0)),
-            "mean_leapfrog_steps_per_draw": float(post.sample_stats["num_steps"].mean())}
 
 
 def baseline_figures(args, model, stars, static, settings, init_fn) -> dict:

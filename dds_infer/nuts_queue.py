@@ -36,7 +36,7 @@ adaptation statistically.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -63,8 +63,8 @@ __all__ = ["run_nuts_queue", "queue_program", "sharded_queue_program", "default_
 # stars/s; 128: 9.75 at the commit before); fewer leave less idle tail until the per-iteration
 # overhead grows (scans: bench/RESULTS.md)
 DEFAULT_SLOTS_PER_DEVICE = 64
-# stars per chunk when a catalogue runs through this engine (dds-infer infer --engine queue, the
-# benches): slots are refilled only within a chunk, so small chunks leave them idle at each end.
+# stars per chunk when a catalogue runs through this engine (runner.default_batch_size: dds-infer
+# infer, the benches): slots are refilled only within a chunk, so small chunks leave them idle.
 # 1,000 real stars end to end (bench/real_accuracy.py --engine queue): 114 s in one chunk, 171 s
 # in 256-star chunks; the batch engine 169 s.
 DEFAULT_CHUNK = 1024
@@ -396,11 +396,12 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
                                       int(block), devices, on_finished is not None)
     size = padded_size(n if pad_to is None else int(pad_to), n_dev)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
+    call = partial(fn, stars_p, split_static(tuple(static_args))[1], init_p, keys_p)
     if on_finished is None:
-        out, n_iter = fn(stars_p, split_static(tuple(static_args))[1], init_p, keys_p)
+        out, n_iter = call()
     else:
         with _progress.reporting_to(on_finished):  # until the (asynchronous) computation has finished
-            out, n_iter = jax.block_until_ready(fn(stars_p, split_static(tuple(static_args))[1], init_p, keys_p))
+            out, n_iter = jax.block_until_ready(call())
     out, n_iter = first_rows(out, n, n_dev), first_rows(n_iter, n_dev, n_dev)
     return BatchResult(**out, iterations=n_iter)
 

@@ -266,13 +266,14 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         split = jax.vmap(jax.random.split)(keys)  # (B, 2): initialiser key, sampler key
         init_keys, nuts_keys = split[:, 0], split[:, 1]
         init = None if init_fn is None else init_fn(stars, init_keys)
-        shown = [0]  # stars of this chunk already on the progress bar
+        shown = [0]  # stars of this chunk already on the progress bar (the queue engine reports chains)
+        live = ({"on_finished": chains_to_stars(bar, shown, len(rows), num_chains)}
+                if bar is not None and engine == "queue" else {})
         res = sampler(model, stars, (emulator, prior, config), init, nuts_keys,
                       num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                       target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
                       init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=min(chunk, n),
-                      devices=n_dev, **({} if bar is None or engine != "queue" else
-                                        {"on_finished": chains_to_stars(bar, shown, len(rows), num_chains)}))
+                      devices=n_dev, **live)
         modes = None
         if combine_fn is not None:
             samples = {key: np.asarray(v) for key, v in res.samples.items()}
