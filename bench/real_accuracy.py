@@ -94,8 +94,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                   batch_size=args.batch_size,
-                   engine=args.engine, dense_mass=args.dense_mass))
+                   batch_size=args.batch_size, engine=args.engine, dense_mass=args.dense_mass))
         prior = default_prior(emu, reddening=args.reddening, E_scale=args.E_scale, selection_limit=limit)
         post = infer(blind, emu, args.out or tmp, prior=prior, config=InferenceConfig(sigma_floor=args.sigma_floor),
                      seed=args.seed, progress=not args.no_progress,

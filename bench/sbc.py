@@ -8,10 +8,10 @@ Galactic sky-averaged p(μ) and p([Fe/H] | μ), the emulator's HR-density prior,
 scale --E-scale) and observed through exactly its likelihood with an emulator as the truth
 (:func:`dds_infer.simulate.simulate_observations`: Green2020-like errors + 0.02 mag floor, drop-outs
 at random, DR2 parallax noise + zero-point). Stars are kept when their observed G is in 8–21 (a
-selection on observed data only). The pipeline (grid modes → NUTS, the queue engine unless --engine batch → mode combination) then
-infers every star. Calibration: the fraction of stars whose true value lies inside the central 68%
-and 95% posterior intervals (chain weights respected), per variable, and SBC rank histograms
-(Talts et al. 2018). ``--out DIR`` keeps the run (a rerun resumes). Goals: coverage68 in 0.64–0.72, coverage95 in 0.93–0.97.
+selection on observed data only). The pipeline (grid modes → NUTS, the queue engine unless
+--engine batch → mode combination) then infers every star. Calibration: the fraction of stars
+whose true value lies inside the central 68% and 95% posterior intervals (chain weights
+respected), per variable, and SBC rank histograms (Talts et al. 2018). ``--out DIR`` keeps the run (a rerun resumes). Goals: coverage68 in 0.64–0.72, coverage95 in 0.93–0.97.
 
 Why 1,000 stars by default (the goals allow ≥ 500): a coverage is a binomial fraction. At 500
 stars a perfectly calibrated sampler lands inside 0.64–0.72 with probability 0.951 and inside
@@ -89,8 +89,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                   batch_size=args.batch_size,
-                   engine=args.engine))
+                   batch_size=args.batch_size, engine=args.engine))
         post = infer(cat, emu, args.out or tmp, prior=prior, config=config, seed=args.seed,
                      progress=not args.no_progress, overwrite=args.out is None, **kw)
     seconds = time.perf_counter() - t0
