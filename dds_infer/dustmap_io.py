@@ -44,7 +44,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 __all__ = ["ImageGrid", "pdf_images", "image_coverage", "healpix_index", "write_dustmap", "list_pixels",
-           "read_pixel", "read_dustmap", "write_summary_table", "SAMPLE_COLUMNS", "FORMAT", "FORMAT_VERSION"]
+           "read_pixel", "read_dustmap", "stored_coverage", "write_summary_table", "SAMPLE_COLUMNS", "FORMAT",
+           "FORMAT_VERSION"]
 
 FORMAT, FORMAT_VERSION = "dds_infer.dustmap", 1
 SAMPLE_COLUMNS = ("teff", "logg", "feh", "mu", "E")
@@ -203,10 +204,22 @@ def _jsonable(v):
     return json.dumps(v, sort_keys=True, default=str)
 
 
+def _parts(posterior):
+    """(Posterior, summary) pieces of ``posterior`` in star order: itself, or a
+    :class:`~dds_infer.run_outputs.ChunkedPosterior`'s chunks one at a time."""
+    if hasattr(posterior, "parts"):
+        yield from posterior.parts()
+    else:
+        yield posterior, posterior.summary()
+
+
 def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = ImageGrid(),
                   n_samples=None, attrs=None, dtype="float32", compression="gzip") -> Path:
     """Write per-star images, samples and diagnostics of ``posterior`` grouped by HEALPix pixel.
 
+    posterior: a :class:`~dds_infer.posterior.Posterior`, or a run's
+    :class:`~dds_infer.run_outputs.ChunkedPosterior` (:func:`dds_infer.run_outputs.open_run`),
+    read one chunk at a time, so memory does not grow with the catalogue; both give the same file.
     l_deg, b_deg: (N,) Galactic coordinates of the posterior's stars. n_samples: keep this many
     draws per star, evenly spaced over the pooled chains (deterministic); None or more than
     available = all. ``dtype`` applies to pdf and samples. Layout: module docstring. Atomic.
@@ -224,14 +237,12 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     attrs = dict(attrs or {})
     pix = healpix_index(l, b, nside)
-    diag = _diagnostics(posterior.summary())
-    flat = {k: posterior.flat_draws(k) for k in SAMPLE_COLUMNS}
-    w_all = flat["mu"][1]
-    total = w_all.shape[1]
-    keep = (np.arange(total) if n_samples is None or int(n_samples) >= total
-            else (np.arange(int(n_samples)) * total) // int(n_samples))
     sid = np.array([str(s) for s in posterior.star_id], dtype=object)
     pixels, counts = np.unique(pix, return_counts=True)
+    # each star's row within its pixel's datasets (stars keep catalogue order within a pixel)
+    order = np.argsort(pix, kind="stable")
+    slot = np.empty(pix.size, dtype=np.int64)
+    slot[order] = np.arange(pix.size) - np.repeat(np.cumsum(counts) - counts, counts)
     l_c, b_c = healpix_to_lonlat(pixels, nside, order="nested")
     n_mu, n_E = grid.shape
     root = {"format": FORMAT, "format_version": FORMAT_VERSION, "nside": nside, "nest": True,
@@ -239,9 +250,8 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
             "smoothing": "scipy.ndimage.gaussian_filter, mode='constant', sigma (smooth_mu, smooth_E) in "
                          "pixels, applied to the weighted histogram before normalising to sum 1 on the grid",
             "dds_infer_version": __version__,
-            "posterior_attrs": json.dumps(posterior.attrs, sort_keys=True, default=str),
-            "diagnostic_columns": json.dumps(list(diag))}
-    clash = sorted(set(attrs) & set(root))
+            "posterior_attrs": json.dumps(posterior.attrs, sort_keys=True, default=str)}
+    clash = sorted(set(attrs) & set(root) | ({"diagnostic_columns"} & set(attrs)))
     if clash:
         raise ValueError(f"attrs {clash} clash with reserved root attributes")
     path = Path(path)
@@ -253,24 +263,57 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
             table = np.zeros(len(pixels), dtype=[("pixel", "<i8"), ("n_stars", "<i8")])
             table["pixel"], table["n_stars"] = pixels, counts
             f["pixel_index"] = table
-            for p, lc, bc in zip(pixels, l_c.to_value(u.deg), b_c.to_value(u.deg)):
-                rows = np.flatnonzero(pix == p)  # ascending: catalogue order
-                g = f.create_group(f"pixel_{nside}_{p}")
+            groups = {}
+            for p, n, lc, bc in zip(pixels, counts, l_c.to_value(u.deg), b_c.to_value(u.deg)):
+                rows = np.flatnonzero(pix == p)
+                g = groups[int(p)] = f.create_group(f"pixel_{nside}_{p}")
                 g.attrs.update(nside=nside, pixel=int(p), l_center=float(lc), b_center=float(bc))
                 g.create_dataset("star_id", data=sid[rows], dtype=h5py.string_dtype("utf-8"))
                 g["l"], g["b"] = l[rows], b[rows]
-                pdf = g.create_dataset("pdf", (rows.size, n_mu, n_E), dtype=dtype, chunks=(1, n_mu, n_E),
-                                       compression=compression)
-                for k in range(0, rows.size, _CHUNK):
-                    r = rows[k:k + _CHUNK]
-                    pdf[k:k + r.size] = _images64(flat["mu"][0][r], flat["E"][0][r], w_all[r], grid).astype(dtype)
-                g["coverage"] = image_coverage(flat["mu"][0][rows], flat["E"][0][rows], w_all[rows], grid)
-                smp = np.stack([flat[c][0][rows][:, keep] for c in SAMPLE_COLUMNS], axis=-1).astype(dtype)
-                g.create_dataset("samples", data=smp, compression=compression).attrs["columns"] = list(SAMPLE_COLUMNS)
-                sw = np.ascontiguousarray(w_all[rows][:, keep])  # C order: sums independent of layout
-                g.create_dataset("sample_weights", data=sw / sw.sum(axis=1, keepdims=True), compression=compression)
-                for c, v in diag.items():
-                    g[c] = v[rows]
+                g.create_dataset("pdf", (n, n_mu, n_E), dtype=dtype, chunks=(1, n_mu, n_E), compression=compression)
+            start, keep = 0, None
+            for part, summ in _parts(posterior):
+                diag = _diagnostics(summ)
+                flat = {k: part.flat_draws(k) for k in SAMPLE_COLUMNS}
+                w_all = flat["mu"][1]
+                if keep is None:  # first part: the per-star datasets' shapes and types
+                    total = w_all.shape[1]
+                    keep = (np.arange(total) if n_samples is None or int(n_samples) >= total
+                            else (np.arange(int(n_samples)) * total) // int(n_samples))
+                    f.attrs["diagnostic_columns"] = json.dumps(list(diag))
+                    for p, n in zip(pixels, counts):
+                        g = groups[int(p)]
+                        g.create_dataset("coverage", (n,), dtype=np.float64)
+                        g.create_dataset("samples", (n, keep.size, len(SAMPLE_COLUMNS)), dtype=dtype,
+                                         chunks=(1, keep.size, len(SAMPLE_COLUMNS)), compression=compression
+                                         ).attrs["columns"] = list(SAMPLE_COLUMNS)
+                        g.create_dataset("sample_weights", (n, keep.size), dtype=np.float64,
+                                         chunks=(1, keep.size), compression=compression)
+                        for c, v in diag.items():
+                            g.create_dataset(c, (n,), dtype=v.dtype)
+                elif w_all.shape[1] != total:
+                    raise ValueError(f"posterior pieces differ in draws per star ({w_all.shape[1]} vs {total})")
+                stop = start + part.n_stars
+                p_part = pix[start:stop]
+                for p in np.unique(p_part):
+                    r = np.flatnonzero(p_part == p)  # ascending, rows of this part
+                    dst = slice(int(slot[start + r[0]]), int(slot[start + r[-1]]) + 1)  # contiguous
+                    g = groups[int(p)]
+                    for k in range(0, r.size, _CHUNK):
+                        rr = r[k:k + _CHUNK]
+                        at = slot[start + rr[0]]
+                        g["pdf"][at:at + rr.size] = _images64(flat["mu"][0][rr], flat["E"][0][rr], w_all[rr],
+                                                               grid).astype(dtype)
+                    g["coverage"][dst] = image_coverage(flat["mu"][0][r], flat["E"][0][r], w_all[r], grid)
+                    g["samples"][dst] = np.stack([flat[c][0][r][:, keep] for c in SAMPLE_COLUMNS],
+                                                 axis=-1).astype(dtype)
+                    sw = np.ascontiguousarray(w_all[r][:, keep])  # C order: sums independent of layout
+                    g["sample_weights"][dst] = sw / sw.sum(axis=1, keepdims=True)
+                    for c, v in diag.items():
+                        g[c][dst] = v[r]
+                start = stop
+            if start != posterior.n_stars:
+                raise ValueError(f"the posterior's pieces hold {start} stars, its star_id {posterior.n_stars}")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -308,6 +351,15 @@ def read_pixel(path, pixel) -> dict:
     with h5py.File(path, "r") as f:
         _check_format(f, path)
         return _read_group(f, pixel)
+
+
+def stored_coverage(path) -> np.ndarray:
+    """Every star's ``coverage`` in the file (pixel by pixel, ascending)."""
+    with h5py.File(path, "r") as f:
+        _check_format(f, path)
+        nside = int(f.attrs["nside"])
+        return np.concatenate([f[f"pixel_{nside}_{p}"]["coverage"][()] for p in f["pixel_index"]["pixel"]]
+                              or [np.zeros(0)])
 
 
 def read_dustmap(path) -> tuple[dict, dict]:

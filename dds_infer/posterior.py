@@ -110,15 +110,22 @@ def derive_samples(samples: dict, emulator) -> np.ndarray:
 def weighted_quantiles(x, q, chain_weights=None) -> np.ndarray:
     """Quantiles q of each star's draws x (N, C, S) -> (len(q), N).
 
-    Equal chain weights: ``np.quantile`` (linear interpolation). Otherwise each draw has weight
-    w_c / S and ``np.quantile(..., weights=, method="inverted_cdf")`` is used.
+    Star by star: equal chain weights, ``np.quantile`` (linear interpolation); otherwise each
+    draw has weight w_c / S and ``np.quantile(..., weights=, method="inverted_cdf")`` is used.
+    A star's quantiles do not depend on the other stars (a chunk summarised alone gives the
+    rows of the whole catalogue's summary).
     """
     n, c, s = x.shape
     flat = x.reshape(n, c * s)
-    if chain_weights is None or np.allclose(chain_weights, chain_weights[:, :1]):
-        return np.quantile(flat, q, axis=1)
-    w = np.repeat(np.asarray(chain_weights, dtype=np.float64) / s, s, axis=1)
-    return np.quantile(flat, q, axis=1, weights=w, method="inverted_cdf")
+    out = np.quantile(flat, q, axis=1)
+    if chain_weights is None:
+        return out
+    cw = np.asarray(chain_weights, dtype=np.float64)
+    uneven = ~np.all(np.isclose(cw, cw[:, :1]), axis=1)
+    if uneven.any():
+        w = np.repeat(cw[uneven] / s, s, axis=1)
+        out[:, uneven] = np.quantile(flat[uneven], q, axis=1, weights=w, method="inverted_cdf")
+    return out
 
 
 @dataclass
@@ -273,7 +280,7 @@ class Posterior:
         import pandas as pd
 
         cols = {"star_id": self.star_id}
-        weights = None if np.allclose(self.chain_weights, 1.0 / self.n_chains) else self.chain_weights
+        weights = self.chain_weights
         rhat_all, ess_all = [], []
         for k in VARIABLES:
             q16, med, q84 = weighted_quantiles(self.samples[k], QUANTILES, weights)

@@ -30,8 +30,9 @@ import numpy as np
 from .devices import n_devices
 from .engine import run_nuts_batch, star_keys
 from .inference import direct_log_density
-from .posterior import Posterior, concat
+from .posterior import Posterior
 from .progress import chains_to_stars
+from .run_outputs import COMBINE_CHOICES, ChunkedPosterior, assemble_run
 
 __all__ = ["infer_catalog", "catalog_fingerprint", "run_config_hash", "ManifestMismatchError", "ENGINES",
            "DEFAULT_ENGINE", "default_batch_size", "chunk_size"]
@@ -165,7 +166,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                   progress: bool = True, batch_fn: Callable | None = None,
                   overwrite: bool = False, stop_after_chunks: int | None = None, engine: str = DEFAULT_ENGINE,
                   n_slots: int | None = None, init_mass: str = "identity",
-                  warmup_max_tree_depth: int | None = None, devices: int | None = None) -> Posterior | None:
+                  warmup_max_tree_depth: int | None = None, devices: int | None = None,
+                  combine: str = "auto") -> Posterior | ChunkedPosterior | None:
     """NUTS posteriors for every star of ``catalog``, chunk by chunk, resumable.
 
     model, star_data_fn: the single-star NumPyro model ``model(star, emulator, prior, config)``
@@ -197,9 +199,16 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         CPU, :func:`dds_infer.devices.use_cpu_cores` makes one device per core). Not in the
         fingerprint: it changes individual draws (rounding) but not their distribution, so a run
         may resume on another machine; each chunk records its ``devices`` in its attributes.
-    Returns the assembled :class:`Posterior`; also writes ``out_dir/posterior.nc`` and
-    ``out_dir/summary.parquet``.
+    combine: write the combined ``out_dir/posterior.nc`` "always", "never", or ("auto", default)
+        when the run has at most :data:`dds_infer.run_outputs.COMBINE_MAX_DRAWS` star-draws (10,000
+        stars at 4 x 500); not in the fingerprint.
+    Returns the combined :class:`Posterior`, or a :class:`~dds_infer.run_outputs.ChunkedPosterior`
+    over the chunk files when not combined (same ``n_stars``, ``star_id``, ``summary()``; draws
+    chunk by chunk); writes ``out_dir/summary.parquet`` (streamed chunk by chunk) and
+    ``out_dir/outputs.json`` (:func:`dds_infer.run_outputs.assemble_run`).
     """
+    if combine not in COMBINE_CHOICES:
+        raise ValueError(f"combine must be one of {COMBINE_CHOICES}, got {combine!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if batch_size is None:
@@ -289,9 +298,5 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     missing = [k for k in range(n_chunks) if not (chunk_dir / f"chunk_{k:05d}.nc").exists()]
     if missing:  # only after stop_after_chunks
         return None
-    full = concat([Posterior.load(chunk_dir / f"chunk_{k:05d}.nc") for k in range(n_chunks)])
-    full.attrs = {**{k: v for k, v in full.attrs.items() if k != "rows"}, "config_hash": chash,
-                  "n_chunks": n_chunks}
-    full.save(out_dir / "posterior.nc")
-    full.write_summary_parquet(out_dir / "summary.parquet")
-    return full
+    return assemble_run(out_dir, [chunk_dir / f"chunk_{k:05d}.nc" for k in range(n_chunks)],
+                        attrs={"config_hash": chash, "n_chunks": n_chunks}, combine=combine)

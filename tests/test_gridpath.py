@@ -187,9 +187,11 @@ def test_cli_grid_json_and_dustmap(emu, sbc_stars, tmp_path, capsys):
     path = write_astropy_table(table, tmp_path / "cat.parquet")
     out = tmp_path / "run"
     assert main(["infer", "--model", str(SHIPPED), "--catalog", str(path), "--out", str(out), "--method", "grid",
-                 "--n-draws", "300", "--no-progress", "--json"]) == 0
+                 "--n-draws", "300", "--no-progress", "--combine", "never", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_stars"] == 5 and res["method"] == "grid" and res["frac_rhat_lt_1_01"] is None
+    # the draws stay in the chunks (as for a catalogue too large to combine); dustmap reads them there
+    assert res["combined"] is False and res["out"]["posterior"] is None and not (out / "posterior.nc").exists()
     assert res["median_ess"] > 0 and res["catalog_err_floor"] is None  # simulated: σ_floor is in the noise
     h5 = tmp_path / "map.h5"
     assert main(["dustmap", "--posterior", str(out), "--catalog", str(path), "--out", str(h5), "--nside", "4",

@@ -14,7 +14,8 @@ def register(sub) -> None:
         "(l, b, or ra, dec through --columns).",
     )
     p.add_argument("--posterior", required=True,
-                   help="posterior NetCDF file, or a 'dds-infer infer' output directory (holding posterior.nc)")
+                   help="posterior NetCDF file, or a 'dds-infer infer' output directory (read chunk by chunk, so any "
+                   "catalogue size fits in memory)")
     p.add_argument("--catalog", required=True, help="the catalogue the posterior was computed for")
     p.add_argument("--columns", default=None, help="JSON file with the column map for generic tables")
     p.add_argument("--out", required=True, help="output HDF5 file")
@@ -62,13 +63,14 @@ def run(args) -> int:
     import numpy as np
 
     from ..cli import emit_json
-    from ..dustmap_io import ImageGrid, image_coverage, list_pixels, write_dustmap, write_summary_table
+    from ..dustmap_io import ImageGrid, list_pixels, stored_coverage, write_dustmap, write_summary_table
     from ..posterior import Posterior
+    from ..run_outputs import open_run
     from ._common import read_catalog
 
     t0 = time.perf_counter()
     src = Path(args.posterior)
-    post = Posterior.load(src / "posterior.nc" if src.is_dir() else src)
+    post = open_run(src) if src.is_dir() else Posterior.load(src)  # a folder: read chunk by chunk
     cat = read_catalog(args.catalog, args.columns, require_labels=False)
     l, b = _positions(cat, post.star_id)
     grid = ImageGrid(**{k: getattr(args, k) for k in ("mu_step", "E_step", "smooth_mu", "smooth_E")
@@ -77,8 +79,7 @@ def run(args) -> int:
                         attrs={"posterior_source": str(src), "catalog_source": str(args.catalog)})
     if args.summary:
         write_summary_table(args.summary, post, l, b, nside=args.nside)
-    mu, w = post.flat_draws("mu")
-    cov = image_coverage(mu, post.flat_draws("E")[0], w, grid)
+    cov = stored_coverage(out)
     figures = {"n_stars": int(post.n_stars), "n_pixels": int(len(list_pixels(out))), "nside": int(args.nside),
                "out": str(out), "seconds": time.perf_counter() - t0, "mean_coverage": float(np.mean(cov))}
     if args.json:

@@ -13,8 +13,9 @@ def register(sub) -> None:
         description="NUTS for every star and chain (one compiled program per chunk, per-chain adaptation; the queue "
         "engine by default, no lockstep), or with --method grid "
         "importance sampling in θ with (μ, E) in closed form (dds_infer.gridpath), over a catalogue, "
-        "in resumable chunks: <out>/chunks/*.nc, <out>/posterior.nc (arviz NetCDF, dims star x chain x "
-        "draw) and <out>/summary.parquet (one row per star; flag bits: 1 r_hat, 2 low ESS, "
+        "in resumable chunks: <out>/chunks/*.nc (arviz NetCDF, dims star x chain x draw), <out>/posterior.nc "
+        "(all of them in one file, see --combine) and <out>/summary.parquet (one row per star; flag bits: 1 r_hat, "
+        "2 low ESS, "
         "4 divergences, 8 multimodal, 16 outside emulator domain, 32 bad initial point).",
     )
     p.add_argument("--model", required=True, help="emulator bundle directory")
@@ -78,6 +79,11 @@ def register(sub) -> None:
     p.add_argument("--n-draws", type=int, default=None, help="grid path: posterior draws per star (default 1000)")
     p.add_argument("--no-multimodal", action="store_true",
                    help="skip the grid-mode chain starts and the mode combination")
+    p.add_argument("--combine", default="auto", choices=("auto", "always", "never"),
+                   help="also write all draws to <out>/posterior.nc: 'auto' (default) when they fit comfortably "
+                   "in memory (at most 2e7 star-draws, 10,000 stars at 4 x 500); otherwise they stay in "
+                   "<out>/chunks, which 'dds-infer dustmap --posterior <out>' and "
+                   "dds_infer.run_outputs.open_run read chunk by chunk")
     p.add_argument("--overwrite", action="store_true", help="discard results of a different run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -94,6 +100,7 @@ def run(args) -> int:
     from ..devices import n_devices
     from ..inference import InferenceConfig
     from ..pipeline import TARGET_ACCEPT, WARMUP_MAX_TREE_DEPTH, infer
+    from ..run_outputs import ChunkedPosterior
     from ..priors import default_prior
     from ._common import parse_selection_limit, read_catalog, read_model
 
@@ -134,7 +141,7 @@ def run(args) -> int:
                  num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
                  seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite,
                  multimodal=not args.no_multimodal, max_tree_depth=args.max_tree_depth,
-                 target_accept_prob=args.target_accept,
+                 target_accept_prob=args.target_accept, combine=args.combine,
                  **({"warmup_max_tree_depth": args.warmup_max_tree_depth}
                     if args.warmup_max_tree_depth is not None else {}),
                  **({"engine": args.engine, "n_slots": args.n_slots, "init_mass": args.init_mass}
@@ -142,6 +149,7 @@ def run(args) -> int:
     seconds = time.perf_counter() - t0
     summ = post.summary()
     out = Path(args.out)
+    combined = not isinstance(post, ChunkedPosterior)
     figures = {
         "n_stars": int(post.n_stars), "seconds": seconds, "stars_per_s": post.n_stars / seconds,
         "frac_rhat_lt_1_01": (float(np.mean(summ["r_hat_max"] < 1.01)) if args.method == "nuts" else None),
@@ -155,8 +163,9 @@ def run(args) -> int:
                                   if args.warmup_max_tree_depth is None else args.warmup_max_tree_depth),
         "catalog_err_floor": None if cat.mag_err_floor is None else cat.mag_err_floor.tolist(),
         "zp": args.zp, "parallax_zero_point": zp_report, "selection_limit": selection_limit,
-        "out": {"posterior": str(out / "posterior.nc"), "summary": str(out / "summary.parquet"),
-                "chunks": str(out / "chunks")},
+        "combined": combined,
+        "out": {"posterior": str(out / "posterior.nc") if combined else None,
+                "summary": str(out / "summary.parquet"), "chunks": str(out / "chunks")},
     }
     if args.json:
         emit_json(figures)
@@ -172,7 +181,8 @@ def run(args) -> int:
         print(f"parallax zero-point (Lindegren+2021): median {zp_report['median_mas']:.4f} mas; "
               f"{zp_report['n_fallback']} of {zp_report['n_stars']} stars at {zp_report['fallback_mas']} mas "
               f"({zp_report['fallback_reasons']})")
-    print(f"posterior: {figures['out']['posterior']}\nsummary: {figures['out']['summary']}")
+    print(f"posterior: {figures['out']['posterior'] or figures['out']['chunks'] + ' (not combined: --combine)'}"
+          f"\nsummary: {figures['out']['summary']}")
     return 0
 
 

@@ -1,0 +1,193 @@
+"""The outputs of a catalogue run, assembled without holding every star's draws in memory.
+
+A run (:func:`dds_infer.runner.infer_catalog`) writes its draws chunk by chunk to
+``out_dir/chunks/chunk_NNNNN.nc``. At the end, :func:`assemble_run` writes
+
+* ``summary.parquet``: one row per star, streamed chunk by chunk (one Parquet row group per
+  chunk), so its memory is one chunk's draws whatever the catalogue's size;
+* ``posterior.nc``: all draws in one NetCDF file, only when they fit comfortably in memory
+  (``combine="auto"``: at most :data:`COMBINE_MAX_DRAWS` star-draws, i.e. 10,000 stars at
+  4 × 500 draws, ~1 GB; the concatenation holds two copies). A 10⁵-star run at 4 × 500 draws
+  holds ~11 GB of float64 draws and statistics, so a larger run keeps its draws in the chunks;
+* ``outputs.json``: the chunk files in catalogue order with their row ranges, and whether
+  ``posterior.nc`` was written.
+
+:class:`ChunkedPosterior` reads such a run back: star ids and the summary table from the
+Parquet file, the draws one chunk at a time (:meth:`ChunkedPosterior.chunks`), as
+:func:`dds_infer.dustmap_io.write_dustmap` does. :func:`open_run` opens an output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .posterior import Posterior, concat
+
+__all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "assemble_run", "open_run",
+           "should_combine"]
+
+COMBINE_MAX_DRAWS = 2 * 10**7  # star x chain x draw: 10,000 stars at 4 x 500 draws
+COMBINE_CHOICES = ("auto", "always", "never")
+OUTPUTS = "outputs.json"
+SUMMARY = "summary.parquet"
+COMBINED = "posterior.nc"
+
+
+def should_combine(combine: str, n_star_draws: int) -> bool:
+    """Whether to write the combined ``posterior.nc`` for a run of ``n_star_draws`` star-draws."""
+    if combine not in COMBINE_CHOICES:
+        raise ValueError(f"combine must be one of {COMBINE_CHOICES}, got {combine!r}")
+    return combine == "always" or (combine == "auto" and int(n_star_draws) <= COMBINE_MAX_DRAWS)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _write_summary(paths, out: Path, summary_kw: dict) -> tuple[np.ndarray, list]:
+    """Stream the chunks' summaries into one Parquet file (a row group per chunk); atomic.
+    Returns the star ids and each chunk's (n_stars, n_chains, n_draws)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = out.with_name(out.name + ".tmp")
+    writer, ids, shapes = None, [], []
+    try:
+        for p in paths:
+            post = Posterior.load(p)
+            table = pa.Table.from_pandas(post.summary(**summary_kw), preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema), row_group_size=max(len(table), 1))
+            ids.append(post.star_id)
+            shapes.append((post.n_stars, post.n_chains, post.n_draws))
+        writer.close()
+        writer = None
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return np.concatenate(ids), shapes
+
+
+def assemble_run(out_dir, chunk_paths, *, attrs: dict, combine: str = "auto",
+                 summary_kw: dict | None = None) -> "Posterior | ChunkedPosterior":
+    """Write ``summary.parquet``, ``outputs.json`` and (see :func:`should_combine`) the combined
+    ``posterior.nc`` of a finished run whose chunks are ``chunk_paths`` in catalogue order.
+
+    attrs: provenance of the run, stored in ``outputs.json`` and in the combined file. Returns the
+    combined :class:`Posterior`, or a :class:`ChunkedPosterior` over the chunks.
+    """
+    out_dir = Path(out_dir)
+    paths = [Path(p) for p in chunk_paths]
+    if not paths:
+        raise ValueError("a run needs at least one chunk")
+    summary_kw = dict(summary_kw or {})
+    ids, shapes = _write_summary(paths, out_dir / SUMMARY, summary_kw)
+    n_star_draws = sum(n * c * s for n, c, s in shapes)
+    combined = should_combine(combine, n_star_draws)
+    full = None
+    if combined:
+        full = concat([Posterior.load(p) for p in paths])
+        full.attrs = {**{k: v for k, v in full.attrs.items() if k != "rows"}, **attrs}
+        full.save(out_dir / COMBINED)
+    bounds = np.concatenate([[0], np.cumsum([n for n, _, _ in shapes])])
+    _atomic_json(out_dir / OUTPUTS, {
+        "n_stars": int(bounds[-1]), "combined": combined, "combine": combine,
+        "chunks": [str(p.relative_to(out_dir)) if p.is_relative_to(out_dir) else str(p) for p in paths],
+        "rows": [[int(a), int(b)] for a, b in zip(bounds[:-1], bounds[1:])],
+        "summary_kw": summary_kw, "attrs": attrs})
+    if full is not None:
+        return full
+    return ChunkedPosterior(paths=paths, star_id=ids, attrs=dict(attrs), summary_path=out_dir / SUMMARY,
+                            summary_kw=summary_kw)
+
+
+@dataclass
+class ChunkedPosterior:
+    """A run's posterior kept in its chunk files: the :class:`Posterior` interface a catalogue
+    consumer needs (``n_stars``, ``star_id``, ``attrs``, ``summary()``) without the draws in
+    memory, and the draws chunk by chunk (:meth:`chunks`) or all at once (:meth:`load`)."""
+
+    paths: list
+    star_id: np.ndarray
+    attrs: dict = field(default_factory=dict)
+    summary_path: Path | None = None
+    summary_kw: dict = field(default_factory=dict)
+
+    @property
+    def n_stars(self) -> int:
+        return int(self.star_id.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_stars
+
+    def chunks(self):
+        """Yield each chunk's :class:`Posterior` in catalogue order (one in memory at a time)."""
+        for p in self.paths:
+            yield Posterior.load(p)
+
+    def parts(self):
+        """Yield (chunk :class:`Posterior`, its summary rows) in catalogue order: the rows are read
+        from ``summary.parquet`` (one row group per chunk) when it matches, else computed."""
+        import pyarrow.parquet as pq
+
+        groups = None
+        if self.summary_path is not None and Path(self.summary_path).exists():
+            f = pq.ParquetFile(self.summary_path)
+            if f.num_row_groups == len(self.paths):
+                groups = f
+        for k, post in enumerate(self.chunks()):
+            summ = None if groups is None else groups.read_row_group(k).to_pandas()
+            if summ is None or len(summ) != post.n_stars or not np.array_equal(
+                    summ["star_id"].astype(str).to_numpy(), np.asarray(post.star_id).astype(str)):
+                summ = post.summary(**self.summary_kw)
+            yield post, summ
+
+    def summary(self, **summary_kw):
+        """The per-star summary table (:meth:`Posterior.summary`): read from ``summary.parquet``
+        when it was written with these settings, else computed chunk by chunk."""
+        import pandas as pd
+
+        if self.summary_path is not None and Path(self.summary_path).exists() and summary_kw in ({}, self.summary_kw):
+            return pd.read_parquet(self.summary_path)
+        return pd.concat([c.summary(**summary_kw) for c in self.chunks()], ignore_index=True)
+
+    def load(self) -> Posterior:
+        """Every chunk concatenated into one in-memory :class:`Posterior` (mind the size)."""
+        full = concat(list(self.chunks()))
+        full.attrs = {**{k: v for k, v in full.attrs.items() if k != "rows"}, **self.attrs}
+        return full
+
+
+def open_run(out_dir) -> "Posterior | ChunkedPosterior":
+    """The posterior of a finished ``dds-infer infer`` output folder: a :class:`ChunkedPosterior`
+    over its chunks (recorded in ``outputs.json``), or, for a folder written before
+    ``outputs.json`` existed, its ``posterior.nc``."""
+    out_dir = Path(out_dir)
+    rec_path = out_dir / OUTPUTS
+    if not rec_path.exists():
+        if (out_dir / COMBINED).exists():
+            return Posterior.load(out_dir / COMBINED)
+        raise FileNotFoundError(f"{out_dir} holds no finished run ({OUTPUTS} and {COMBINED} are missing): "
+                                "rerun the same 'dds-infer infer' command to finish it")
+    rec = json.loads(rec_path.read_text())
+    paths = [Path(p) if Path(p).is_absolute() else out_dir / p for p in rec["chunks"]]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} chunk file(s) of {out_dir} are missing: {missing[:5]}")
+    import pandas as pd
+
+    ids = pd.read_parquet(out_dir / SUMMARY, columns=["star_id"])["star_id"].to_numpy()
+    if ids.shape[0] != rec["n_stars"]:
+        raise ValueError(f"{out_dir / SUMMARY} has {ids.shape[0]} rows, {OUTPUTS} records {rec['n_stars']} stars")
+    return ChunkedPosterior(paths=paths, star_id=ids, attrs=rec.get("attrs", {}), summary_path=out_dir / SUMMARY,
+                            summary_kw=rec.get("summary_kw", {}))

@@ -1,0 +1,130 @@
+"""A catalogue run's outputs at any size: the summary streamed chunk by chunk, the combined
+posterior.nc only when it fits (dds_infer.run_outputs), and the dust-map file written from the
+chunks one at a time (dds_infer.dustmap_io.write_dustmap)."""
+
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from dds_infer import run_outputs
+from dds_infer.posterior import Posterior, concat, weighted_quantiles
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_dustmap_io import _posterior  # noqa: E402  (random draws, unequal chain weights)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """10 stars in chunk files of 4 + 4 + 2 (a few with equal chain weights, the others not),
+    assembled without and with the combined posterior.nc."""
+    post = _posterior(n=10, seed=4)
+    post.chain_weights[[0, 5, 8, 9]] = 0.5  # the last chunk all even: its summary alone uses no weights
+    root = tmp_path_factory.mktemp("runs")
+    (root / "chunks").mkdir()
+    paths = []
+    for k, (a, b) in enumerate([(0, 4), (4, 8), (8, 10)]):
+        part = concat([post])  # a copy
+        for name in ("samples", "sample_stats", "chain_stats"):
+            setattr(part, name, {key: v[a:b] for key, v in getattr(post, name).items()})
+        for name in ("star_id", "chain_weights", "n_modes", "mode_flag", "in_domain_frac"):
+            setattr(part, name, getattr(post, name)[a:b])
+        part.attrs = {**post.attrs, "rows": [a, b]}
+        paths.append(part.save(root / "chunks" / f"chunk_{k:05d}.nc"))
+    chunked = run_outputs.assemble_run(root, paths, attrs={"config_hash": "h"}, combine="never")
+    (root / "always").mkdir()
+    full = run_outputs.assemble_run(root / "always", paths, attrs={"config_hash": "h"}, combine="always")
+    return post, chunked, full, root
+
+
+def test_a_run_too_large_to_combine_keeps_its_draws_in_the_chunks(runs):
+    post, chunked, full, root = runs
+    assert isinstance(chunked, run_outputs.ChunkedPosterior) and isinstance(full, Posterior)
+    assert not (root / "posterior.nc").exists() and (root / "always" / "posterior.nc").exists()
+    assert chunked.n_stars == 10 and list(map(str, chunked.star_id)) == list(map(str, post.star_id))
+    assert len(chunked.paths) == 3  # 4 + 4 + 2 stars
+    assert pq.ParquetFile(root / "summary.parquet").num_row_groups == 3  # one per chunk
+    loaded = chunked.load()
+    for k in post.samples:
+        np.testing.assert_array_equal(loaded.samples[k], post.samples[k])
+        np.testing.assert_array_equal(full.samples[k], post.samples[k])
+    assert loaded.attrs["config_hash"] == full.attrs["config_hash"] == "h" and "rows" not in full.attrs
+    # the streamed summary is the whole posterior's summary, row for row
+    pd.testing.assert_frame_equal(chunked.summary(), post.summary(), check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(root / "always" / "summary.parquet"), full.summary(),
+                                  check_dtype=False)
+    # reopened from the folder, either way
+    back = run_outputs.open_run(root)
+    assert back.n_stars == 10 and [str(p) for p in back.paths] == [str(p) for p in chunked.paths]
+    parts = list(back.parts())
+    assert [p.n_stars for p, _ in parts] == [4, 4, 2]
+    pd.testing.assert_frame_equal(pd.concat([s for _, s in parts], ignore_index=True), full.summary(),
+                                  check_dtype=False)
+
+
+def test_auto_combines_only_below_the_limit(monkeypatch, runs, tmp_path):
+    assert run_outputs.should_combine("auto", run_outputs.COMBINE_MAX_DRAWS)
+    assert not run_outputs.should_combine("auto", run_outputs.COMBINE_MAX_DRAWS + 1)
+    assert run_outputs.should_combine("always", 10**12) and not run_outputs.should_combine("never", 1)
+    with pytest.raises(ValueError, match="combine"):
+        run_outputs.should_combine("sometimes", 1)
+    _, chunked, full, _ = runs
+    n_star_draws = 10 * full.n_chains * full.n_draws
+    monkeypatch.setattr(run_outputs, "COMBINE_MAX_DRAWS", n_star_draws - 1)  # one star-draw short
+    post = run_outputs.assemble_run(tmp_path, chunked.paths, attrs={"x": 1})
+    assert isinstance(post, run_outputs.ChunkedPosterior) and not (tmp_path / "posterior.nc").exists()
+    monkeypatch.setattr(run_outputs, "COMBINE_MAX_DRAWS", n_star_draws)
+    post = run_outputs.assemble_run(tmp_path, chunked.paths, attrs={"x": 1})
+    assert isinstance(post, Posterior) and post.attrs["x"] == 1
+    np.testing.assert_array_equal(Posterior.load(tmp_path / "posterior.nc").samples["E"], full.samples["E"])
+
+
+def test_open_run_says_what_is_missing(runs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        run_outputs.open_run(tmp_path)
+    _, chunked, _, _ = runs
+    run_outputs.assemble_run(tmp_path, chunked.paths, attrs={}, combine="never")
+    (tmp_path / "gone.nc").write_bytes(Path(chunked.paths[1]).read_bytes())
+    rec = (tmp_path / "outputs.json").read_text().replace(str(chunked.paths[1]), str(tmp_path / "gone.nc"))
+    (tmp_path / "outputs.json").write_text(rec)
+    (tmp_path / "gone.nc").unlink()
+    with pytest.raises(FileNotFoundError, match="gone.nc"):
+        run_outputs.open_run(tmp_path)
+
+
+def test_dustmap_from_the_chunks_equals_dustmap_from_the_whole_posterior(runs, tmp_path):
+    from dds_infer.dustmap_io import stored_coverage, write_dustmap
+
+    _, chunked, full, _ = runs
+    rng = np.random.default_rng(3)
+    l, b = rng.uniform(0, 360, 10), rng.uniform(-60, 60, 10)
+    a = write_dustmap(tmp_path / "a.h5", chunked, l, b, nside=1, n_samples=50)
+    w = write_dustmap(tmp_path / "b.h5", full, l, b, nside=1, n_samples=50)
+    with h5py.File(a) as fa, h5py.File(w) as fb:
+        groups = [k for k in fb if k.startswith("pixel_1_")]
+        assert len(groups) > 1 and sorted(groups) == sorted(k for k in fa if k.startswith("pixel_1_"))
+        assert any(fb[g]["star_id"].shape[0] > 1 for g in groups)  # pixels gather stars of several chunks
+        assert fa.attrs["diagnostic_columns"] == fb.attrs["diagnostic_columns"]
+        for g in groups:
+            assert set(fa[g]) == set(fb[g])
+            for d in fb[g]:
+                np.testing.assert_array_equal(fa[g][d][()], fb[g][d][()], err_msg=f"{g}/{d}")
+    assert stored_coverage(a).shape == (10,)
+
+
+def test_quantiles_of_a_star_do_not_depend_on_the_other_stars():
+    """Summaries are streamed chunk by chunk, so a star's quantiles must not depend on whether
+    another star in the same table has unequal chain weights."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 25))
+    even = np.full((1, 4), 0.25)
+    uneven = np.array([[0.7, 0.1, 0.1, 0.1]])
+    together = weighted_quantiles(x[:2], (0.16, 0.5, 0.84), np.concatenate([even, uneven]))
+    alone = weighted_quantiles(x[:1], (0.16, 0.5, 0.84), even)
+    np.testing.assert_array_equal(together[:, 0], alone[:, 0])
+    np.testing.assert_array_equal(alone[:, 0], np.quantile(x[0].ravel(), (0.16, 0.5, 0.84)))
+    assert not np.allclose(together[:, 1], np.quantile(x[1].ravel(), (0.16, 0.5, 0.84)))
