@@ -16,7 +16,7 @@ from .evaluate import evaluate_catalog  # noqa: E402
 _LAZY = {  # imported on first use, so loading and inference never import the training code
     "TrainConfig": "training", "train": "training",
     "infer": "pipeline", "InferenceConfig": "inference", "default_prior": "priors",
-    "Posterior": "posterior", "MockConfig": "mock", "make_mock": "mock", "use_cpu_cores": "devices",
+    "Posterior": "posterior", "open_run": "run_outputs", "MockConfig": "mock", "make_mock": "mock", "use_cpu_cores": "devices",
 }
 
 
@@ -49,6 +49,7 @@ __all__ = [
     "InferenceConfig",
     "default_prior",
     "Posterior",
+    "open_run",
     "MockConfig",
     "make_mock",
 ]

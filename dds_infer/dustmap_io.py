@@ -264,8 +264,9 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
             table["pixel"], table["n_stars"] = pixels, counts
             f["pixel_index"] = table
             groups = {}
-            for p, n, lc, bc in zip(pixels, counts, l_c.to_value(u.deg), b_c.to_value(u.deg)):
-                rows = np.flatnonzero(pix == p)
+            first = np.cumsum(counts) - counts
+            for p, n, i0, lc, bc in zip(pixels, counts, first, l_c.to_value(u.deg), b_c.to_value(u.deg)):
+                rows = order[i0:i0 + n]  # this pixel's stars, ascending (stable sort): O(N) over all pixels
                 g = groups[int(p)] = f.create_group(f"pixel_{nside}_{p}")
                 g.attrs.update(nside=nside, pixel=int(p), l_center=float(lc), b_center=float(bc))
                 g.create_dataset("star_id", data=sid[rows], dtype=h5py.string_dtype("utf-8"))
@@ -295,8 +296,10 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                     raise ValueError(f"posterior pieces differ in draws per star ({w_all.shape[1]} vs {total})")
                 stop = start + part.n_stars
                 p_part = pix[start:stop]
-                for p in np.unique(p_part):
-                    r = np.flatnonzero(p_part == p)  # ascending, rows of this part
+                o = np.argsort(p_part, kind="stable")
+                ps, i0, nn = np.unique(p_part[o], return_index=True, return_counts=True)
+                for p, a, m in zip(ps, i0, nn):
+                    r = o[a:a + m]  # ascending: this part's rows in pixel p
                     dst = slice(int(slot[start + r[0]]), int(slot[start + r[-1]]) + 1)  # contiguous
                     g = groups[int(p)]
                     for k in range(0, r.size, _CHUNK):

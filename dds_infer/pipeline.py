@@ -88,7 +88,10 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
     grid path and the queue engine, 64 for the batch engine).
     runner_kw: e.g. ``engine="batch"`` (:func:`dds_infer.runner.infer_catalog`; default "queue",
     NUTS without lockstep: 1.3× faster than "batch" end to end on 1,000 real stars, 1.5× in
-    ``bench/infer_bench.py --vs-batch 200``, the same posteriors).
+    ``bench/infer_bench.py --vs-batch 200``, the same posteriors) or ``combine="never"`` (keep
+    the draws in the chunk files; "auto", the default, combines them into ``posterior.nc`` up
+    to 10,000 stars at 4 × 500 draws and returns a :class:`~dds_infer.run_outputs.ChunkedPosterior`
+    beyond).
     """
     from .runner import infer_catalog
 

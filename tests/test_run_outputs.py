@@ -57,8 +57,10 @@ def test_a_run_too_large_to_combine_keeps_its_draws_in_the_chunks(runs):
     pd.testing.assert_frame_equal(chunked.summary(), post.summary(), check_dtype=False)
     pd.testing.assert_frame_equal(pd.read_parquet(root / "always" / "summary.parquet"), full.summary(),
                                   check_dtype=False)
-    # reopened from the folder, either way
-    back = run_outputs.open_run(root)
+    # reopened from the folder (dds_infer.open_run, the package-level name)
+    import dds_infer
+
+    back = dds_infer.open_run(root)
     assert back.n_stars == 10 and [str(p) for p in back.paths] == [str(p) for p in chunked.paths]
     parts = list(back.parts())
     assert [p.n_stars for p, _ in parts] == [4, 4, 2]
