@@ -36,6 +36,7 @@ COMBINE_CHOICES = ("auto", "always", "never")
 OUTPUTS = "outputs.json"
 SUMMARY = "summary.parquet"
 COMBINED = "posterior.nc"
+RUN_OUTPUTS = (OUTPUTS, SUMMARY, COMBINED)  # what assemble_run writes into a run folder
 
 
 def should_combine(combine: str, n_star_draws: int) -> bool:

@@ -32,7 +32,7 @@ from .engine import run_nuts_batch, star_keys
 from .inference import direct_log_density
 from .posterior import Posterior
 from .progress import chains_to_stars
-from .run_outputs import COMBINE_CHOICES, ChunkedPosterior, assemble_run
+from .run_outputs import COMBINE_CHOICES, RUN_OUTPUTS, ChunkedPosterior, assemble_run
 
 __all__ = ["infer_catalog", "catalog_fingerprint", "run_config_hash", "ManifestMismatchError", "ENGINES",
            "DEFAULT_ENGINE", "default_batch_size", "chunk_size"]
@@ -126,6 +126,8 @@ def _check_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
                 "the same settings to resume it, another output directory, or overwrite=True (--overwrite) "
                 "to discard them")
         shutil.rmtree(out_dir / "chunks", ignore_errors=True)
+        for name in RUN_OUTPUTS:  # the other run's assembled outputs would describe draws no longer there
+            (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))

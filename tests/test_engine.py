@@ -222,3 +222,12 @@ def test_manifest_mismatch_names_what_differs(tmp_path):
     with pytest.raises(ManifestMismatchError, match="arrays differ"):
         _check_manifest(tmp_path, manifest({"batch_size": 64, "seed": 0}, {"sigma_floor": 0.02}, chash="h3"),
                         overwrite=False)
+    # --overwrite discards the other run's chunks and its assembled outputs, nothing else
+    from dds_infer.run_outputs import RUN_OUTPUTS
+
+    (tmp_path / "chunks").mkdir()
+    for name in (*RUN_OUTPUTS, "notes.txt"):
+        (tmp_path / name).write_text("x")
+    _check_manifest(tmp_path, manifest({"batch_size": 64, "seed": 0}, {"sigma_floor": 0.02}, chash="h3"),
+                    overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "notes.txt"]
