@@ -23,10 +23,46 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-__all__ = ["available_cores", "use_cpu_cores", "n_devices", "shard_stars", "padded_size", "unshard", "first_rows"]
+__all__ = ["available_cores", "use_cpu_cores", "use_compilation_cache", "n_devices", "shard_stars", "padded_size",
+           "unshard", "first_rows"]
 
 AXIS = "stars"
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+CACHE_ENV = "DDS_JAX_CACHE"  # folder of the persistent compilation cache; "off" (or "0") disables it
+CACHE_MAX_BYTES = 2**30  # least recently used programs are evicted beyond 1 GiB
+
+
+def use_compilation_cache(folder: str | os.PathLike | None = None) -> str | None:
+    """Keep compiled XLA programs on disk between runs (JAX's persistent compilation cache), so
+    that the next run of the same model and settings (e.g. ``dds-infer infer`` on the next sky
+    region's catalogue) loads its programs instead of compiling them again: ~24 s for the grid
+    path on 2 devices, ~15 s for a NUTS chunk program (``dds-infer`` calls this at start).
+
+    folder: default ``$DDS_JAX_CACHE``, else ``$XDG_CACHE_HOME/dds_infer/jax`` (``~/.cache/...``).
+    ``DDS_JAX_CACHE=off`` (or ``0``) disables it. A cache already configured for JAX
+    (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is left as it is. Only programs that took
+    ≥ 1 s to compile are stored (JAX's default), at most :data:`CACHE_MAX_BYTES` in all. Returns
+    the folder in use, or None.
+    """
+    configured = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
+    if configured:
+        return str(configured)
+    env = os.environ.get(CACHE_ENV, "")
+    if folder is None and env.lower() in ("off", "0", "false", "no"):
+        return None
+    if folder is None:
+        folder = env or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                                     "dds_infer", "jax")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:  # e.g. a read-only home: run without the cache
+        warnings.warn(f"no persistent compilation cache ({folder}: {exc})", stacklevel=2)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return str(folder)
 
 
 def available_cores() -> int:

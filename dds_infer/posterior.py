@@ -23,8 +23,11 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro.diagnostics as nd
 from scipy.special import ndtri
@@ -37,6 +40,9 @@ VARIABLES = ("teff", "logg", "feh", "mu", "E", "distance_pc", "A_G")
 FITTED = ("teff", "logg", "feh", "mu", "E")
 FLAGS = {"r_hat": 1, "low_ess": 2, "divergent": 4, "multimodal": 8, "outside_domain": 16, "bad_init": 32}
 QUANTILES = (0.16, 0.5, 0.84)
+# zlib after HDF5's byte shuffle: on a 1,024-star grid-path chunk 0.87 s and 21 MB to write,
+# against 1.27 s and 24 MB for arviz's plain zlib (0.31 s and 40 MB uncompressed)
+NETCDF_ENCODING = {"zlib": True, "complevel": 4, "shuffle": True}
 _STAR_INFO = ("chain_weights", "n_modes", "mode_flag", "in_domain_frac")
 
 
@@ -94,17 +100,25 @@ def rhat_pass_rate_reference(ess, num_chains: int, num_samples: int, threshold: 
 def derive_samples(samples: dict, emulator) -> np.ndarray:
     """Add distance_pc = 10^(μ/5 + 1) and A_G = E·R_G(θ) (Eq. 2, G band) to ``samples`` (arrays
     (N, ...)); return the per-star fraction of draws inside the emulator's training domain."""
-    import jax.numpy as jnp
-
-    theta = jnp.stack([samples["teff"], samples["logg"], samples["feh"]], axis=-1)
     try:
         ref = emulator.bands.index("gaia_g")
     except KeyError:
         ref = 0
     samples["distance_pc"] = 10.0 ** (samples["mu"] / 5.0 + 1.0)
-    samples["A_G"] = np.asarray(samples["E"] * emulator.reddening_vector(theta)[..., ref])
-    dom = np.asarray(emulator.in_domain(theta))
+    a_g, in_dom = _extinction_and_domain(emulator, samples["teff"], samples["logg"], samples["feh"],
+                                         samples["E"], ref=ref)
+    samples["A_G"] = np.asarray(a_g)
+    dom = np.asarray(in_dom)
     return dom.reshape(dom.shape[0], -1).mean(axis=1)
+
+
+@partial(jax.jit, static_argnames=("ref",))
+def _extinction_and_domain(emulator, teff, logg, feh, E, *, ref: int):
+    """E·R_ref(θ) and whether θ is in the training domain, per draw: one compiled program per shape
+    (XLA drops the unused M(θ) sector) instead of ~100 eager kernels compiled anew for every chunk
+    shape (the grid path's derived values took 1.2 s per 1,000 stars)."""
+    theta = jnp.stack([teff, logg, feh], axis=-1)
+    return E * emulator.reddening_vector(theta)[..., ref], emulator.in_domain(theta)
 
 
 def weighted_quantiles(x, q, chain_weights=None) -> np.ndarray:
@@ -250,8 +264,17 @@ class Posterior:
         """Write NetCDF (HDF5 via h5netcdf) atomically: temp file then os.replace."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        self.to_inference_data().to_netcdf(str(tmp), engine="h5netcdf")
-        os.replace(tmp, path)
+        idata = self.to_inference_data()
+        mode = "w"
+        try:
+            for group in idata.groups():  # as InferenceData.to_netcdf, with the byte shuffle before zlib
+                data = idata[group]
+                data.to_netcdf(str(tmp), mode=mode, group=group, engine="h5netcdf", encoding={
+                    k: NETCDF_ENCODING for k, v in data.data_vars.items() if v.dtype.kind in "biuf"})
+                mode = "a"
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod

@@ -29,7 +29,7 @@ import numpy as np
 from .posterior import Posterior, concat
 
 __all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "assemble_run", "open_run",
-           "should_combine"]
+           "should_combine", "write_chunk_summary", "chunk_summary_path"]
 
 COMBINE_MAX_DRAWS = 2 * 10**7  # star x chain x draw: 10,000 stars at 4 x 500 draws
 COMBINE_CHOICES = ("auto", "always", "never")
@@ -37,6 +37,7 @@ OUTPUTS = "outputs.json"
 SUMMARY = "summary.parquet"
 COMBINED = "posterior.nc"
 RUN_OUTPUTS = (OUTPUTS, SUMMARY, COMBINED)  # what assemble_run writes into a run folder
+_SHAPE_KEY = b"dds_infer_shape"
 
 
 def should_combine(combine: str, n_star_draws: int) -> bool:
@@ -52,23 +53,68 @@ def _atomic_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def chunk_summary_path(chunk_path) -> Path:
+    """Where a chunk's summary rows are kept: ``chunk_NNNNN.summary.parquet`` beside ``chunk_NNNNN.nc``."""
+    p = Path(chunk_path)
+    return p.with_name(p.stem + ".summary.parquet")
+
+
+def _summary_table(post: Posterior, summary_kw: dict):
+    """The chunk's summary as an Arrow table, its (stars, chains, draws) in the schema metadata."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(post.summary(**summary_kw), preserve_index=False)
+    shape = json.dumps([post.n_stars, post.n_chains, post.n_draws]).encode()
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), _SHAPE_KEY: shape})
+
+
+def write_chunk_summary(post: Posterior, chunk_path) -> Path:
+    """Write ``post``'s summary rows beside its chunk file (atomic), so that assembling the run
+    reads them instead of loading the chunk's draws again."""
+    import pyarrow.parquet as pq
+
+    out = chunk_summary_path(chunk_path)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        pq.write_table(_summary_table(post, {}), tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _chunk_summary(path: Path, summary_kw: dict):
+    """(summary table, (stars, chains, draws)) of one chunk: its summary file when there is one
+    (default settings), else computed from the chunk's draws."""
+    import pyarrow.parquet as pq
+
+    sp = chunk_summary_path(path)
+    if not summary_kw and sp.exists():
+        table = pq.read_table(sp)
+        shape = (table.schema.metadata or {}).get(_SHAPE_KEY)
+        if shape is not None:
+            return table, tuple(json.loads(shape))
+    post = Posterior.load(path)
+    return _summary_table(post, summary_kw), (post.n_stars, post.n_chains, post.n_draws)
+
+
 def _write_summary(paths, out: Path, summary_kw: dict) -> tuple[np.ndarray, list]:
     """Stream the chunks' summaries into one Parquet file (a row group per chunk); atomic.
     Returns the star ids and each chunk's (n_stars, n_chains, n_draws)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     tmp = out.with_name(out.name + ".tmp")
     writer, ids, shapes = None, [], []
     try:
         for p in paths:
-            post = Posterior.load(p)
-            table = pa.Table.from_pandas(post.summary(**summary_kw), preserve_index=False)
+            table, shape = _chunk_summary(p, summary_kw)
+            table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items()
+                                                   if k != _SHAPE_KEY})
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table.cast(writer.schema), row_group_size=max(len(table), 1))
-            ids.append(post.star_id)
-            shapes.append((post.n_stars, post.n_chains, post.n_draws))
+            ids.append(table.column("star_id").to_numpy(zero_copy_only=False))
+            shapes.append(shape)
         writer.close()
         writer = None
         os.replace(tmp, out)

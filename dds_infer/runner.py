@@ -32,7 +32,7 @@ from .engine import run_nuts_batch, star_keys
 from .inference import direct_log_density
 from .posterior import Posterior
 from .progress import chains_to_stars
-from .run_outputs import COMBINE_CHOICES, RUN_OUTPUTS, ChunkedPosterior, assemble_run
+from .run_outputs import COMBINE_CHOICES, RUN_OUTPUTS, ChunkedPosterior, assemble_run, write_chunk_summary
 
 __all__ = ["infer_catalog", "catalog_fingerprint", "run_config_hash", "ManifestMismatchError", "ENGINES",
            "DEFAULT_ENGINE", "default_batch_size", "chunk_size"]
@@ -270,7 +270,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         if batch_fn is not None:
             post = batch_fn(stars, ids[rows], keys)
             post.attrs.update({"config_hash": chash, "rows": [int(rows[0]), int(rows[-1]) + 1]})
-            post.save(chunk_dir / f"chunk_{k:05d}.nc")
+            write_chunk_summary(post, post.save(chunk_dir / f"chunk_{k:05d}.nc"))
             if bar is not None:
                 bar.update(len(rows))
             continue
@@ -292,7 +292,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
             modes = [combine_fn({key: v[i] for key, v in samples.items()}, logp[i]) for i in range(len(rows))]
         post = Posterior.from_batch(res, ids[rows], emulator, modes, attrs={"config_hash": chash, "rows": [
             int(rows[0]), int(rows[-1]) + 1], "devices": n_dev})
-        post.save(chunk_dir / f"chunk_{k:05d}.nc")
+        write_chunk_summary(post, post.save(chunk_dir / f"chunk_{k:05d}.nc"))
         if bar is not None:
             bar.update(len(rows) - shown[0])
     if bar is not None:

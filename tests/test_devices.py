@@ -135,6 +135,38 @@ def test_cli_starts_the_devices_its_command_wants(argv, devices, single_thread):
     assert (SINGLE_THREAD_FLAGS in flags) == (single_thread and n > 1)
 
 
+def test_compilation_cache_keeps_programs_between_processes(tmp_path):
+    """dds-infer's persistent compilation cache (devices.use_compilation_cache), in fresh processes:
+    a folder from DDS_JAX_CACHE receives the compiled programs, and a second process loads them
+    instead of compiling; "off" disables it; a cache JAX already has is left alone."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, jax, jax.numpy as jnp; from dds_infer.devices import use_compilation_cache; "
+            "folder = use_compilation_cache(); "
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+            "from jax._src import monitoring; hits = []; "
+            "monitoring.register_event_listener(lambda e, **kw: hits.append(e) if 'cache_hits' in e else None); "
+            "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready(); "
+            "print(json.dumps([folder, jax.config.jax_compilation_cache_dir, len(hits)]))")
+    base = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "DDS_JAX_CACHE")}
+
+    def run(**env):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**base, **env},
+                             check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    folder = tmp_path / "cache"
+    first = run(DDS_JAX_CACHE=str(folder))
+    assert first[:2] == [str(folder)] * 2 and first[2] == 0 and any(folder.iterdir())
+    assert run(DDS_JAX_CACHE=str(folder))[2] >= 1  # the second process loads what the first compiled
+    assert run(DDS_JAX_CACHE="off")[:2] == [None, None]
+    other = str(tmp_path / "theirs")
+    assert run(DDS_JAX_CACHE=str(folder), JAX_COMPILATION_CACHE_DIR=other)[:2] == [other, other]
+
+
 def test_cli_rejects_a_bad_device_count():
     from dds_infer.cli import main
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -66,6 +67,30 @@ def test_a_run_too_large_to_combine_keeps_its_draws_in_the_chunks(runs):
     assert [p.n_stars for p, _ in parts] == [4, 4, 2]
     pd.testing.assert_frame_equal(pd.concat([s for _, s in parts], ignore_index=True), full.summary(),
                                   check_dtype=False)
+
+
+def test_chunk_summaries_written_with_the_chunks_are_what_assembly_reads(runs, tmp_path):
+    """The runner writes each chunk's summary rows beside it; assembling then reads them (not the
+    draws) and writes the same summary.parquet as from the draws."""
+    post, chunked, _, root = runs
+    import shutil
+
+    paths = []
+    for p in chunked.paths:
+        q = Path(shutil.copy(p, tmp_path / Path(p).name))
+        run_outputs.write_chunk_summary(Posterior.load(q), q)
+        paths.append(q)
+    assert run_outputs.chunk_summary_path(paths[0]).name == "chunk_00000.summary.parquet"
+    out = tmp_path / "run"
+    out.mkdir()
+    back = run_outputs.assemble_run(out, paths, attrs={}, combine="never")
+    pd.testing.assert_frame_equal(back.summary(), pd.read_parquet(root / "summary.parquet"))
+    # proof that they are read: a marked summary file comes through
+    t = pq.read_table(run_outputs.chunk_summary_path(paths[1]))
+    marked = t.set_column(t.schema.get_field_index("flag"), "flag", pa.array(np.full(t.num_rows, 99)))
+    pq.write_table(marked, run_outputs.chunk_summary_path(paths[1]))
+    again = run_outputs.assemble_run(out, paths, attrs={}, combine="never").summary()
+    assert (again["flag"].to_numpy()[4:8] == 99).all() and (again["flag"].to_numpy()[:4] != 99).all()
 
 
 def test_auto_combines_only_below_the_limit(monkeypatch, runs, tmp_path):
