@@ -1,14 +1,17 @@
 """The outputs of a catalogue run, assembled without holding every star's draws in memory.
 
 A run (:func:`dds_infer.runner.infer_catalog`) writes its draws chunk by chunk to
-``out_dir/chunks/chunk_NNNNN.nc``. At the end, :func:`assemble_run` writes
+``out_dir/chunks/chunk_NNNNN.nc`` and each chunk's summary rows beside it
+(:func:`write_chunk_summary`). At the end, :func:`assemble_run` writes
 
-* ``summary.parquet``: one row per star, streamed chunk by chunk (one Parquet row group per
-  chunk), so its memory is one chunk's draws whatever the catalogue's size;
+* ``summary.parquet``: one row per star, streamed from the chunks' summaries (one Parquet row
+  group per chunk; a chunk without one is summarised from its draws), so its memory does not
+  grow with the catalogue;
 * ``posterior.nc``: all draws in one NetCDF file, only when they fit comfortably in memory
   (``combine="auto"``: at most :data:`COMBINE_MAX_DRAWS` star-draws, i.e. 10,000 stars at
-  4 × 500 draws, ~1 GB; the concatenation holds two copies). A 10⁵-star run at 4 × 500 draws
-  holds ~11 GB of float64 draws and statistics, so a larger run keeps its draws in the chunks;
+  4 × 500 draws). Combining grows the process by ~0.14 MB per star at 4 × 500 draws
+  (2.7 GB at 16,384 stars, ``bench/outputs_bench.py``; ~14 GB at 10⁵), so a larger run keeps
+  its draws in the chunks;
 * ``outputs.json``: the chunk files in catalogue order with their row ranges, and whether
   ``posterior.nc`` was written.
 

@@ -4,7 +4,9 @@ The catalogue is processed in chunks of at most ``batch_size`` stars (one engine
 NUTS the fewest such chunks, of equal size (:func:`chunk_size`; the last one, shorter by fewer
 stars than there are chunks, padded so that it reuses the compiled program). Padding stars are
 sampled too, so a 1,100-star catalogue runs as 2 × 550 stars, not 1,024 + 76 padded to 1,024.
-Each finished chunk is written atomically to ``out_dir/chunks/chunk_NNNNN.nc``;
+Each finished chunk is written atomically to ``out_dir/chunks/chunk_NNNNN.nc``, its summary
+rows beside it; at the end :func:`dds_infer.run_outputs.assemble_run` writes the run's summary
+(and, if small enough, all draws in one file) without holding every chunk in memory;
 ``out_dir/manifest.json`` records the run configuration hash and the catalogue fingerprint. A
 rerun with the same manifest skips finished chunks; a different one refuses to mix results
 unless ``overwrite=True``. Star k always gets the key fold_in(key(seed), k), so results do not

@@ -95,6 +95,7 @@ def run(args) -> int:
     from pathlib import Path
 
     import numpy as np
+    import pandas as pd
 
     from ..cli import emit_json
     from ..devices import n_devices
@@ -147,8 +148,9 @@ def run(args) -> int:
                  **({"engine": args.engine, "n_slots": args.n_slots, "init_mass": args.init_mass}
                     if args.method == "nuts" else {}))
     seconds = time.perf_counter() - t0
-    summ = post.summary()
     out = Path(args.out)
+    written = out / "summary.parquet"  # what the run just wrote: not recomputed from the draws
+    summ = pd.read_parquet(written) if written.exists() else post.summary()
     combined = not isinstance(post, ChunkedPosterior)
     figures = {
         "n_stars": int(post.n_stars), "seconds": seconds, "stars_per_s": post.n_stars / seconds,
