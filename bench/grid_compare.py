@@ -103,7 +103,7 @@ def run(args, emu_real, anchor) -> dict:
     config = InferenceConfig()
     settings = GridSettings()
     nuts_kw = dict(num_chains=4, num_warmup=500, num_samples=500, batch_size=args.batch_size, seed=0,
-                   progress=not args.json, max_tree_depth=8)
+                   progress=not args.json, max_tree_depth=8, combine="always")  # draws compared in memory
     out = {"n_real": args.n_stars, "n_mock": args.n_mock, "grid_settings": str(settings)}
     # real stars
     full = read_green2020_h5(anchor / "green2020_test_data_small.h5", require_labels=False,
@@ -115,7 +115,7 @@ def run(args, emu_real, anchor) -> dict:
     nuts_r = infer(real, emu_real, work / "nuts_real", prior=prior_r, config=config, **nuts_kw)
     out["nuts_seconds_real"] = time.perf_counter() - t0
     grid_r = infer(real, emu_real, work / "grid_real", prior=prior_r, config=config, method="grid",
-                   batch_size=1024, seed=0, progress=False, overwrite=True)
+                   batch_size=1024, seed=0, progress=False, overwrite=True, combine="always")
     ag_r = agreement(nuts_r, grid_r)
     # mock stars from the prior, shipped model as truth
     emu_m = load_bundle(args.mock_model)
@@ -127,7 +127,7 @@ def run(args, emu_real, anchor) -> dict:
     truth = np.column_stack([np.asarray(draws[v])[keep] for v in VARS])
     nuts_m = infer(cat_m, emu_m, work / "nuts_mock", prior=prior_m, config=config, **nuts_kw)
     grid_m = infer(cat_m, emu_m, work / "grid_mock", prior=prior_m, config=config, method="grid",
-                   batch_size=1024, seed=0, progress=False, overwrite=True)
+                   batch_size=1024, seed=0, progress=False, overwrite=True, combine="always")
     ag_m = agreement(nuts_m, grid_m)
     ok = np.concatenate([ag_r.pop("ok_all"), ag_m.pop("ok_all")])
     out.update({"grid_agreement_frac": float(ok.mean()), "agreement_real": ag_r, "agreement_mock": ag_m})

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
                    batch_size=args.batch_size, engine=args.engine))
         post = infer(cat, emu, args.out or tmp, prior=prior, config=config, seed=args.seed,
-                     progress=not args.no_progress, overwrite=args.out is None, **kw)
+                     progress=not args.no_progress, overwrite=args.out is None, combine="always", **kw)  # ranks: draws
     seconds = time.perf_counter() - t0
     n = post.n_stars
     cov68, cov95, ranks = {}, {}, []

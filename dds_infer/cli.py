@@ -92,14 +92,14 @@ def _start_devices(argv) -> None:
 
 def main(argv=None) -> int:
     _start_devices(argv)
-    from .devices import use_compilation_cache
-
-    use_compilation_cache()  # the next run with the same model and settings skips the compile
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .devices import use_compilation_cache
+
+    use_compilation_cache()  # before any compile: the next run with the same model and settings skips it
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as exc:

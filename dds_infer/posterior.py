@@ -115,7 +115,7 @@ def derive_samples(samples: dict, emulator) -> np.ndarray:
 
 @partial(jax.jit, static_argnames=("ref",))
 def _extinction_and_domain(emulator, teff, logg, feh, E, *, ref: int):
-    """E·R_ref(θ) and whether θ is in the training domain, per draw: one compiled program per shape
+    """E·R_ref(θ) (Eq. 2) and whether θ is in the training domain, per draw: one compiled program per shape
     (XLA drops the unused M(θ) sector) instead of ~100 eager kernels compiled anew for every chunk
     shape (the grid path's derived values took 1.2 s per 1,000 stars)."""
     theta = jnp.stack([teff, logg, feh], axis=-1)

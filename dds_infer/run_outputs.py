@@ -128,6 +128,13 @@ def _write_summary(paths, out: Path, summary_kw: dict) -> tuple[np.ndarray, list
     return np.concatenate(ids), shapes
 
 
+def _concat_chunks(paths, attrs: dict) -> Posterior:
+    """The chunks' posteriors in one, with the run's provenance ``attrs`` instead of a chunk's row range."""
+    full = concat([Posterior.load(p) for p in paths])
+    full.attrs = {**{k: v for k, v in full.attrs.items() if k != "rows"}, **attrs}
+    return full
+
+
 def assemble_run(out_dir, chunk_paths, *, attrs: dict, combine: str = "auto",
                  summary_kw: dict | None = None) -> "Posterior | ChunkedPosterior":
     """Write ``summary.parquet``, ``outputs.json`` and (see :func:`should_combine`) the combined
@@ -146,8 +153,7 @@ def assemble_run(out_dir, chunk_paths, *, attrs: dict, combine: str = "auto",
     combined = should_combine(combine, n_star_draws)
     full = None
     if combined:
-        full = concat([Posterior.load(p) for p in paths])
-        full.attrs = {**{k: v for k, v in full.attrs.items() if k != "rows"}, **attrs}
+        full = _concat_chunks(paths, attrs)
         full.save(out_dir / COMBINED)
     bounds = np.concatenate([[0], np.cumsum([n for n, _, _ in shapes])])
     _atomic_json(out_dir / OUTPUTS, {
@@ -213,9 +219,7 @@ class ChunkedPosterior:
 
     def load(self) -> Posterior:
         """Every chunk concatenated into one in-memory :class:`Posterior` (mind the size)."""
-        full = concat(list(self.chunks()))
-        full.attrs = {**{k: v for k, v in full.attrs.items() if k != "rows"}, **self.attrs}
-        return full
+        return _concat_chunks(self.paths, self.attrs)
 
 
 def open_run(out_dir) -> "Posterior | ChunkedPosterior":

@@ -253,10 +253,11 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     _check_manifest(out_dir, manifest, overwrite)
     chunk_dir = out_dir / "chunks"
     chunk_dir.mkdir(exist_ok=True)
+    chunk_path = lambda k: chunk_dir / f"chunk_{k:05d}.nc"  # noqa: E731
 
     n_chunks = -(-n // chunk)
     ids = catalog.star_ids()
-    todo = [k for k in range(n_chunks) if not (chunk_dir / f"chunk_{k:05d}.nc").exists()]
+    todo = [k for k in range(n_chunks) if not chunk_path(k).exists()]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -272,7 +273,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         if batch_fn is not None:
             post = batch_fn(stars, ids[rows], keys)
             post.attrs.update({"config_hash": chash, "rows": [int(rows[0]), int(rows[-1]) + 1]})
-            write_chunk_summary(post, post.save(chunk_dir / f"chunk_{k:05d}.nc"))
+            write_chunk_summary(post, post.save(chunk_path(k)))
             if bar is not None:
                 bar.update(len(rows))
             continue
@@ -294,13 +295,13 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
             modes = [combine_fn({key: v[i] for key, v in samples.items()}, logp[i]) for i in range(len(rows))]
         post = Posterior.from_batch(res, ids[rows], emulator, modes, attrs={"config_hash": chash, "rows": [
             int(rows[0]), int(rows[-1]) + 1], "devices": n_dev})
-        write_chunk_summary(post, post.save(chunk_dir / f"chunk_{k:05d}.nc"))
+        write_chunk_summary(post, post.save(chunk_path(k)))
         if bar is not None:
             bar.update(len(rows) - shown[0])
     if bar is not None:
         bar.close()
-    missing = [k for k in range(n_chunks) if not (chunk_dir / f"chunk_{k:05d}.nc").exists()]
+    missing = [k for k in range(n_chunks) if not chunk_path(k).exists()]
     if missing:  # only after stop_after_chunks
         return None
-    return assemble_run(out_dir, [chunk_dir / f"chunk_{k:05d}.nc" for k in range(n_chunks)],
+    return assemble_run(out_dir, [chunk_path(k) for k in range(n_chunks)],
                         attrs={"config_hash": chash, "n_chunks": n_chunks}, combine=combine)

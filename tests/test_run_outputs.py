@@ -2,6 +2,7 @@
 posterior.nc only when it fits (dds_infer.run_outputs), and the dust-map file written from the
 chunks one at a time (dds_infer.dustmap_io.write_dustmap)."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dds_infer import run_outputs
-from dds_infer.posterior import Posterior, concat, weighted_quantiles
+from dds_infer.posterior import Posterior, weighted_quantiles
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_dustmap_io import _posterior  # noqa: E402  (random draws, unequal chain weights)
@@ -29,12 +30,12 @@ def runs(tmp_path_factory):
     (root / "chunks").mkdir()
     paths = []
     for k, (a, b) in enumerate([(0, 4), (4, 8), (8, 10)]):
-        part = concat([post])  # a copy
-        for name in ("samples", "sample_stats", "chain_stats"):
-            setattr(part, name, {key: v[a:b] for key, v in getattr(post, name).items()})
-        for name in ("star_id", "chain_weights", "n_modes", "mode_flag", "in_domain_frac"):
-            setattr(part, name, getattr(post, name)[a:b])
-        part.attrs = {**post.attrs, "rows": [a, b]}
+        part = dataclasses.replace(
+            post, **{name: {key: v[a:b] for key, v in getattr(post, name).items()}
+                     for name in ("samples", "sample_stats", "chain_stats")},
+            **{name: getattr(post, name)[a:b]
+               for name in ("star_id", "chain_weights", "n_modes", "mode_flag", "in_domain_frac")},
+            attrs={**post.attrs, "rows": [a, b]})
         paths.append(part.save(root / "chunks" / f"chunk_{k:05d}.nc"))
     chunked = run_outputs.assemble_run(root, paths, attrs={"config_hash": "h"}, combine="never")
     (root / "always").mkdir()

@@ -85,7 +85,7 @@ def run(args) -> int:
     _say(args, f"[2/4] grid path: {args.n_stars} stars ...")
     t0 = time.perf_counter()
     grid = infer(mock.catalog, emu, out / "posterior", method="grid", batch_size=min(args.n_stars, 1024),
-                 seed=args.seed, progress=not args.no_progress, overwrite=True)
+                 seed=args.seed, progress=not args.no_progress, overwrite=True, combine="always")  # scored below
     t_grid = time.perf_counter() - t0
     nuts, t_nuts = None, 0.0
     if n_nuts:
@@ -94,7 +94,8 @@ def run(args) -> int:
         t0 = time.perf_counter()
         nuts = infer(mock.catalog.subset(np.arange(n_nuts)), emu, out / "posterior_nuts",
                      num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, overwrite=True)
+                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, overwrite=True,
+                     combine="always")
         t_nuts = time.perf_counter() - t0
     _say(args, "[4/4] scoring against the truth ...")
     res, arrays = _score(grid, mock.truth)
