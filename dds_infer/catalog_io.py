@@ -4,9 +4,9 @@
 * :func:`read_table` reads any table astropy can (FITS, HDF5, Parquet, CSV,
   ECSV, VOTable) or an in-memory astropy Table / pandas DataFrame, through a
   ``column_map`` (see :func:`read_table`).
-* :func:`write_table` / :func:`catalog_to_table` write one column per band
-  (``mag_<band>``, ``mag_err_<band>``, ...) readable back with
-  :func:`default_column_map`.
+* :func:`~dds_infer.catalog_write.write_table` / :func:`~dds_infer.catalog_write.catalog_to_table`
+  (:mod:`dds_infer.catalog_write`, re-exported here) write one column per band
+  (``mag_<band>``, ``mag_err_<band>``, ...) readable back with :func:`default_column_map`.
 
 All readers call :func:`~dds_infer.catalog.validate`; problems in the column
 map (unknown bands, absent columns, unpaired keys) are all reported at once.
@@ -25,6 +25,7 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
 from .catalog import LABEL_NAMES, CatalogError, StarCatalog
+from .catalog_write import _COV_PAIRS, catalog_to_table, write_astropy_table, write_table  # noqa: F401
 from .passbands import GREEN2020, BandSet, UnknownBandError
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
 _SCALAR_KEYS = ("parallax", "parallax_err", "teff", "logg", "feh", "teff_err", "logg_err",
                 "feh_err", "E_prior", "E_prior_err", "l", "b", "ra", "dec", "id")
 COLUMN_MAP_KEYS = ("mag", "mag_err", "cov") + _SCALAR_KEYS
-_COV_PAIRS = tuple((i, j) for i in range(3) for j in range(i, 3))
 _FORMATS = {
     ".fits": "fits", ".fit": "fits", ".fts": "fits", ".fits.gz": "fits", ".fit.gz": "fits",
     ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
@@ -378,57 +378,3 @@ def _plain(cmap: Mapping) -> dict:
 def table_to_catalog(table, bands: BandSet = GREEN2020, **kwargs) -> StarCatalog:
     """:func:`read_table` on an in-memory table with the default column map."""
     return read_table(table, None, bands, **kwargs)
-
-
-def catalog_to_table(catalog: StarCatalog) -> Table:
-    """One column per quantity: ``mag_<band>``, ``mag_err_<band>``, ``parallax`` [mas],
-    ``teff`` [K], ``logg``, ``feh``, ``*_err``, ``cov_<a>_<b>``, ``E_prior``,
-    ``E_prior_err``, ``l``/``b`` [deg], ``id`` (optional blocks only when present)."""
-    t = Table(meta={"BANDSET": catalog.bands.name})
-    if catalog.mag_err_floor is not None:  # the floor already in mag_err (see inference)
-        t.meta["MAGFLOOR"] = catalog.mag_err_floor.tolist()
-    if catalog.ids is not None:
-        t["id"] = catalog.ids
-    for j, b in enumerate(catalog.bands.names):
-        t[f"mag_{b}"] = catalog.mag[:, j]
-        t[f"mag_err_{b}"] = catalog.mag_err[:, j]
-    t["parallax"] = catalog.parallax * u.mas
-    t["parallax_err"] = catalog.parallax_err * u.mas
-    if catalog.theta is not None:
-        for j, k in enumerate(LABEL_NAMES):
-            t[k] = catalog.theta[:, j] * (u.K if k == "teff" else 1)
-        for j, k in enumerate(LABEL_NAMES):
-            t[f"{k}_err"] = np.sqrt(catalog.theta_cov[:, j, j]) * (u.K if k == "teff" else 1)
-        c = catalog.theta_cov
-        asym = not np.array_equal(c, np.swapaxes(c, 1, 2), equal_nan=True)
-        for i, j in _COV_PAIRS:  # lower triangle too if the input is not exactly symmetric
-            t[f"cov_{LABEL_NAMES[i]}_{LABEL_NAMES[j]}"] = c[:, i, j]
-        for i, j in _COV_PAIRS if asym else ():
-            if i != j:
-                t[f"cov_{LABEL_NAMES[j]}_{LABEL_NAMES[i]}"] = c[:, j, i]
-    if catalog.E_prior is not None:
-        t["E_prior"] = catalog.E_prior
-        t["E_prior_err"] = catalog.E_prior_err
-    if catalog.l is not None:
-        t["l"] = catalog.l * u.deg
-        t["b"] = catalog.b * u.deg
-    return t
-
-
-def write_table(catalog: StarCatalog, path, *, format: str | None = None,
-                overwrite: bool = True) -> Path:
-    """Write :func:`catalog_to_table` to ``path`` (format from the extension:
-    Parquet, FITS, HDF5, CSV, ECSV, VOTable); returns the path."""
-    return write_astropy_table(catalog_to_table(catalog), path, format=format, overwrite=overwrite)
-
-
-def write_astropy_table(table: Table, path, *, format: str | None = None, overwrite: bool = True) -> Path:
-    """Write any astropy ``table`` as :func:`write_table` does (format from the extension;
-    HDF5 under the path ``catalog`` with its metadata); returns the path."""
-    path = Path(path)
-    fmt = _format_for(path, format)
-    kwargs: dict[str, Any] = {"overwrite": overwrite}
-    if fmt == "hdf5":
-        kwargs.update(path="catalog", serialize_meta=True)
-    table.write(path, format=fmt, **kwargs)
-    return path

@@ -33,7 +33,7 @@ import pandas as pd
 
 from .catalog import StarCatalog
 from .domain import TrainingDomain
-from .priors import hr_slice_mass
+from .hr_table import hr_slice_mass
 from .selection import resolve_selection_limit, selection_log_volume
 from .dust import DustModel, true_and_prior_reddening
 from .galaxy import (DEFAULT_GALAXY, GalaxyModel, distance_prior_grid, sample_components_and_feh,
@@ -99,7 +99,7 @@ def sample_theta_from_domain(rng: np.random.Generator, domain: TrainingDomain, f
     ``threshold`` (the valid domain), on the [Fe/H] slice nearest each star;
     a uniform offset within the cell makes the draws continuous. ``edge_weight``: a star
     is kept with probability equal to the θ prior's mass at its [Fe/H]
-    (:func:`dds_infer.priors.hr_slice_mass`: below 1 only at the [Fe/H] edges of the
+    (:func:`dds_infer.hr_table.hr_slice_mass`: below 1 only at the [Fe/H] edges of the
     training set, where the prior falls off), so that the mock follows that prior there too;
     ``slice_mass`` passes those masses in when they are already computed.
     Returns (theta (N, 3), ok (N,)) — ok False where the slice is empty or the star was

@@ -431,3 +431,25 @@ def test_catalog_table_helpers():
 def test_unknown_extension(tmp_path):
     with pytest.raises(CatalogError, match="format"):
         write_table(make_catalog(), tmp_path / "cat.xyz")
+
+
+def test_write_is_atomic_and_respects_overwrite(tmp_path, monkeypatch):
+    path = write_table(make_catalog(seed=1), tmp_path / "cat.fits.gz")
+    with open(path, "rb") as f:
+        assert f.read(2) == b"\x1f\x8b"  # the temporary file kept the extension, so it was gzipped
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_table(make_catalog(seed=2), path, overwrite=False)
+
+    def fail_midway(self, target, **kw):  # writes part of a file, then dies
+        with open(target, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Table, "write", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        write_table(make_catalog(seed=2), path)
+    assert path.read_bytes() == before  # the old catalogue is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.fits.gz"]  # no temporary left behind
+    monkeypatch.undo()
+    assert_same(make_catalog(seed=2), read_table(write_table(make_catalog(seed=2), path)))

@@ -121,7 +121,7 @@ def test_domain_population_stays_in_valid_domain(published):
 def test_domain_population_follows_the_prior_at_the_feh_edges(published):
     """Stars are kept with the θ prior's slice mass: all of them inside the training [Fe/H]
     range, a matching fraction where the prior falls off (the metal-poor edge)."""
-    from dds_infer.priors import hr_density_table, hr_slice_mass
+    from dds_infer.hr_table import hr_density_table, hr_slice_mass
 
     dom = published.domain
     w = hr_slice_mass(dom, threshold=0.01)
