@@ -55,6 +55,8 @@ def main(argv=None) -> int:
                     help="stars per chunk (default dds_infer.runner.default_batch_size, as dds-infer infer: "
                     "1024, or 64 with --engine batch)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target-accept", type=float, default=None,
+                    help="NUTS target acceptance (default: the pipeline's, dds_infer.pipeline.TARGET_ACCEPT)")
     ap.add_argument("--method", choices=("nuts", "grid"), default="nuts")
     ap.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                     help="NUTS engine (dds_infer.runner.ENGINES): queue (default, as dds-infer infer) or batch "
@@ -76,10 +78,12 @@ def main(argv=None) -> int:
     from dds_infer.catalog import StarCatalog
     from dds_infer.catalog_io import read_green2020_h5
     from dds_infer.keras_import import import_keras_model
-    from dds_infer.pipeline import infer
+    from dds_infer.pipeline import TARGET_ACCEPT, infer
     from dds_infer.priors import default_prior
     from dds_infer.inference import InferenceConfig
     from dds_infer.recovery import accuracy
+
+    target_accept = TARGET_ACCEPT if args.target_accept is None else args.target_accept
 
     a = anchor_dir()
     emu = import_keras_model(a / "green2020_nn_model.h5", a / "green2020_theta_normalization.json",
@@ -94,7 +98,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                   batch_size=args.batch_size, engine=args.engine, dense_mass=args.dense_mass))
+                   batch_size=args.batch_size, engine=args.engine,
+                   target_accept_prob=target_accept, dense_mass=args.dense_mass))
         prior = default_prior(emu, reddening=args.reddening, E_scale=args.E_scale, selection_limit=limit)
         post = infer(blind, emu, args.out or tmp, prior=prior, config=InferenceConfig(sigma_floor=args.sigma_floor),
                      seed=args.seed, progress=not args.no_progress,
@@ -133,7 +138,7 @@ def main(argv=None) -> int:
         "frac_multimodal": float(np.mean(s["n_modes"] > 1)),
         "method": args.method,
         "settings": ({"num_chains": args.num_chains, "num_warmup": args.num_warmup, "num_samples": args.num_samples,
-                      "dense_mass": args.dense_mass}
+                      "dense_mass": args.dense_mass, "target_accept": target_accept}
                      if args.method == "nuts" else {"grid": "GridSettings()"})
         | {"seed": args.seed, "zp": "dr2", "prior": "galactic (sky average)", "reddening": args.reddening,
            "selection_limit": limit,

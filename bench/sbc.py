@@ -49,6 +49,8 @@ def main(argv=None) -> int:
                     help="stars per chunk (default dds_infer.runner.default_batch_size, as dds-infer infer: "
                     "1024, or 64 with --engine batch)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target-accept", type=float, default=None,
+                    help="NUTS target acceptance (default: the pipeline's, dds_infer.pipeline.TARGET_ACCEPT)")
     ap.add_argument("--method", choices=("nuts", "grid"), default="nuts")
     ap.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                     help="NUTS engine (dds_infer.runner.ENGINES): queue (default, as dds-infer infer) or batch "
@@ -65,10 +67,12 @@ def main(argv=None) -> int:
 
     from dds_infer import load_bundle
     from dds_infer.inference import InferenceConfig
-    from dds_infer.pipeline import infer
+    from dds_infer.pipeline import TARGET_ACCEPT, infer
     from dds_infer.priors import default_prior
     from dds_infer.recovery import interval_coverage, plot_rank_histograms, sbc_ranks
     from dds_infer.simulate import draw_from_prior, simulate_observations
+
+    target_accept = TARGET_ACCEPT if args.target_accept is None else args.target_accept
 
     emu = load_bundle(args.model)
     prior = default_prior(emu, reddening="halfnormal", E_scale=args.E_scale)
@@ -89,7 +93,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                   batch_size=args.batch_size, engine=args.engine))
+                   batch_size=args.batch_size, engine=args.engine,
+                   target_accept_prob=target_accept))
         post = infer(cat, emu, args.out or tmp, prior=prior, config=config, seed=args.seed,
                      progress=not args.no_progress, overwrite=args.out is None, combine="always", **kw)  # ranks: draws
     seconds = time.perf_counter() - t0
@@ -114,7 +119,8 @@ def main(argv=None) -> int:
         "frac_flagged": float(np.mean(s["flag"] != 0)),
         "method": args.method,
         "settings": {"model": args.model, "E_scale": args.E_scale, "num_chains": args.num_chains,
-                     "num_warmup": args.num_warmup, "num_samples": args.num_samples, "seed": args.seed},
+                     "num_warmup": args.num_warmup, "num_samples": args.num_samples, "seed": args.seed,
+                     "target_accept": target_accept},
         "figure": args.figure, "seconds": round(seconds, 1), "engine": args.engine if args.method == "nuts" else None,
         "goals": {"coverage68": [0.64, 0.72], "coverage95": [0.93, 0.97]},
     }
