@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     from dds_infer.catalog_io import read_green2020_h5
     from dds_infer.keras_import import import_keras_model
     from dds_infer.pipeline import TARGET_ACCEPT, infer
+    from dds_infer.posterior import flag_counts
     from dds_infer.priors import default_prior
     from dds_infer.inference import InferenceConfig
     from dds_infer.recovery import accuracy
@@ -133,6 +134,7 @@ def main(argv=None) -> int:
                         "z_sigma_incl_placeholder": e_all["z_sigma"]},
         "by_label_source": by_source,
         "frac_flagged": float(np.mean(s["flag"] != 0)),
+        "flag_counts": flag_counts(s["flag"]),
         "frac_rhat_lt_1_01": float(np.mean(s["r_hat_max"] < 1.01)) if args.method == "nuts" else None,
         "median_weight_ess": float(np.median(s["weight_ess"])) if args.method == "grid" else None,
         "frac_multimodal": float(np.mean(s["n_modes"] > 1)),

@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     from dds_infer import load_bundle
     from dds_infer.inference import InferenceConfig
     from dds_infer.pipeline import TARGET_ACCEPT, infer
+    from dds_infer.posterior import flag_counts
     from dds_infer.priors import default_prior
     from dds_infer.recovery import interval_coverage, plot_rank_histograms, sbc_ranks
     from dds_infer.simulate import draw_from_prior, simulate_observations
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
         "n_stars": int(n), "coverage68": cov68, "coverage95": cov95, "devices": devices,
         "frac_rhat_lt_1_01": float(np.mean(s["r_hat_max"] < 1.01)) if args.method == "nuts" else None,
         "frac_flagged": float(np.mean(s["flag"] != 0)),
+        "flag_counts": flag_counts(s["flag"]),
         "method": args.method,
         "settings": {"model": args.model, "E_scale": args.E_scale, "num_chains": args.num_chains,
                      "num_warmup": args.num_warmup, "num_samples": args.num_samples, "seed": args.seed,

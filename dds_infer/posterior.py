@@ -33,8 +33,8 @@ import numpyro.diagnostics as nd
 from scipy.special import ndtri
 from scipy.stats import rankdata
 
-__all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "rank_rhat_ess_bulk", "rhat_pass_rate_reference",
-           "weighted_quantiles"]
+__all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "flag_counts", "rank_rhat_ess_bulk",
+           "rhat_pass_rate_reference", "weighted_quantiles"]
 
 VARIABLES = ("teff", "logg", "feh", "mu", "E", "distance_pc", "A_G")
 FITTED = ("teff", "logg", "feh", "mu", "E")
@@ -45,6 +45,13 @@ QUANTILES = (0.16, 0.5, 0.84)
 # chunk of random draws (4 x 500) 51 KB per star against 57, in about the same time
 NETCDF_ENCODING = {"zlib": True, "complevel": 4, "shuffle": True}
 _STAR_INFO = ("chain_weights", "n_modes", "mode_flag", "in_domain_frac")
+
+
+def flag_counts(flag) -> dict:
+    """Stars per reason of a summary's ``flag`` column (:data:`FLAGS`; a star flagged for several
+    reasons counts in each), plus ``"any"``: why stars are flagged, not only how many."""
+    flag = np.asarray(flag, dtype=np.int64)
+    return {"any": int(np.count_nonzero(flag)), **{k: int(np.count_nonzero(flag & bit)) for k, bit in FLAGS.items()}}
 
 
 def _rank_normalize(x):

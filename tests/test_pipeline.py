@@ -60,6 +60,7 @@ def test_cli_infer_json_and_resume(small_mock, tmp_path, capsys):
     assert res["sigma_floor"] == 0.02 and res["parameterization"] == "whitened" and res["engine"] == "queue"
     assert res["catalog_err_floor"] == pytest.approx(list(mock.catalog.meta["mag_err_floor"]))
     assert res["combined"] is True and Path(res["out"]["posterior"]).is_file()  # small: combined by default
+    assert res["flag_counts"]["any"] == res["n_flagged"] and set(res["flag_counts"]) >= {"r_hat", "divergent"}
     chunks = sorted((out / "chunks").glob("*.nc"))
     assert len(chunks) == 2
     import pandas as pd

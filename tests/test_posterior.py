@@ -11,7 +11,7 @@ import pytest
 
 from dds_infer import init_emulator
 from dds_infer.engine import BatchResult
-from dds_infer.posterior import FLAGS, VARIABLES, Posterior, concat, rank_rhat_ess_bulk
+from dds_infer.posterior import FLAGS, VARIABLES, Posterior, concat, flag_counts, rank_rhat_ess_bulk
 
 N, C, S = 5, 3, 200
 
@@ -85,6 +85,15 @@ def test_summary_quantiles_and_flags(post):
     assert df["flag"][1] & FLAGS["divergent"] and not df["flag"][0] & FLAGS["divergent"]
     assert df["mu_r_hat"][2] > 1.1 and df["flag"][2] & FLAGS["r_hat"]
     assert df["mu_r_hat"][0] < 1.05
+    counts = flag_counts(df["flag"])
+    assert counts["any"] == int((df["flag"] != 0).sum()) and counts["divergent"] == 1 and counts["r_hat"] >= 1
+    assert set(counts) == {"any", *FLAGS}
+
+
+def test_flag_counts_count_every_reason_of_a_star():
+    flags = np.array([0, FLAGS["r_hat"] | FLAGS["divergent"], FLAGS["divergent"], FLAGS["bad_init"]])
+    assert flag_counts(flags) == {"any": 3, "r_hat": 1, "low_ess": 0, "divergent": 2, "multimodal": 0,
+                                  "outside_domain": 0, "bad_init": 1}
 
 
 def test_rhat_ess_match_arviz():

@@ -158,6 +158,7 @@ def _score(post, truth_table):
     (median, q16, q84, truth) arrays (N, 5) for the recovery figure."""
     import numpy as np
 
+    from ..posterior import flag_counts
     from ..recovery import accuracy, interval_coverage
 
     summ = post.summary()
@@ -170,5 +171,6 @@ def _score(post, truth_table):
         cover[v] = interval_coverage(draws, tru[:, j], 0.68, weights)
     res = {"accuracy": {v: accuracy(med[:, j], q16[:, j], q84[:, j], tru[:, j]) for j, v in enumerate(VARS)},
            "coverage68": cover, "frac_flagged": float(np.mean(summ["flag"] != 0)),
+           "flag_counts": flag_counts(summ["flag"]),
            "frac_multimodal": float(np.mean(summ["n_modes"] > 1))}
     return res, (med, q16, q84, tru)

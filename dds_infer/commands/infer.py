@@ -101,6 +101,7 @@ def run(args) -> int:
     from ..devices import n_devices
     from ..inference import InferenceConfig
     from ..pipeline import TARGET_ACCEPT, WARMUP_MAX_TREE_DEPTH, infer
+    from ..posterior import flag_counts
     from ..run_outputs import ChunkedPosterior
     from ..priors import default_prior
     from ._common import parse_selection_limit, read_catalog, read_model
@@ -156,7 +157,8 @@ def run(args) -> int:
         "n_stars": int(post.n_stars), "seconds": seconds, "stars_per_s": post.n_stars / seconds,
         "frac_rhat_lt_1_01": (float(np.mean(summ["r_hat_max"] < 1.01)) if args.method == "nuts" else None),
         "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
-        "n_flagged": int((summ["flag"] != 0).sum()), "method": args.method,
+        "n_flagged": int((summ["flag"] != 0).sum()), "flag_counts": flag_counts(summ["flag"]),
+        "method": args.method,
         "sigma_floor": args.sigma_floor, "parameterization": args.parameterization,
         "target_accept": args.target_accept, "engine": args.engine if args.method == "nuts" else None,
         "devices": n_devices(),
@@ -179,6 +181,8 @@ def run(args) -> int:
               f"flagged: {figures['n_flagged']}")
     else:
         print(f"median weight ESS: {figures['median_ess']:.0f}, flagged: {figures['n_flagged']}")
+    if figures["n_flagged"]:
+        print("flagged for: " + ", ".join(f"{k} {v}" for k, v in figures["flag_counts"].items() if k != "any" and v))
     if zp_report is not None:
         print(f"parallax zero-point (Lindegren+2021): median {zp_report['median_mas']:.4f} mas; "
               f"{zp_report['n_fallback']} of {zp_report['n_stars']} stars at {zp_report['fallback_mas']} mas "
