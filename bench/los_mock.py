@@ -1,6 +1,7 @@
 """A mock sightline with one dust cloud, end to end (issue 6, acceptance 3).
 
     python bench/los_mock.py [--n-stars 300] [--cloud-pc 400] [--delta-E 0.5] [--method grid|nuts] [--json]
+                             [--cpu-devices N]   (default: one JAX CPU device per core; LOS chains split over them)
 
 Stars along (l, b) = (160°, −10°) from the Galactic prior of the shipped model (distances drawn in
 μ ∈ [5, 10.5], i.e. 100 pc – 1.3 kpc, as for a LOS study of a nearby cloud), reddened by
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, report
+from _common import REPO, add_cpu_devices_arg, report, start_devices
 
 
 def run_sightline(n_stars=300, cloud_pc=400.0, delta_E=0.5, l=160.0, b=-10.0, seed=0, method="grid",
@@ -72,9 +73,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default=None)
     ap.add_argument("--json", action="store_true")
+    add_cpu_devices_arg(ap)
     args = ap.parse_args(argv)
-    report(run_sightline(args.n_stars, args.cloud_pc, args.delta_E, seed=args.seed, method=args.method,
-                         out_dir=args.out_dir, progress=not args.json), args.json)
+    devices = start_devices(args)
+    report({**run_sightline(args.n_stars, args.cloud_pc, args.delta_E, seed=args.seed, method=args.method,
+                            out_dir=args.out_dir, progress=not args.json), "devices": devices}, args.json)
     return 0
 
 

@@ -34,7 +34,7 @@ import numpyro
 import numpyro.distributions as dist
 
 __all__ = ["LOSPrior", "LOSFit", "los_model", "fit_los", "los_log_likelihood", "star_log_likelihood", "line_integral",
-           "reddening_profile", "outlier_likelihood", "check_images", "simulate_sightline_images", "default_grid"]
+           "reddening_profile", "outlier_likelihood", "check_images", "default_grid"]
 
 
 @dataclass(frozen=True)
@@ -287,6 +287,20 @@ def _laxmap(f):
     return lambda xs: jax.lax.map(f, xs)
 
 
+def _laxmap_over_devices(devices: int):
+    """chain_method: the chains split evenly over ``devices`` local devices (``jax.shard_map``, e.g.
+    one JAX CPU device per core, :func:`dds_infer.devices.use_cpu_cores`), one :func:`_laxmap`
+    on each; the images are copied to every device."""
+    from jax.sharding import Mesh, PartitionSpec
+
+    mesh = Mesh(np.asarray(jax.local_devices()[:devices]), ("chains",))
+
+    def method(f):
+        return jax.jit(jax.shard_map(lambda xs: jax.lax.map(f, xs), mesh=mesh, in_specs=PartitionSpec("chains"),
+                                     out_specs=PartitionSpec("chains"), check_vma=False))
+    return method
+
+
 @dataclass
 class LOSFit:
     """Posterior of one sightline's profile.
@@ -320,17 +334,22 @@ class LOSFit:
 
 
 def fit_los(pdf, mu_centers, E_centers, n_clouds=1, *, num_warmup=500, num_samples=500, num_chains=4,
-            seed=0, prior=LOSPrior(), chain_method="sequential", target_accept=0.8, progress=False) -> LOSFit:
-    """NUTS fit of :func:`los_model` to one sightline (same seed -> same draws).
+            seed=0, prior=LOSPrior(), chain_method="sequential", target_accept=0.8, progress=False,
+            devices: int | None = None) -> LOSFit:
+    """NUTS fit of :func:`los_model` to one sightline (same seed and devices -> same draws).
 
     Chains start from :func:`_scan_init` (likelihood scans; the cloud-μ likelihood is multimodal
     at the scale of single stars and chains from random starts can stick in poor modes).
-    chain_method: "sequential" runs the chains in one compiled ``lax.map`` (NumPyro's own
-    "sequential" when ``progress`` is set, to show its bar); "vectorized" or any NumPyro value.
+    chain_method: "sequential" runs the chains in one compiled ``lax.map`` on each of ``devices``
+    local devices (default all; the chains split evenly, else all on one), NumPyro's own
+    "sequential" when ``progress`` is set, to show its bar; "vectorized" or any NumPyro value.
+    Another device count compiles another program, whose rounding may differ.
     """
     import arviz as az
     from numpyro.distributions.transforms import biject_to
     from numpyro.infer import MCMC, NUTS
+
+    from .devices import n_devices
 
     if n_clouds < 1 or num_samples < 1 or num_chains < 1 or num_warmup < 0:
         raise ValueError(f"need n_clouds, num_samples, num_chains >= 1 and num_warmup >= 0, got "
@@ -347,8 +366,9 @@ def fit_los(pdf, mu_centers, E_centers, n_clouds=1, *, num_warmup=500, num_sampl
     def model(pdf_, l_out_):  # images as arguments (jit_model_args), not constants in the program
         los_model(pdf_, mu_c, E_c, n_clouds, prior=prior, l_out=l_out_)
 
-    if chain_method == "sequential" and not progress:  # one compiled lax.map over chains
-        chain_method = _laxmap
+    n_dev = n_devices(devices)
+    if chain_method == "sequential" and not progress:  # one compiled lax.map over chains (on each device)
+        chain_method = _laxmap_over_devices(n_dev) if n_dev > 1 and num_chains % n_dev == 0 else _laxmap
     mcmc = MCMC(NUTS(model, target_accept_prob=target_accept), num_warmup=num_warmup,
                 num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
                 progress_bar=progress, jit_model_args=True)
@@ -360,34 +380,3 @@ def fit_los(pdf, mu_centers, E_centers, n_clouds=1, *, num_warmup=500, num_sampl
     table = az.summary(az.from_dict(posterior=samples), round_to="none")
     div = int(np.sum(mcmc.get_extra_fields()["diverging"]))
     return LOSFit(samples, table, pdf.shape[0], n_clouds, div, time.perf_counter() - t0, init)
-
-
-def simulate_sightline_images(n_stars, *, cloud_mu=8.0103, cloud_dE=0.5, E_fg=0.05, sigma_mu=0.2, sigma_E=0.05,
-                              rho=0.0, mu_star_range=(6.0, 12.0), seed=0, mu_centers=None, E_centers=None):
-    """Synthetic per-star images for tests: one sightline with sharp clouds.
-
-    True μ uniform in ``mu_star_range``; true E = E_fg + Σ ΔE_k [μ > μ_k] (cloud_mu/cloud_dE scalars
-    or sequences); observed centre = truth + Gaussian noise with sd (sigma_mu, sigma_E) and
-    correlation rho; image = that 2-D Gaussian centred on the observed point, evaluated at the
-    pixel centres (grid default :func:`default_grid`) and normalised to sum 1.
-    Returns (pdf (n, n_mu, n_E) float32, mu_centers, E_centers, truth dict).
-    """
-    if n_stars < 1 or sigma_mu <= 0 or sigma_E <= 0 or not abs(rho) < 1:
-        raise ValueError("need n_stars >= 1, sigma_mu > 0, sigma_E > 0 and |rho| < 1")
-    if mu_centers is None or E_centers is None:
-        mu_centers, E_centers = default_grid()
-    mu_c, E_c = np.asarray(mu_centers, float), np.asarray(E_centers, float)
-    rng = np.random.default_rng(seed)
-    cm, cd = np.atleast_1d(cloud_mu).astype(float), np.atleast_1d(cloud_dE).astype(float)
-    mu_true = rng.uniform(*mu_star_range, n_stars)
-    E_true = E_fg + (mu_true[:, None] > cm).astype(float) @ cd
-    z1, z2 = rng.standard_normal((2, n_stars))
-    mu_obs = mu_true + sigma_mu * z1
-    E_obs = E_true + sigma_E * (rho * z1 + np.sqrt(1 - rho ** 2) * z2)
-    x = ((mu_c[None, :, None] - mu_obs[:, None, None]) / sigma_mu).astype(np.float32)
-    y = ((E_c[None, None, :] - E_obs[:, None, None]) / sigma_E).astype(np.float32)
-    pdf = np.exp(-0.5 * (x * x - 2 * rho * x * y + y * y) / (1 - rho ** 2))
-    pdf /= pdf.sum(axis=(1, 2), keepdims=True)
-    truth = {"mu": mu_true, "E": E_true, "mu_obs": mu_obs, "E_obs": E_obs, "cloud_mu": cm, "cloud_dE": cd,
-             "E_fg": E_fg, "distance_pc": 10.0 ** (cm / 5.0 + 1.0)}
-    return pdf, mu_c, E_c, truth

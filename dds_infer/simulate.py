@@ -15,6 +15,10 @@ and observes them with the likelihood's noise model: photometric errors from a
 :class:`~dds_infer.survey.SurveyModel`, noise of σ² = σ_m² + σ_floor², missing
 bands completely at random (the survey's drop-out rates: ignorable), Gaia
 parallax noise around ϖ_true + ϖ_zp with the configured inflation factor.
+
+For the line-of-sight fit (:mod:`dds_infer.los`): :func:`simulate_cloud_sightline` (stars behind
+and in front of a cloud, observed as above) and :func:`simulate_sightline_images` (per-star
+p(μ, E) images drawn directly, without the stellar model).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from .catalog import StarCatalog
 from .galaxy import sample_components_and_feh, sample_distances
 from .survey import GREEN2020_SURVEY, SurveyModel, observe_parallax, photometric_errors
 
-__all__ = ["draw_from_prior", "simulate_observations", "simulate_cloud_sightline"]
+__all__ = ["draw_from_prior", "simulate_observations", "simulate_cloud_sightline", "simulate_sightline_images"]
 
 
 def draw_from_prior(prior, n: int, seed: int = 0, l=None, b=None, max_rounds: int = 200) -> dict:
@@ -148,3 +152,36 @@ def simulate_cloud_sightline(emulator, prior, n: int, l: float, b: float, *, clo
     truth = {k: np.asarray(draws[k])[keep[:n]] for k in ("teff", "logg", "feh", "mu", "E")}
     truth.update(cloud_pc=float(cloud_pc), cloud_mu=float(mu_c), delta_E=float(delta_E), E_fg=float(E_fg))
     return cat, truth
+
+
+def simulate_sightline_images(n_stars, *, cloud_mu=8.0103, cloud_dE=0.5, E_fg=0.05, sigma_mu=0.2, sigma_E=0.05,
+                              rho=0.0, mu_star_range=(6.0, 12.0), seed=0, mu_centers=None, E_centers=None):
+    """Synthetic per-star p(μ, E) images for tests of :mod:`dds_infer.los`: one sightline with sharp clouds.
+
+    True μ uniform in ``mu_star_range``; true E = E_fg + Σ ΔE_k [μ > μ_k] (cloud_mu/cloud_dE scalars
+    or sequences); observed centre = truth + Gaussian noise with sd (sigma_mu, sigma_E) and
+    correlation rho; image = that 2-D Gaussian centred on the observed point, evaluated at the
+    pixel centres (grid default :func:`dds_infer.los.default_grid`) and normalised to sum 1.
+    Returns (pdf (n, n_mu, n_E) float32, mu_centers, E_centers, truth dict).
+    """
+    if n_stars < 1 or sigma_mu <= 0 or sigma_E <= 0 or not abs(rho) < 1:
+        raise ValueError("need n_stars >= 1, sigma_mu > 0, sigma_E > 0 and |rho| < 1")
+    if mu_centers is None or E_centers is None:
+        from .los import default_grid
+
+        mu_centers, E_centers = default_grid()
+    mu_c, E_c = np.asarray(mu_centers, float), np.asarray(E_centers, float)
+    rng = np.random.default_rng(seed)
+    cm, cd = np.atleast_1d(cloud_mu).astype(float), np.atleast_1d(cloud_dE).astype(float)
+    mu_true = rng.uniform(*mu_star_range, n_stars)
+    E_true = E_fg + (mu_true[:, None] > cm).astype(float) @ cd
+    z1, z2 = rng.standard_normal((2, n_stars))
+    mu_obs = mu_true + sigma_mu * z1
+    E_obs = E_true + sigma_E * (rho * z1 + np.sqrt(1 - rho ** 2) * z2)
+    x = ((mu_c[None, :, None] - mu_obs[:, None, None]) / sigma_mu).astype(np.float32)
+    y = ((E_c[None, None, :] - E_obs[:, None, None]) / sigma_E).astype(np.float32)
+    pdf = np.exp(-0.5 * (x * x - 2 * rho * x * y + y * y) / (1 - rho ** 2))
+    pdf /= pdf.sum(axis=(1, 2), keepdims=True)
+    truth = {"mu": mu_true, "E": E_true, "mu_obs": mu_obs, "E_obs": E_obs, "cloud_mu": cm, "cloud_dE": cd,
+             "E_fg": E_fg, "distance_pc": 10.0 ** (cm / 5.0 + 1.0)}
+    return pdf, mu_c, E_c, truth

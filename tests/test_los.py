@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from dds_infer import los
+from dds_infer.simulate import simulate_sightline_images
 
 TRUE_MU, TRUE_D = 8.0103, 400.0  # 400 pc
 
 
 @pytest.fixture(scope="module")
 def sightline():
-    return los.simulate_sightline_images(150, seed=1)
+    return simulate_sightline_images(150, seed=1)
 
 
 def _fit(pdf, mu, E, **kw):
@@ -107,13 +108,27 @@ def test_outlier_stars_are_finite_and_barely_move_fit(sightline, fit150):
 
 
 def test_same_seed_same_samples():
-    pdf, mu, E, _ = los.simulate_sightline_images(40, seed=3)
+    pdf, mu, E, _ = simulate_sightline_images(40, seed=3)
     kw = {"num_warmup": 50, "num_samples": 50, "num_chains": 2}
     a, b = _fit(pdf, mu, E, seed=5, **kw), _fit(pdf, mu, E, seed=5, **kw)
     for k in a.samples:
         np.testing.assert_array_equal(a.samples[k], b.samples[k])
     c = _fit(pdf, mu, E, seed=6, **kw)
     assert not np.array_equal(a.samples["mu"], c.samples["mu"])
+
+
+def test_chains_spread_over_devices_sample_the_same_posterior():
+    """With 2 devices (conftest) the chains run one lax.map per device (test_same_seed_same_samples:
+    deterministic), on 1 device all in one: they draw from the same posterior (their rounding may
+    differ)."""
+    pdf, mu, E, _ = simulate_sightline_images(60, seed=4)
+    kw = {"num_warmup": 120, "num_samples": 120, "num_chains": 4, "seed": 2}
+    two, one = (los.fit_los(pdf, mu, E, 1, devices=d, **kw) for d in (2, 1))
+    for k in ("mu", "delta_E", "E_fg"):
+        a, b = two.samples[k].ravel(), one.samples[k].ravel()
+        assert abs(np.median(a) - np.median(b)) < 0.3 * np.std(a), k
+    with pytest.raises(ValueError, match="devices"):
+        los.fit_los(pdf, mu, E, 1, devices=len(jax.local_devices()) + 1, **kw)
 
 
 def test_input_validation(sightline):
@@ -146,7 +161,7 @@ def test_input_validation(sightline):
 
 
 def test_simulated_images():
-    pdf, mu, E, truth = los.simulate_sightline_images(30, cloud_mu=[7.0, 9.0], cloud_dE=[0.2, 0.3], seed=2)
+    pdf, mu, E, truth = simulate_sightline_images(30, cloud_mu=[7.0, 9.0], cloud_dE=[0.2, 0.3], seed=2)
     assert pdf.shape == (30, 120, 500) and mu.size == 120 and E.size == 500
     assert np.allclose(pdf.sum(axis=(1, 2)), 1.0, atol=1e-5)
     expect = 0.05 + 0.2 * (truth["mu"] > 7.0) + 0.3 * (truth["mu"] > 9.0)
@@ -155,17 +170,17 @@ def test_simulated_images():
     i = np.argmax(pdf.reshape(30, -1), axis=1)
     assert np.all(np.abs(mu[i // 500] - truth["mu_obs"]) <= 0.0625 + 1e-9)
     # correlated images tilt: positive mu-E covariance for rho > 0
-    img = los.simulate_sightline_images(1, rho=0.8, mu_star_range=(10.0, 10.0))[0][0]
+    img = simulate_sightline_images(1, rho=0.8, mu_star_range=(10.0, 10.0))[0][0]
     m, e = img.sum(1) @ mu, img.sum(0) @ E
     assert np.sum(img * (mu[:, None] - m) * (E[None, :] - e)) > 0
     with pytest.raises(ValueError):
-        los.simulate_sightline_images(5, rho=1.0)
+        simulate_sightline_images(5, rho=1.0)
 
 
 @pytest.fixture
 def fake_reader(monkeypatch):
     """Stand-in for dds_infer.dustmap_io.read_pixel: 60 mock stars, star 0 flagged with an off image."""
-    pdf, mu, E, _ = los.simulate_sightline_images(60, seed=4)
+    pdf, mu, E, _ = simulate_sightline_images(60, seed=4)
     pdf[0] = _gauss_image(mu, E, 7.0, 3.5)
     flag = np.zeros(60, dtype=int)
     flag[0] = 1
@@ -196,7 +211,7 @@ def test_cli_json(fake_reader, capsys):
 
 @pytest.mark.slow
 def test_two_clouds_recovered():
-    pdf, mu, E, _ = los.simulate_sightline_images(300, cloud_mu=[7.3856, 10.0], cloud_dE=[0.3, 0.5], seed=0)
+    pdf, mu, E, _ = simulate_sightline_images(300, cloud_mu=[7.3856, 10.0], cloud_dE=[0.3, 0.5], seed=0)
     fit = los.fit_los(pdf, mu, E, 2, num_warmup=300, num_samples=300)
     near, far = fit.summary()["clouds"]
     assert abs(near["distance_pc"]["median"] - 300) / 300 < 0.05
