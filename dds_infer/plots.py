@@ -31,11 +31,13 @@ def _interactive() -> bool:
 
 
 def plot_history(history: dict):
-    """Loss per epoch (train/validation, log scale) and, per iteration, χ²/dof cut and outlier fraction."""
+    """Loss per epoch (train/validation, log scale) and, per iteration, χ²/dof cut and outlier fraction,
+    and (when the history records it) each band's mean R minus its final value."""
     plt = _plt()
     ep = history["epochs"]
     its = history["iterations"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    has_r = bool(its) and all("R_mean" in r for r in its)
+    fig, axes = plt.subplots(1, 4 if has_r else 3, figsize=(17 if has_r else 13, 3.6), constrained_layout=True)
     k = np.arange(1, len(ep) + 1)
     ax = axes[0]
     ax.plot(k, [r["train_loss"] for r in ep], label="train")
@@ -60,6 +62,16 @@ def plot_history(history: dict):
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.legend(fontsize=8)
+    if has_r:
+        r = np.asarray([rec["R_mean"] for rec in its], dtype=float)
+        ax = axes[3]
+        names = history.get("bands") or [f"band {j}" for j in range(r.shape[1])]
+        for j in range(r.shape[1]):
+            ax.plot(it, r[:, j] - r[-1, j], lw=1, label=names[j] if j < len(names) else None)
+        ax.axhline(0.0, color="0.6", lw=0.6)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(r"mean $R$ − final mean $R$")
+        ax.legend(fontsize=6, ncol=2)
     return fig
 
 

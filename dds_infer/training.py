@@ -117,6 +117,14 @@ def _with_output_bias(params, phot, usable: np.ndarray, n_tr: int):
     return {**params, "BM": bm}
 
 
+def _mean_reddening(emu, theta) -> list:
+    """Mean R(θ) per band over the training stars' labels: how R settles from iteration to iteration
+    (``history["iterations"][i]["R_mean"]``, :func:`dds_infer.plots.plot_history`)."""
+    if len(theta) == 0:
+        return [float("nan")] * emu.n_bands
+    return np.asarray(emu.reddening_vector(jnp.asarray(theta, jnp.float32))).mean(axis=0).astype(float).tolist()
+
+
 def _outlier_mask(chi2, n_mod, threshold: float, n_fitted: int) -> np.ndarray:
     """χ²/dof > threshold with dof = n_modelled - n_fitted (stars with dof ≤ 0 are kept)."""
     dof = np.asarray(n_mod) - n_fitted
@@ -130,7 +138,8 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
     history: ``epochs`` (per epoch: iteration, epoch, lr, running batch loss,
     train and validation loss at the end of the epoch — data term of Eq. 15 over
     the stars in the fit), ``iterations`` (per iteration: lr, χ²/dof threshold
-    applied afterwards, outlier fractions, stars in the fit, median |ΔE|), the
+    applied afterwards, outlier fractions, stars in the fit, median |ΔE|, ``R_mean``: the
+    mean R per band over the training stars' labels), ``bands`` (their names), the
     ``split`` (index arrays into the catalogue), ``config`` and ``n_stars``.
     """
     if not catalog.has_labels or not catalog.has_reddening_prior:
@@ -294,6 +303,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
             "label_shift_removed": shifts,
             "median_abs_dtheta_sigma": (np.median(np.abs(dth), axis=0).round(4).tolist() if dth.size
                                         else [float("nan")] * 3),
+            "R_mean": _mean_reddening(emu.replace(params=params), th[:n_tr][usable[:n_tr]]),
             "train_loss": history["epochs"][-1]["train_loss"] if n_epochs else float("nan"),
             "val_loss": history["epochs"][-1]["val_loss"] if n_epochs else float("nan"),
             "seconds": time.perf_counter() - t0,
@@ -326,6 +336,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
     history = dict(history)
     history.update({
         "config": cfg.to_dict(), "n_stars": n, "split": split, "n_labels_shrink_capped": n_capped,
+        "bands": list(catalog.bands.names),
         "E_fit": {"index": fit_idx, "E": np.asarray(E), "E_err": np.sqrt(np.asarray(var)),
                   "included": np.asarray(include), "theta": np.asarray(th_cur)},
     })

@@ -239,6 +239,21 @@ def test_grouped_tweedie_shrinkage_uses_parallax_groups_of_the_training_split(re
     assert not all(np.array_equal(a, b) for a, b in zip(_leaves(pooled), _leaves(emu)))
 
 
+def test_history_records_how_R_settles(real_cat, tiny_run):
+    """Per iteration, the mean R per band over the training stars' labels; the last is the trained model's."""
+    emu, h = tiny_run
+    assert h["bands"] == list(real_cat.bands.names)
+    r = np.asarray([rec["R_mean"] for rec in h["iterations"]])
+    assert r.shape == (TINY.iterations, real_cat.n_bands) and np.all(np.isfinite(r)) and np.all(r > 0)
+    train_theta = real_cat.theta[h["split"]["train"]]
+    ok = np.all(np.isfinite(train_theta), axis=1)
+    np.testing.assert_allclose(r[-1], np.asarray(emu.reddening_vector(train_theta[ok])).mean(0), rtol=2e-3)
+    assert not np.allclose(r[0], r[-1])  # R moves between iterations
+    from dds_infer.plots import plot_history
+
+    assert len(plot_history(h).axes) == 4
+
+
 def test_validation_loss_and_updated_reddening_are_reported(real_cat):
     """Per-epoch validation loss; final E from Eqs. 8-9 (clipped ≥ 0, σ_E floored at 0.02)."""
     cfg = replace(TINY, iterations=1, epochs=1)
