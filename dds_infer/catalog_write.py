@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 from astropy import units as u
 from astropy.table import Table
 
+from .atomic import atomic_path
 from .catalog import LABEL_NAMES, StarCatalog
 
 __all__ = ["catalog_to_table", "write_table", "write_astropy_table"]
@@ -79,10 +79,6 @@ def write_astropy_table(table: Table, path, *, format: str | None = None, overwr
     kwargs: dict[str, Any] = {"overwrite": True}
     if fmt == "hdf5":
         kwargs.update(path="catalog", serialize_meta=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # same extension: same format, compression
-    try:
+    with atomic_path(path, keep_extension=True) as tmp:  # same extension: same format, compression
         table.write(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

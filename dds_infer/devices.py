@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 __all__ = ["available_cores", "use_cpu_cores", "use_compilation_cache", "n_devices", "shard_stars", "padded_size",
-           "unshard", "first_rows"]
+           "shard_leading", "unshard", "first_rows"]
 
 AXIS = "stars"
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -121,19 +121,23 @@ def padded_size(size: int, devices: int) -> int:
     return -(-int(size) // int(devices)) * int(devices)
 
 
-@lru_cache(maxsize=32)
-def shard_stars(fn, devices: int, sharded: tuple[bool, ...]):
+def shard_leading(fn, devices: int, sharded: tuple[bool, ...]):
     """``jit(shard_map(fn))`` over the first ``devices`` local devices.
 
     Arguments flagged True in ``sharded`` are split along their leading (star) axis, the others
     are copied to every device; every output is concatenated along its leading axis (an output
     that is per call, such as a loop count, must be returned with a leading axis of 1 by ``fn``,
     giving one entry per device). ``fn`` must not communicate between devices: each share runs
-    its own loops to their own ends.
+    its own loops to their own ends. Not cached: for a function made afresh per call (e.g. one
+    closing over data, as NumPyro's chain function does), where a cache would only keep it alive.
     """
     mesh = Mesh(np.asarray(jax.local_devices()[:devices]), (AXIS,))
     specs = tuple(PartitionSpec(AXIS) if s else PartitionSpec() for s in sharded)
     return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(AXIS), check_vma=False))
+
+
+shard_stars = lru_cache(maxsize=32)(shard_leading)
+shard_stars.__doc__ = """:func:`shard_leading`, cached on (fn, devices, sharded): the engines' long-lived programs."""
 
 
 def unshard(tree, n: int | None = None):

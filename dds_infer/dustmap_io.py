@@ -35,13 +35,14 @@ HDF5 layout written by :func:`write_dustmap` (format "dds_infer.dustmap", versio
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 from scipy.ndimage import gaussian_filter
+
+from .atomic import atomic_path
 
 __all__ = ["ImageGrid", "pdf_images", "image_coverage", "healpix_index", "write_dustmap", "list_pixels",
            "read_pixel", "read_dustmap", "stored_coverage", "write_summary_table", "SAMPLE_COLUMNS", "FORMAT",
@@ -255,8 +256,7 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
     if clash:
         raise ValueError(f"attrs {clash} clash with reserved root attributes")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs.update({k: _jsonable(v) for k, v in {**root, **attrs}.items()})
             f["mu_centers"], f["E_centers"] = grid.mu_centers, grid.E_centers
@@ -317,9 +317,6 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                 start = stop
             if start != posterior.n_stars:
                 raise ValueError(f"the posterior's pieces hold {start} stars, its star_id {posterior.n_stars}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -383,10 +380,6 @@ def write_summary_table(path, posterior, l_deg, b_deg, *, nside=32) -> Path:
     df["l"], df["b"], df["healpix"] = l, b, healpix_index(l, b, nside)
     df.attrs["healpix_nside"], df.attrs["healpix_order"] = nside, "nested"
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

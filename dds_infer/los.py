@@ -288,17 +288,13 @@ def _laxmap(f):
 
 
 def _laxmap_over_devices(devices: int):
-    """chain_method: the chains split evenly over ``devices`` local devices (``jax.shard_map``, e.g.
-    one JAX CPU device per core, :func:`dds_infer.devices.use_cpu_cores`), one :func:`_laxmap`
-    on each; the images are copied to every device."""
-    from jax.sharding import Mesh, PartitionSpec
+    """chain_method: the chains split evenly over ``devices`` local devices
+    (:func:`dds_infer.devices.shard_leading`, e.g. one JAX CPU device per core,
+    :func:`dds_infer.devices.use_cpu_cores`), one :func:`_laxmap` on each; the images are copied
+    to every device."""
+    from .devices import shard_leading
 
-    mesh = Mesh(np.asarray(jax.local_devices()[:devices]), ("chains",))
-
-    def method(f):
-        return jax.jit(jax.shard_map(lambda xs: jax.lax.map(f, xs), mesh=mesh, in_specs=PartitionSpec("chains"),
-                                     out_specs=PartitionSpec("chains"), check_vma=False))
-    return method
+    return lambda f: shard_leading(_laxmap(f), devices, (True,))
 
 
 @dataclass

@@ -20,7 +20,6 @@ Summary flag bits (:data:`FLAGS`), OR-ed per star:
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,6 +31,8 @@ import numpy as np
 import numpyro.diagnostics as nd
 from scipy.special import ndtri
 from scipy.stats import rankdata
+
+from .atomic import atomic_path
 
 __all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "flag_counts", "rank_rhat_ess_bulk",
            "rhat_pass_rate_reference", "weighted_quantiles"]
@@ -269,20 +270,16 @@ class Posterior:
 
     # --- I/O ----------------------------------------------------------
     def save(self, path) -> Path:
-        """Write NetCDF (HDF5 via h5netcdf) atomically: temp file then os.replace."""
+        """Write NetCDF (HDF5 via h5netcdf) atomically (:func:`dds_infer.atomic.atomic_path`)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         idata = self.to_inference_data()
         mode = "w"
-        try:
+        with atomic_path(path) as tmp:
             for group in idata.groups():  # as InferenceData.to_netcdf, with the byte shuffle before zlib
                 data = idata[group]
                 data.to_netcdf(str(tmp), mode=mode, group=group, engine="h5netcdf", encoding={
                     k: NETCDF_ENCODING for k, v in data.data_vars.items() if v.dtype.kind in "biuf"})
                 mode = "a"
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -342,9 +339,8 @@ class Posterior:
 
     def write_summary_parquet(self, path, **summary_kw) -> Path:
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        self.summary(**summary_kw).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            self.summary(**summary_kw).to_parquet(tmp, index=False)
         return path
 
 

@@ -23,12 +23,12 @@ Parquet file, the draws one chunk at a time (:meth:`ChunkedPosterior.chunks`), a
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .posterior import Posterior, concat
 
 __all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "assemble_run", "open_run",
@@ -51,9 +51,8 @@ def should_combine(combine: str, n_star_draws: int) -> bool:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def chunk_summary_path(chunk_path) -> Path:
@@ -77,12 +76,8 @@ def write_chunk_summary(post: Posterior, chunk_path) -> Path:
     import pyarrow.parquet as pq
 
     out = chunk_summary_path(chunk_path)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
+    with atomic_path(out) as tmp:
         pq.write_table(_summary_table(post, {}), tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -106,25 +101,21 @@ def _write_summary(paths, out: Path, summary_kw: dict) -> tuple[np.ndarray, list
     Returns the star ids and each chunk's (n_stars, n_chains, n_draws)."""
     import pyarrow.parquet as pq
 
-    tmp = out.with_name(out.name + ".tmp")
     writer, ids, shapes = None, [], []
-    try:
-        for p in paths:
-            table, shape = _chunk_summary(p, summary_kw)
-            table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items()
-                                                   if k != _SHAPE_KEY})
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema), row_group_size=max(len(table), 1))
-            ids.append(table.column("star_id").to_numpy(zero_copy_only=False))
-            shapes.append(shape)
-        writer.close()
-        writer = None
-        os.replace(tmp, out)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp:
+        try:
+            for p in paths:
+                table, shape = _chunk_summary(p, summary_kw)
+                table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items()
+                                                       if k != _SHAPE_KEY})
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema), row_group_size=max(len(table), 1))
+                ids.append(table.column("star_id").to_numpy(zero_copy_only=False))
+                shapes.append(shape)
+        finally:
+            if writer is not None:
+                writer.close()
     return np.concatenate(ids), shapes
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict, is_dataclass
 from functools import partial
@@ -29,6 +28,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from .atomic import atomic_path
 from .devices import n_devices
 from .engine import run_nuts_batch, star_keys
 from .inference import direct_log_density
@@ -131,9 +131,8 @@ def _check_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
         for name in RUN_OUTPUTS:  # the other run's assembled outputs would describe draws no longer there
             (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
 
 
 def default_batch_size(method: str = "nuts", engine: str = DEFAULT_ENGINE) -> int:

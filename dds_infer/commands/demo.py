@@ -57,6 +57,7 @@ def _say(args, msg):
 def run(args) -> int:
     import numpy as np
 
+    from ..atomic import atomic_path
     from ..cli import emit_json
     from ..devices import n_devices
     from ..mock import MockConfig, make_mock, write_mock
@@ -131,9 +132,8 @@ def run(args) -> int:
         fig.suptitle(f"dds-infer demo: NUTS, {nuts.n_stars} mock stars, model {model_dir.name}")
         fig.savefig(out / "recovery_nuts.png", dpi=110)
     report["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out / "report.json")
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
     if args.json:
         emit_json(report)
         return 0

@@ -45,11 +45,10 @@ def run(args) -> int:
                            "dof": res.dof, "chi2_dof": res.chi2_dof, "E": res.E, "E_err": res.E_err})
         for j, name in enumerate(res.entry_names):
             df[f"z_{name}"] = res.z[:, j]
-        tmp = f"{args.out}.tmp"
-        df.to_parquet(tmp, index=False)
-        import os
+        from ..atomic import atomic_path
 
-        os.replace(tmp, args.out)
+        with atomic_path(args.out) as tmp:
+            df.to_parquet(tmp, index=False)
         summary["out"] = str(args.out)
     if args.json:
         emit_json(summary)
