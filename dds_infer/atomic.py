@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file beside the target, then rename it over the target
-(``os.replace``), so an interrupted write never leaves a partial output. Every writer of the package
-(chunks, summaries, run outputs, dust-map files, catalogues, manifests, reports) goes through
-:func:`atomic_path`."""
+(``os.replace``), so an interrupted write never leaves a partial output. The package's file writers
+(chunks, summaries, run outputs, dust-map files, catalogues, manifests, reports) go through
+:func:`atomic_path`; training checkpoints (:mod:`dds_infer.train_io`) and bundle directories
+(:mod:`dds_infer.bundle`) are swapped in the same way by their own code."""
 
 from __future__ import annotations
 
