@@ -5,6 +5,11 @@ reddening, paper §4 convention, dof = modelled entries - 1).
 
     python bench/train_real.py [--json] [--iterations 20 --epochs 25] [--seed 0] [--out DIR]
                                [--set TRAINCONFIG_FIELD=JSON_VALUE ...]   (experiments)
+                               [--bootstrap B]   (sampling noise: see below)
+
+``--bootstrap B`` trains on a resample (with replacement, seed B) of the seed's training split,
+the validation and test splits unchanged: the spread of the figures over B = 0, 1, ... is the
+sampling noise of a 7,000-star training set (bench/RESULTS.md, issue 3).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                    help="override a TrainConfig field, e.g. --set loss_reddening='\"prior\"' --set cov_inflation=[1e-4,1e-3]")
+    p.add_argument("--bootstrap", type=int, default=None, metavar="B",
+                   help="train on a resample with replacement (seed B) of the training split")
     p.add_argument("--out", default=None, help="bundle directory to keep (default: temporary)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -36,7 +43,7 @@ def main(argv=None) -> int:
     from dds_infer.catalog_io import read_green2020_h5
     from dds_infer.evaluate import evaluate_catalog
     from dds_infer.keras_import import import_keras_model
-    from dds_infer.training import TrainConfig, train
+    from dds_infer.training import TrainConfig, split_indices, train
     from dds_infer.train_io import save_training_bundle
 
     a = anchor_dir()
@@ -49,8 +56,13 @@ def main(argv=None) -> int:
         val = json.loads(v)
         kw[k] = tuple(val) if isinstance(val, list) else val
     cfg = TrainConfig(iterations=args.iterations, epochs=args.epochs, seed=args.seed, progress=not args.json, **kw)
+    split = None
+    if args.bootstrap is not None:
+        split = split_indices(cat.n_stars, cfg.seed, cfg.split)
+        rng = np.random.default_rng(args.bootstrap)
+        split["train"] = rng.choice(split["train"], split["train"].size, replace=True)
     t0 = time.perf_counter()
-    emu, hist = train(cat, cfg)
+    emu, hist = train(cat, cfg, split=split)
     seconds = time.perf_counter() - t0
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp()) / "bundle"
     save_training_bundle(emu, hist, out, catalog_path=a / "green2020_test_data_small.h5")
@@ -69,7 +81,7 @@ def main(argv=None) -> int:
         "n_train": int(hist["split"]["train"].size),
         "n_test": int(test.n_stars),
         "iterations": cfg.iterations, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "overrides": {k: v for k, v in kw.items()},
+        "overrides": {k: v for k, v in kw.items()}, "bootstrap": args.bootstrap,
         "chi2_dof_mean_new": res["new_prior"]["chi2_dof_mean"],
         "chi2_dof_mean_published": res["published_prior"]["chi2_dof_mean"],
         "outlier_frac_new": res["new_prior"]["outlier_frac"],

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["TrainConfig", "split_indices", "chi2_threshold", "learning_rate", "epochs_of_iteration", "RESUME_KEYS"]
+__all__ = ["TrainConfig", "split_indices", "check_split", "chi2_threshold", "learning_rate", "epochs_of_iteration", "RESUME_KEYS"]
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,31 @@ def split_indices(n: int, seed: int, fractions=(0.7, 0.2, 0.1)) -> dict[str, np.
     n_val = int(round(f[1] * n))
     parts = (perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:])
     return {k: np.sort(p) for k, p in zip(("train", "validation", "test"), parts)}
+
+
+def check_split(split, n: int) -> dict[str, np.ndarray]:
+    """An explicit split (mapping with "train", "validation", "test": integer index arrays into a
+    catalogue of ``n`` stars), checked and sorted. Validation and test must not share stars with
+    each other or with train (a leak); train may repeat indices (e.g. a bootstrap resample: each
+    copy counts as one star). Raises ValueError naming the part and what is wrong."""
+    out = {}
+    for k in ("train", "validation", "test"):
+        if k not in split:
+            raise ValueError(f"split has no {k!r} indices (needs train, validation and test)")
+        a = np.asarray(split[k])
+        if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"split[{k!r}] must be a 1-D array of integer row indices, got {a.dtype} {a.shape}")
+        bad = np.flatnonzero((a < 0) | (a >= n))
+        if bad.size:
+            raise ValueError(f"split[{k!r}] has {bad.size} indices outside 0..{n - 1} (first: {a[bad[0]]})")
+        out[k] = np.sort(a.astype(np.int64))
+    for a, b in (("validation", "test"), ("train", "validation"), ("train", "test")):
+        both = np.intersect1d(out[a], out[b])
+        if both.size:
+            raise ValueError(f"split: {both.size} stars are in both {a} and {b} (first row {both[0]})")
+    if np.unique(out["validation"]).size != out["validation"].size or np.unique(out["test"]).size != out["test"].size:
+        raise ValueError("split: validation and test indices must not repeat")
+    return out
 
 
 def chi2_threshold(iteration: int, start: float = 100.0, end: float = 5.0, end_iteration: int = 15) -> float:

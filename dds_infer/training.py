@@ -39,7 +39,8 @@ from .domain import density_from_samples
 from .emulator import Emulator, init_emulator
 from .evaluate import prepare_photometry, with_linearized_parallax
 from .label_noise import centre_label_shifts, grouped_tweedie_label_means, quantile_groups, tweedie_label_means
-from .train_config import RESUME_KEYS, TrainConfig, chi2_threshold, epochs_of_iteration, learning_rate, split_indices
+from .train_config import (RESUME_KEYS, TrainConfig, check_split, chi2_threshold, epochs_of_iteration, learning_rate,
+                           split_indices)
 from .train_core import (StarBatchData, make_epoch_fn, make_eval_fn, make_optimizer, map_star_chunks,
                          refresh_star_terms)
 from .train_io import checkpoint_path, load_checkpoint, save_checkpoint, save_training_bundle
@@ -132,8 +133,12 @@ def _outlier_mask(chi2, n_mod, threshold: float, n_fitted: int) -> np.ndarray:
     return chi2_dof > threshold
 
 
-def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Emulator, dict]:
+def train(catalog: StarCatalog, config: TrainConfig = TrainConfig(), *, split=None) -> tuple[Emulator, dict]:
     """Train an emulator on a labelled catalogue (Green et al. 2021, §4). Returns (emulator, history).
+
+    split: optional explicit train/validation/test index arrays into the catalogue (after
+    ``config.max_stars``), e.g. a predefined test set or a bootstrap resample of the training
+    stars (:func:`check_split`); default the seeded ``config.split`` fractions.
 
     history: ``epochs`` (per epoch: iteration, epoch, lr, running batch loss,
     train and validation loss at the end of the epoch — data term of Eq. 15 over
@@ -148,7 +153,7 @@ def train(catalog: StarCatalog, config: TrainConfig = TrainConfig()) -> tuple[Em
     if cfg.max_stars is not None:
         catalog = catalog.subset(np.arange(min(cfg.max_stars, catalog.n_stars)))
     n = catalog.n_stars
-    split = split_indices(n, cfg.seed, cfg.split)
+    split = split_indices(n, cfg.seed, cfg.split) if split is None else check_split(split, n)
     fit_idx = np.concatenate([split["train"], split["validation"]])
     n_tr = split["train"].size
     if n_tr == 0 or split["validation"].size == 0:

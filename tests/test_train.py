@@ -107,6 +107,29 @@ def test_bundle_records_the_training_selection_limit(real_cat, tiny_run, tmp_pat
         default_prior(back.replace(provenance_json="{}"), selection_limit="bundle")
 
 
+def test_explicit_split_is_used_and_checked(real_cat, tiny_run):
+    """train(split=...) trains on the given stars (a bootstrap may repeat training rows) and
+    refuses a split that leaks validation or test stars into training or points past the catalogue."""
+    base = split_indices(400, TINY.seed, TINY.split)
+    assert all(np.array_equal(base[k], tiny_run[1]["split"][k]) for k in base)  # the default split
+    one = replace(TINY, iterations=1, epochs=1)
+    default, _ = train(real_cat, one)
+    same, _ = train(real_cat, one, split=base)
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(default), _leaves(same)))
+    boot = dict(base, train=np.random.default_rng(0).choice(base["train"], base["train"].size))
+    emu, h = train(real_cat, one, split=boot)
+    assert np.array_equal(h["split"]["train"], np.sort(boot["train"]))
+    assert np.array_equal(h["split"]["validation"], base["validation"])
+    assert not all(np.array_equal(a, b) for a, b in zip(_leaves(default), _leaves(emu)))
+    leak = dict(base, validation=np.r_[base["validation"], base["train"][:3]])
+    with pytest.raises(ValueError, match="both train and validation"):
+        train(real_cat, TINY, split=leak)
+    with pytest.raises(ValueError, match=r"outside 0\.\.399"):
+        train(real_cat, TINY, split=dict(base, test=np.r_[base["test"], 400]))
+    with pytest.raises(ValueError, match="no 'test'"):
+        train(real_cat, TINY, split={"train": base["train"], "validation": base["validation"]})
+
+
 def test_same_seed_gives_identical_weights(real_cat, tiny_run):
     emu2, h2 = train(real_cat, TINY)
     assert all(np.array_equal(a, b) for a, b in zip(_leaves(tiny_run[0]), _leaves(emu2)))
