@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["TrainConfig", "split_indices", "check_split", "chi2_threshold", "learning_rate", "epochs_of_iteration", "RESUME_KEYS"]
+__all__ = ["TrainConfig", "split_indices", "check_split", "chi2_threshold", "learning_rate", "epochs_of_iteration",
+           "RESUME_KEYS"]
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ from .train_core import (StarBatchData, make_epoch_fn, make_eval_fn, make_optimi
                          refresh_star_terms)
 from .train_io import checkpoint_path, load_checkpoint, save_checkpoint, save_training_bundle
 
-__all__ = ["TrainConfig", "train", "split_indices", "chi2_threshold", "learning_rate", "epochs_of_iteration",
-           "save_training_bundle"]
+__all__ = ["TrainConfig", "train", "split_indices", "check_split", "chi2_threshold", "learning_rate",
+           "epochs_of_iteration", "save_training_bundle"]
 
 
 def usable_stars(cat: StarCatalog, phot) -> np.ndarray:
