@@ -123,10 +123,10 @@ def test_runner_with_the_queue_engine_resumes_and_is_fingerprinted(tmp_path, cap
 
 
 def test_packed_select_equals_a_select_per_leaf():
-    """nuts_queue._where packs each dtype's leaves into one vector before selecting; it must give
+    """nuts_leaf._where packs each dtype's leaves into one vector before selecting; it must give
     exactly jnp.where leaf by leaf (values, dtypes, shapes), also under vmap and with a leaf
     whose shapes differ between the two trees (broadcast, selected alone)."""
-    from dds_infer.nuts_queue import _where
+    from dds_infer.nuts_leaf import _where
 
     rng = np.random.default_rng(0)
     a = dict(v=jnp.asarray(rng.normal(size=5), jnp.float32), s=jnp.float32(2.5), i=jnp.int32(3),
