@@ -27,24 +27,27 @@ N_STEPS, BLOWUP = 256, 20.0
 
 
 def _term_fn(star, emu, prior, cfg):
-    """log p's terms (TERMS) at a flat sampled point v = (x (3), z_μ, z_E) of the whitened model."""
+    """(terms, physical) of a flat sampled point v = (x (3), z_μ, z_E) of the whitened model:
+    log p's terms (TERMS) and (T_eff, log g, [Fe/H], μ, E)."""
     import jax.numpy as jnp
 
-    from dds_infer.inference import _log_likelihood, conditional_mu_E, whitened_to_mu_E
+    from dds_infer.inference import conditional_mu_E, log_likelihood, whitened_to_mu_E
     from dds_infer.priors import log_distance_prior, log_hr_prior, log_metallicity_prior, log_reddening_prior
 
-    def terms(v):
+    def point(v):
         M, R = emu.mags_and_reddening_x(v[:3])
         mu, E, log_jac = whitened_to_mu_E(v[3], v[4], conditional_mu_E(M, R, star, emu, cfg))
-        th = emu.denormalize(v[:3])
-        phot, plx = _log_likelihood(M, R, mu, E, star, emu, cfg)
+        return emu.denormalize(v[:3]), mu, E, log_jac
+
+    def terms(v):
+        th, mu, E, log_jac = point(v)
+        phot, plx = log_likelihood(v[:3], mu, E, star, emu, cfg)
         return jnp.stack([phot, plx, log_hr_prior(th, prior), log_metallicity_prior(th[2], mu, star, prior),
                           log_distance_prior(mu, star, prior), log_reddening_prior(E, star, prior), log_jac])
 
     def physical(v):
-        M, R = emu.mags_and_reddening_x(v[:3])
-        mu, E, _ = whitened_to_mu_E(v[3], v[4], conditional_mu_E(M, R, star, emu, cfg))
-        return jnp.concatenate([emu.denormalize(v[:3]), jnp.stack([mu, E])])
+        th, mu, E, _ = point(v)
+        return jnp.concatenate([th, jnp.stack([mu, E])])
 
     return terms, physical
 
