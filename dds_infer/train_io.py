@@ -20,7 +20,7 @@ from .bundle import save_bundle
 from .emulator import Emulator
 
 __all__ = ["checkpoint_path", "save_checkpoint", "load_checkpoint", "save_training_bundle",
-           "history_to_json", "CHECKPOINT_NAME"]
+           "history_to_json", "read_split", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pkl"
 
@@ -48,6 +48,34 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: Path) -> dict:
     with open(path, "rb") as f:
         return pickle.load(f)
+
+
+def read_split(path) -> dict[str, np.ndarray]:
+    """An explicit train/validation/test split from a file: ``.npz`` with arrays ``train``,
+    ``validation`` and ``test`` (a trained bundle's ``extras/split.npz`` reproduces that run's
+    split) or ``.json`` with the same three lists of catalogue row indices. Only the three parts
+    are read; :func:`dds_infer.train_config.check_split` checks them against the catalogue."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file {str(path)!r} not found")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            parts = {k: z[k] for k in ("train", "validation", "test") if k in z.files}
+    elif suffix == ".json":
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"split file {str(path)!r}: expected a JSON object with train, validation and test lists")
+        parts = {k: np.asarray(raw[k]) for k in ("train", "validation", "test") if k in raw}
+        for k, a in parts.items():
+            if a.size == 0:  # json [] reads as float64: an empty part is still an integer index list
+                parts[k] = a.astype(np.int64)
+    else:
+        raise ValueError(f"split file {str(path)!r}: unknown format {suffix or '(no suffix)'!r} (use .npz or .json)")
+    missing = [k for k in ("train", "validation", "test") if k not in parts]
+    if missing:
+        raise ValueError(f"split file {str(path)!r} has no {missing} indices (needs train, validation and test)")
+    return parts
 
 
 def history_to_json(history: dict) -> dict:

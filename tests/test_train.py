@@ -336,6 +336,38 @@ def test_cli_train_writes_bundle_and_resumes(anchor_dir, tmp_path, capsys):
     assert main(["train", "--catalog", str(cat), "--out", str(out), "--hidden", "a,b"]) == 2
 
 
+def test_cli_train_split_file(anchor_dir, tmp_path, capsys):
+    """--split FILE trains on the given rows (JSON), records them in the bundle, and a bundle's own
+    extras/split.npz given back reproduces that run; a leaking or unreadable split is refused by name."""
+    from dds_infer.cli import main
+
+    cat = anchor_dir / "green2020_test_data_small.h5"
+    rows = np.random.default_rng(3).permutation(300)
+    given = {"train": rows[:150].tolist(), "validation": rows[150:250].tolist(), "test": rows[250:].tolist()}
+    (tmp_path / "split.json").write_text(json.dumps(given))
+    args = ["train", "--catalog", str(cat), "--iterations", "1", "--epochs", "1", "--max-stars", "300",
+            "--no-progress", "--json"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--split", str(tmp_path / "split.json")]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["n_train"], s["n_validation"], s["n_test"]) == (150, 100, 50)
+    with np.load(tmp_path / "a" / "extras" / "split.npz") as z:
+        assert all(np.array_equal(z[k], np.sort(given[k])) for k in given)
+    again = str(tmp_path / "a" / "extras" / "split.npz")
+    assert main(args + ["--out", str(tmp_path / "b"), "--split", again, "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    capsys.readouterr()
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(load_bundle(tmp_path / "a")),
+                                                     _leaves(load_bundle(tmp_path / "b"))))
+    leak = dict(given, test=given["test"] + given["train"][:2])
+    (tmp_path / "leak.json").write_text(json.dumps(leak))
+    assert main(args + ["--out", str(tmp_path / "c"), "--split", str(tmp_path / "leak.json")]) == 2
+    assert "both train and test" in capsys.readouterr().err
+    (tmp_path / "part.json").write_text(json.dumps({"train": given["train"]}))
+    assert main(args + ["--out", str(tmp_path / "c"), "--split", str(tmp_path / "part.json")]) == 2
+    assert "['validation', 'test']" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "c"), "--split", str(tmp_path / "split.csv")]) != 0
+    assert "split.csv" in capsys.readouterr().err
+
+
 def test_cli_train_label_options_report_their_counts(anchor_dir, tmp_path, capsys):
     from dds_infer.cli import main
 

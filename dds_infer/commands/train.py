@@ -19,6 +19,10 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (x e^-1/5 per iteration)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights and batch order")
+    p.add_argument("--split", default=None, metavar="FILE",
+                   help="explicit train/validation/test split instead of the seeded 70/20/10 one: .npz or .json "
+                        "with three arrays of catalogue row indices (after --max-stars), e.g. a predefined test "
+                        "set or a bundle's extras/split.npz to reuse its split; train rows may repeat (bootstrap)")
     p.add_argument("--parallax-zp", type=float, default=0.0,
                    help="parallax zero-point [mas] subtracted before μ̂ = 10 − 5 log10 ϖ (Gaia DR2: −0.029; "
                         "0 reproduces the paper's training)")
@@ -66,7 +70,7 @@ def run(args) -> int:
     from ..cli import emit_json
     from ..selection import recorded_selection_limit
     from ..training import TrainConfig, train
-    from ..train_io import save_training_bundle
+    from ..train_io import read_split, save_training_bundle
     from ._common import read_catalog
 
     try:
@@ -75,6 +79,7 @@ def run(args) -> int:
         raise ValueError(f"--hidden must be comma-separated integers, got {args.hidden!r}") from None
     if not hidden or min(hidden) <= 0:
         raise ValueError(f"--hidden needs positive widths, got {args.hidden!r}")
+    split = None if args.split is None else read_split(args.split)
     cat = read_catalog(args.catalog, args.columns, require_labels=True, require_reddening_prior=True)
     ckpt = args.checkpoint_dir or f"{str(args.out).rstrip('/')}.ckpt"
     cfg = replace(TrainConfig(), iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size,
@@ -86,11 +91,11 @@ def run(args) -> int:
                   label_update_centring=args.label_update_centring, parallax_likelihood=args.parallax_likelihood,
                   max_stars=args.max_stars, checkpoint_dir=ckpt,
                   resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
-    emu, hist = train(cat, cfg)
+    emu, hist = train(cat, cfg, split=split)
     out = save_training_bundle(emu, hist, args.out, catalog_path=args.catalog)
     last_it = hist["iterations"][-1] if hist["iterations"] else {}
     summary = {
-        "out": str(out), "checkpoint_dir": ckpt,
+        "out": str(out), "checkpoint_dir": ckpt, "split_file": args.split,
         "n_stars": hist["n_stars"], "n_train": int(hist["split"]["train"].size),
         "n_validation": int(hist["split"]["validation"].size), "n_test": int(hist["split"]["test"].size),
         "iterations_done": len(hist["iterations"]), "iterations": cfg.iterations, "epochs": cfg.epochs,
