@@ -77,6 +77,11 @@ def _replay(potential, z, inv_mass, eps, rng):
     return np.asarray(dh), np.asarray(qs)
 
 
+def abs_energy_error(dh):
+    """|energy error|, with inf where the trajectory overflowed (NaN): that one has diverged too."""
+    return np.where(np.isfinite(dh), np.abs(dh), np.inf)
+
+
 def _stiffness(terms, pts, inv_mass):
     """Largest mass-scaled Hessian eigenvalue of −(each term) at pts (n, 5) → (n, len(TERMS))."""
     import jax
@@ -118,10 +123,11 @@ def one_star(i, stars, emu, prior, cfg, init):
     sites, n_blow, n_div_replay = [], 0, 0
     for c in range(draws.shape[0]):
         dh, qs = _replay(potential, draws[c], inv_mass[c], float(eps[c]), rng)
-        big = np.abs(dh) > BLOWUP
+        err = abs_energy_error(dh)
+        big = err > BLOWUP
         hit = np.flatnonzero(big.any(axis=1))
         n_blow += hit.size
-        n_div_replay += int((np.abs(dh).max(axis=1) > 1000).sum())
+        n_div_replay += int((err.max(axis=1) > 1000).sum())
         first = np.argmax(big[hit], axis=1)
         sites.append(qs[hit, np.maximum(first - 1, 0)])
     sites = np.concatenate(sites)
