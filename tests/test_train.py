@@ -337,9 +337,11 @@ def test_cli_train_writes_bundle_and_resumes(anchor_dir, tmp_path, capsys):
 
 
 def test_cli_train_split_file(anchor_dir, tmp_path, capsys):
-    """--split FILE trains on the given rows (JSON), records them in the bundle, and a bundle's own
-    extras/split.npz given back reproduces that run; a leaking or unreadable split is refused by name."""
+    """--split FILE trains on the given rows (JSON) and records them in the bundle, whose
+    extras/split.npz reads back as that split (the same split gives the same weights: test above);
+    a leaking, incomplete, missing or unknown-format split file is refused by name."""
     from dds_infer.cli import main
+    from dds_infer.train_io import read_split
 
     cat = anchor_dir / "green2020_test_data_small.h5"
     rows = np.random.default_rng(3).permutation(300)
@@ -350,13 +352,8 @@ def test_cli_train_split_file(anchor_dir, tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path / "a"), "--split", str(tmp_path / "split.json")]) == 0
     s = json.loads(capsys.readouterr().out)
     assert (s["n_train"], s["n_validation"], s["n_test"]) == (150, 100, 50)
-    with np.load(tmp_path / "a" / "extras" / "split.npz") as z:
-        assert all(np.array_equal(z[k], np.sort(given[k])) for k in given)
-    again = str(tmp_path / "a" / "extras" / "split.npz")
-    assert main(args + ["--out", str(tmp_path / "b"), "--split", again, "--checkpoint-dir", str(tmp_path / "ck")]) == 0
-    capsys.readouterr()
-    assert all(np.array_equal(a, b) for a, b in zip(_leaves(load_bundle(tmp_path / "a")),
-                                                     _leaves(load_bundle(tmp_path / "b"))))
+    again = read_split(tmp_path / "a" / "extras" / "split.npz")  # the bundle's split reads back as given
+    assert set(again) == set(given) and all(np.array_equal(again[k], np.sort(given[k])) for k in given)
     leak = dict(given, test=given["test"] + given["train"][:2])
     (tmp_path / "leak.json").write_text(json.dumps(leak))
     assert main(args + ["--out", str(tmp_path / "c"), "--split", str(tmp_path / "leak.json")]) == 2
@@ -364,8 +361,12 @@ def test_cli_train_split_file(anchor_dir, tmp_path, capsys):
     (tmp_path / "part.json").write_text(json.dumps({"train": given["train"]}))
     assert main(args + ["--out", str(tmp_path / "c"), "--split", str(tmp_path / "part.json")]) == 2
     assert "['validation', 'test']" in capsys.readouterr().err
-    assert main(args + ["--out", str(tmp_path / "c"), "--split", str(tmp_path / "split.csv")]) != 0
-    assert "split.csv" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "c"), "--split", str(tmp_path / "none.json")]) == 2
+    err = capsys.readouterr().err
+    assert "none.json" in err and "not found" in err
+    (tmp_path / "split.csv").write_text("train,0\n")
+    assert main(args + ["--out", str(tmp_path / "c"), "--split", str(tmp_path / "split.csv")]) == 2
+    assert "unknown format '.csv'" in capsys.readouterr().err
 
 
 def test_cli_train_label_options_report_their_counts(anchor_dir, tmp_path, capsys):
