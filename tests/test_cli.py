@@ -47,6 +47,33 @@ def test_evaluate_json_reports_paper_figures(bundle, anchor_dir, capsys, tmp_pat
     assert np.isclose((df.loc[ev, "chi2_dof"] > 5).mean(), s["outlier_frac"])
 
 
+def test_evaluate_one_part_of_a_split(bundle, anchor_dir, capsys, tmp_path):
+    """--split-part evaluates only that part's rows (each star's result as in a full run), from a
+    split file or the bundle's own extras/split.npz; a split past the catalogue or a missing split
+    file is refused by name."""
+    cat = str(anchor_dir / "green2020_test_data_small.h5")
+    rows = np.random.default_rng(5).permutation(10000)
+    split = {"train": rows[:300].tolist(), "validation": rows[300:400].tolist(), "test": rows[400:700].tolist()}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    base = ["evaluate", "--model", str(bundle), "--catalog", cat, "--json"]
+    assert main(base + ["--out", str(tmp_path / "all.parquet")]) == 0
+    capsys.readouterr()
+    assert main(base + ["--split-part", "test", "--split", str(tmp_path / "split.json"),
+                        "--out", str(tmp_path / "test.parquet")]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n_stars"] == 300 and s["split_part"] == "test"
+    part, full = pd.read_parquet(tmp_path / "test.parquet"), pd.read_parquet(tmp_path / "all.parquet")
+    pd.testing.assert_frame_equal(part.reset_index(drop=True),  # (float32 sums over another batch shape)
+                                  full.iloc[np.sort(split["test"])].reset_index(drop=True), rtol=2e-3)
+    assert main(base + ["--split-part", "test"]) == 2  # an imported bundle has no split of its own
+    assert "extras/split.npz" in capsys.readouterr().err
+    (tmp_path / "past.json").write_text(json.dumps(dict(split, test=[5, 10000])))
+    assert main(base + ["--split-part", "test", "--split", str(tmp_path / "past.json")]) == 2
+    assert "catalogue has 10000 rows" in capsys.readouterr().err
+    assert main(base + ["--split", str(tmp_path / "split.json")]) == 2
+    assert "--split needs --split-part" in capsys.readouterr().err
+
+
 def test_evaluate_text_output_and_fit_mode(bundle, anchor_dir, capsys):
     rc = main(["evaluate", "--model", str(bundle), "--catalog",
                str(anchor_dir / "green2020_test_data_small.h5"), "--reddening", "fit"])

@@ -354,6 +354,9 @@ def test_cli_train_split_file(anchor_dir, tmp_path, capsys):
     assert (s["n_train"], s["n_validation"], s["n_test"]) == (150, 100, 50)
     again = read_split(tmp_path / "a" / "extras" / "split.npz")  # the bundle's split reads back as given
     assert set(again) == set(given) and all(np.array_equal(again[k], np.sort(given[k])) for k in given)
+    assert main(["evaluate", "--model", str(tmp_path / "a"), "--catalog", str(cat), "--split-part", "test",
+                 "--json"]) == 0  # the bundle's own held-out stars
+    assert json.loads(capsys.readouterr().out)["n_stars"] == 50
     leak = dict(given, test=given["test"] + given["train"][:2])
     (tmp_path / "leak.json").write_text(json.dumps(leak))
     assert main(args + ["--out", str(tmp_path / "c"), "--split", str(tmp_path / "leak.json")]) == 2
