@@ -201,9 +201,10 @@ def test_star_data_from_catalog_fills_missing_values():
     err = np.full((3, 13), 0.02)
     mag[0, 3:] = np.nan
     mag[2] = np.nan
-    cat = StarCatalog.from_arrays(mag, err, [1.0, np.nan, 0.5], [0.1, np.nan, 0.05],
-                                  l=[10.0, np.nan, 200.0], b=[5.0, np.nan, -30.0],
-                                  E_prior=[0.1, np.nan, 0.2], E_prior_err=[0.01, np.nan, 0.02])
+    with pytest.warns(UserWarning, match=r"no observed band \(kept\): 1 of 3 rows: rows \[2\]"):
+        cat = StarCatalog.from_arrays(mag, err, [1.0, np.nan, 0.5], [0.1, np.nan, 0.05],
+                                      l=[10.0, np.nan, 200.0], b=[5.0, np.nan, -30.0],
+                                      E_prior=[0.1, np.nan, 0.2], E_prior_err=[0.01, np.nan, 0.02])
     with pytest.warns(UserWarning, match="no observed band"):
         d = star_data_from_catalog(cat)
     arrays = [np.asarray(a) for a in jax.tree_util.tree_leaves(d)]
