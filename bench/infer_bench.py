@@ -235,14 +235,27 @@ def jax_take(stars, n):
 QUEUE_AS_ENGINE = {"queue_seconds": "seconds_engine", "queue_compile_seconds": "engine_compile_seconds",
                    "queue_stars_per_s": "engine_stars_per_s", "queue_frac_rhat_lt_1_01": "frac_rhat_lt_1_01",
                    "queue_frac_rhat_lt_1_01_converged_reference": "frac_rhat_lt_1_01_converged_reference",
+                   "queue_frac_bulk_rhat_lt_1_01": "frac_bulk_rhat_lt_1_01",
+                   "queue_frac_folded_rhat_lt_1_01": "frac_folded_rhat_lt_1_01",
                    "queue_median_ess": "median_ess", "queue_frac_divergent_stars": "frac_divergent_stars",
                    "queue_mean_leapfrog_steps_per_draw": "mean_leapfrog_steps_per_draw"}
+
+
+def rhat_halves(post) -> dict:
+    """Fractions of stars whose bulk (location) and folded (scale) R-hat are both below 1.01 in
+    every fitted variable: which half of R-hat fails (:func:`dds_infer.posterior.rank_diagnostics`;
+    ``bench/rhat_ceiling.py`` gives the same on an ideal Gaussian)."""
+    from dds_infer.posterior import FITTED, rank_diagnostics
+
+    d = [rank_diagnostics(post.samples[k]) for k in FITTED]
+    return {f"frac_{h}_rhat_lt_1_01": float(np.mean(np.max([dv[f"rhat_{h}"] for dv in d], axis=0) < 1.01))
+            for h in ("bulk", "folded")}
 
 
 def rate_figures(post, args) -> dict:
     """Convergence and step figures of an engine run (either engine)."""
     summ = post.summary()
-    return {"frac_rhat_lt_1_01": float(np.mean(summ["r_hat_max"] < 1.01)),
+    return {"frac_rhat_lt_1_01": float(np.mean(summ["r_hat_max"] < 1.01)), **rhat_halves(post),
             "frac_rhat_lt_1_01_converged_reference": converged_rhat_reference(
                 summ, args.num_chains, args.num_samples),
             "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),

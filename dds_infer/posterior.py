@@ -34,7 +34,7 @@ from scipy.stats import rankdata
 
 from .atomic import atomic_path
 
-__all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "flag_counts", "rank_rhat_ess_bulk",
+__all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "flag_counts", "rank_diagnostics", "rank_rhat_ess_bulk",
            "rhat_pass_rate_reference", "weighted_quantiles"]
 
 VARIABLES = ("teff", "logg", "feh", "mu", "E", "distance_pc", "A_G")
@@ -68,17 +68,28 @@ def _split(x):
     return np.concatenate([x[:, :, :half], x[:, :, x.shape[2] - half:]], axis=1)
 
 
-def rank_rhat_ess_bulk(x) -> tuple[np.ndarray, np.ndarray]:
-    """Rank-normalised split-R̂ and bulk ESS per star (Vehtari et al. 2021); x: (N, C, S)."""
+def rank_diagnostics(x) -> dict[str, np.ndarray]:
+    """Per star, the two halves of the rank-normalised split-R̂ of Vehtari et al. (2021) and their
+    ESS; x: (N, C, S). ``rhat_bulk``/``ess_bulk`` from the rank-normalised draws (location),
+    ``rhat_folded``/``ess_folded`` from the rank-normalised |x − median| (scale, the tails); R̂ is
+    the larger of the two R̂s (as ``arviz.rhat``). NaN for a star whose draws are all equal."""
     x = np.asarray(x, dtype=np.float64)
     xs = _split(x)  # as arviz: split the chains, then rank-normalise
     z = _rank_normalize(xs)
     zf = _rank_normalize(np.abs(xs - np.median(xs, axis=(1, 2), keepdims=True)))
     to_cs = lambda a: np.moveaxis(a, 0, -1)  # noqa: E731 -- numpyro wants (chain, draw, ...)
-    rhat = np.maximum(nd.gelman_rubin(to_cs(z)), nd.gelman_rubin(to_cs(zf)))
-    ess = nd.effective_sample_size(to_cs(z))
     const = np.ptp(x.reshape(x.shape[0], -1), axis=1) == 0
-    return np.where(const, np.nan, rhat), np.where(const, np.nan, ess)
+    with np.errstate(divide="ignore", invalid="ignore"):  # constant stars: NaN below, no warning
+        out = {"rhat_bulk": nd.gelman_rubin(to_cs(z)), "rhat_folded": nd.gelman_rubin(to_cs(zf)),
+               "ess_bulk": nd.effective_sample_size(to_cs(z)), "ess_folded": nd.effective_sample_size(to_cs(zf))}
+    return {k: np.where(const, np.nan, v) for k, v in out.items()}
+
+
+def rank_rhat_ess_bulk(x) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-normalised split-R̂ (bulk and folded, the larger) and bulk ESS per star (Vehtari et al.
+    2021; :func:`rank_diagnostics`); x: (N, C, S)."""
+    d = rank_diagnostics(x)
+    return np.maximum(d["rhat_bulk"], d["rhat_folded"]), d["ess_bulk"]
 
 
 def rhat_pass_rate_reference(ess, num_chains: int, num_samples: int, threshold: float = 1.01,

@@ -29,6 +29,23 @@ def test_infer_bench_reports_the_default_engine_against_the_batch_engine(anchor_
     for key in ("frac_rhat_lt_1_01", "batch_frac_rhat_lt_1_01"):
         assert 0.0 <= res[key] <= 1.0, key
     assert res["median_ess"] > 0 and res["queue_iterations"] > 0
+    halves = (res["frac_bulk_rhat_lt_1_01"], res["frac_folded_rhat_lt_1_01"])
+    assert all(0.0 <= h <= 1.0 for h in halves) and res["frac_rhat_lt_1_01"] <= min(halves)
     with pytest.raises(SystemExit):  # the queue is already the engine under test
         infer_bench.main(argv + ["--queue", "4"])
     sys.modules.pop("infer_bench", None)
+
+
+def test_rhat_ceiling_scores_an_ideal_gaussian_as_the_engine_scores_a_star(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import rhat_ceiling
+
+    assert rhat_ceiling.main(["--json", "--n-stars", "12", "--num-warmup", "300", "--num-samples", "100"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_stars"] == 12 and res["draws_per_star"] == 400 and res["settings"]["target_accept"] == 0.95
+    halves = (res["frac_bulk_rhat_lt_1_01"], res["frac_folded_rhat_lt_1_01"])
+    assert res["frac_rhat_lt_1_01"] <= min(halves) <= 1.0
+    # NUTS's draws of a Gaussian are anti-correlated in location (bulk ESS near or above the draw
+    # count) but not in scale: the folded half is the one with the smaller ESS
+    assert res["median_ess_bulk_min"] > 2 * res["median_ess_folded_min"] > 0
+    sys.modules.pop("rhat_ceiling", None)

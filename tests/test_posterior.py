@@ -11,7 +11,8 @@ import pytest
 
 from dds_infer import init_emulator
 from dds_infer.engine import BatchResult
-from dds_infer.posterior import FLAGS, VARIABLES, Posterior, concat, flag_counts, rank_rhat_ess_bulk
+from dds_infer.posterior import (FLAGS, VARIABLES, Posterior, concat, flag_counts, rank_diagnostics,
+                                 rank_rhat_ess_bulk)
 
 N, C, S = 5, 3, 200
 
@@ -108,6 +109,17 @@ def test_rhat_ess_match_arviz():
     np.testing.assert_allclose(rhat, ref_r, rtol=1e-6)
     # numpyro's ESS estimator differs from arviz's in the autocovariance details
     np.testing.assert_allclose(ess, ref_e, rtol=0.15)
+    d = rank_diagnostics(x)  # the two halves of that R̂: location (bulk) and scale (folded)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = {k: [float(az.rhat(x[i], method=m)) for i in range(3)]
+               for k, m in (("rhat_bulk", "z_scale"), ("rhat_folded", "folded"))}
+        ref_ef = [float(az.ess(x[i], method="folded")) for i in range(3)]
+    np.testing.assert_allclose(d["rhat_bulk"], ref["rhat_bulk"], rtol=1e-6)
+    np.testing.assert_allclose(d["rhat_folded"], ref["rhat_folded"], rtol=1e-6)
+    np.testing.assert_array_equal(np.maximum(d["rhat_bulk"], d["rhat_folded"]), rhat)
+    np.testing.assert_allclose(d["ess_folded"], ref_ef, rtol=0.15)
+    assert np.all(np.isnan(rank_diagnostics(np.ones((1, 4, 20)))["rhat_folded"]))
 
 
 def test_weighted_quantiles_respect_chain_weights(emu):
