@@ -245,11 +245,10 @@ def rhat_halves(post) -> dict:
     """Fractions of stars whose bulk (location) and folded (scale) R-hat are both below 1.01 in
     every fitted variable: which half of R-hat fails (:func:`dds_infer.posterior.rank_diagnostics`;
     ``bench/rhat_ceiling.py`` gives the same on an ideal Gaussian)."""
-    from dds_infer.posterior import FITTED, rank_diagnostics
+    from dds_infer.posterior import FITTED, worst_rank_diagnostics
 
-    d = [rank_diagnostics(post.samples[k]) for k in FITTED]
-    return {f"frac_{h}_rhat_lt_1_01": float(np.mean(np.max([dv[f"rhat_{h}"] for dv in d], axis=0) < 1.01))
-            for h in ("bulk", "folded")}
+    worst = worst_rank_diagnostics(post.samples[k] for k in FITTED)
+    return {f"frac_{h}_rhat_lt_1_01": float(np.mean(worst[f"rhat_{h}"] < 1.01)) for h in ("bulk", "folded")}
 
 
 def rate_figures(post, args) -> dict:

@@ -35,7 +35,7 @@ from scipy.stats import rankdata
 from .atomic import atomic_path
 
 __all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "flag_counts", "rank_diagnostics", "rank_rhat_ess_bulk",
-           "rhat_pass_rate_reference", "weighted_quantiles"]
+           "rhat_pass_rate_reference", "weighted_quantiles", "worst_rank_diagnostics"]
 
 VARIABLES = ("teff", "logg", "feh", "mu", "E", "distance_pc", "A_G")
 FITTED = ("teff", "logg", "feh", "mu", "E")
@@ -68,11 +68,12 @@ def _split(x):
     return np.concatenate([x[:, :, :half], x[:, :, x.shape[2] - half:]], axis=1)
 
 
-def rank_diagnostics(x) -> dict[str, np.ndarray]:
+def rank_diagnostics(x, *, folded_ess: bool = True) -> dict[str, np.ndarray]:
     """Per star, the two halves of the rank-normalised split-R̂ of Vehtari et al. (2021) and their
     ESS; x: (N, C, S). ``rhat_bulk``/``ess_bulk`` from the rank-normalised draws (location),
-    ``rhat_folded``/``ess_folded`` from the rank-normalised |x − median| (scale, the tails); R̂ is
-    the larger of the two R̂s (as ``arviz.rhat``). NaN for a star whose draws are all equal."""
+    ``rhat_folded``/``ess_folded`` from the rank-normalised |x − median| (scale, the tails; its ESS
+    only with ``folded_ess``); R̂ is the larger of the two R̂s (as ``arviz.rhat``). NaN for a star
+    whose draws are all equal."""
     x = np.asarray(x, dtype=np.float64)
     xs = _split(x)  # as arviz: split the chains, then rank-normalise
     z = _rank_normalize(xs)
@@ -81,14 +82,23 @@ def rank_diagnostics(x) -> dict[str, np.ndarray]:
     const = np.ptp(x.reshape(x.shape[0], -1), axis=1) == 0
     with np.errstate(divide="ignore", invalid="ignore"):  # constant stars: NaN below, no warning
         out = {"rhat_bulk": nd.gelman_rubin(to_cs(z)), "rhat_folded": nd.gelman_rubin(to_cs(zf)),
-               "ess_bulk": nd.effective_sample_size(to_cs(z)), "ess_folded": nd.effective_sample_size(to_cs(zf))}
+               "ess_bulk": nd.effective_sample_size(to_cs(z))}
+        if folded_ess:
+            out["ess_folded"] = nd.effective_sample_size(to_cs(zf))
     return {k: np.where(const, np.nan, v) for k, v in out.items()}
+
+
+def worst_rank_diagnostics(draws) -> dict[str, np.ndarray]:
+    """:func:`rank_diagnostics` of several variables (an iterable of (N, C, S) draws), worst per
+    star: the largest R̂ halves and the smallest ESS over the variables."""
+    d = [rank_diagnostics(x) for x in draws]
+    return {k: (np.max if k.startswith("rhat") else np.min)([dv[k] for dv in d], axis=0) for k in d[0]}
 
 
 def rank_rhat_ess_bulk(x) -> tuple[np.ndarray, np.ndarray]:
     """Rank-normalised split-R̂ (bulk and folded, the larger) and bulk ESS per star (Vehtari et al.
     2021; :func:`rank_diagnostics`); x: (N, C, S)."""
-    d = rank_diagnostics(x)
+    d = rank_diagnostics(x, folded_ess=False)
     return np.maximum(d["rhat_bulk"], d["rhat_folded"]), d["ess_bulk"]
 
 

@@ -64,7 +64,8 @@ def run(args) -> int:
     cat = read_catalog(args.catalog, args.columns, require_labels=True, require_reddening_prior=True)
     rows = None
     if args.split_part is not None:
-        rows = split_rows(args.split or Path(args.model) / "extras" / "split.npz", args.split_part, cat.n_stars)
+        split_file = args.split or Path(args.model) / "extras" / "split.npz"
+        rows = split_rows(split_file, args.split_part, cat.n_stars)
         cat = cat.subset(rows)
     elif args.split is not None:
         raise ValueError("--split needs --split-part (which part of the split to evaluate)")
@@ -73,7 +74,7 @@ def run(args) -> int:
                            n_fitted=args.n_fitted, progress=True)
     summary = dict(res.summary)
     if rows is not None:
-        summary.update(split_part=args.split_part, split_file=str(args.split or Path(args.model) / "extras/split.npz"))
+        summary.update(split_part=args.split_part, split_file=str(split_file))
     if args.out:
         df = pd.DataFrame({"id": cat.star_ids(), "chi2": res.chi2, "n_modelled": res.n_modelled,
                            "dof": res.dof, "chi2_dof": res.chi2_dof, "E": res.E, "E_err": res.E_err})
