@@ -53,7 +53,7 @@ from jax.scipy.special import logsumexp
 from .inference import InferenceConfig
 from .modes import ThetaGrid, make_theta_grid
 from .priors import Prior, log_hr_prior
-from .theta_mass import coarse_log_mass, mu_prior_tables, reddening_integral, theta_log_mass
+from .theta_mass import coarse_log_mass, mu_prior_tables, reddening_integral, theta_log_mass, truncated_std_normal
 
 __all__ = ["GridSettings", "CellGrid", "make_cell_grid", "star_grid_posterior", "grid_batch", "grid_posterior",
            "grid_batch_fn", "count_modes", "neighbour_max"]
@@ -290,7 +290,7 @@ def star_grid_posterior(star, key, grid: CellGrid, emulator, prior: Prior, confi
     g = aux["gauss"]
     m_E = g["E"] - g["a01"] / g["a11"] * (mu - g["mu"])
     _, mean_E, sd_E, upper = reddening_integral(m_E, g["a11"], star, prior)
-    zE = jax.random.truncated_normal(ke, -mean_E / sd_E, (upper - mean_E) / sd_E)
+    zE = truncated_std_normal(ke, -mean_E / sd_E, (upper - mean_E) / sd_E)  # exact in the far tails
     E = jnp.clip(mean_E + sd_E * zE, 0.0, upper)
     E = jnp.where(jnp.isfinite(E), E, 0.0)
     thp = th[pick]

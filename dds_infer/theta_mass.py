@@ -15,14 +15,15 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import log_ndtr, logsumexp
+from jax.scipy.special import log_ndtr, logsumexp, ndtr, ndtri
 
 from . import galaxy
 from .inference import (_MU0, _RIDGE_E, _RIDGE_MU, InferenceConfig, mu_E_normal_equations,  # the same weak pulls
                         parallax_model_mas, photometric_variance)
 from .priors import Prior, by_position, lerp_uniform, log_distance_prior, log_hr_prior, log_metallicity_prior
 
-__all__ = ["photometric_gaussian", "reddening_integral", "coarse_log_mass", "mu_prior_tables", "theta_log_mass"]
+__all__ = ["photometric_gaussian", "reddening_integral", "truncated_std_normal", "coarse_log_mass", "mu_prior_tables",
+           "theta_log_mass"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -69,6 +70,32 @@ def reddening_integral(m, a, star, prior: Prior):
     s = 1.0 / jnp.sqrt(P)
     log_i = log_c - 0.5 * (m - ref) ** 2 / (1.0 / a + v) + 0.5 * (_LOG_2PI - jnp.log(P)) + log_ndtr(mp / s)
     return log_i, mp, s, jnp.inf
+
+
+def truncated_std_normal(key, lower, upper, shape=None):
+    """Draws of a standard normal truncated to [lower, upper] that stay exact in the far tails.
+
+    ``jax.random.truncated_normal`` maps a uniform through erf, which rounds to ±1 in float32
+    beyond ~5σ: an interval there (E ≥ 0 when the conditional mean of E lies many σ below 0)
+    gives ±inf or far-off draws. Here the interval is mirrored onto the upper side when it lies
+    below 0, then: inside the body the inverse CDF, Φ⁻¹(Φ(a) + u (Φ(b) − Φ(a))); in the upper tail
+    the inverse of the upper-tail CDF, −Φ⁻¹(Φ(−a) − u (Φ(−a) − Φ(−b))), exact while Φ(−a) is
+    representable; beyond a = 5 Marsaglia's (1964) tail form z = √(a² − 2 log(1 − u(1 − e^{−(b²−a²)/2}))),
+    the exact inverse CDF of the density ∝ z φ(z), which is φ(z) to within a factor z/a (the
+    draws' excess over a is ~1/a, so the relative bias of that excess is ~1/a² < 4%).
+    """
+    shape = jnp.broadcast_shapes(jnp.shape(lower), jnp.shape(upper)) if shape is None else shape
+    u = jax.random.uniform(key, shape, dtype=jnp.result_type(lower, float))
+    flip = upper < 0.0
+    a, b = jnp.where(flip, -upper, lower), jnp.where(flip, -lower, upper)
+    body = ndtri(ndtr(a) + u * (ndtr(b) - ndtr(a)))
+    tail_a = jnp.minimum(a, 5.0)  # the branch not taken must stay finite
+    tail = -ndtri(ndtr(-tail_a) - u * (ndtr(-tail_a) - ndtr(-jnp.maximum(b, tail_a))))
+    far_a = jnp.maximum(a, 5.0)
+    far = jnp.sqrt(far_a ** 2 - 2.0 * jnp.log1p(-u * -jnp.expm1(-0.5 * (jnp.maximum(b, far_a) ** 2 - far_a ** 2))))
+    z = jnp.where(a <= 0.0, body, jnp.where(a <= 5.0, tail, far))
+    z = jnp.clip(z, a, b)
+    return jnp.where(flip, -z, z)
 
 
 def _parallax_gaussian(star, config: InferenceConfig):

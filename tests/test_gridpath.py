@@ -54,6 +54,28 @@ def test_reddening_integral_matches_quadrature(emu, kind):
         assert float(log_i) == pytest.approx(math.log(ref), abs=2e-3), (kind, m, a)
 
 
+@pytest.mark.parametrize("a,b", [(-np.inf, np.inf), (-0.5, np.inf), (0.0, 0.3), (2.0, np.inf), (4.5, 6.0),
+                                 (-np.inf, -3.0), (8.0, np.inf), (30.0, np.inf), (-12.0, -10.0)])
+def test_truncated_normal_draws_exact_in_the_tails(a, b):
+    """E | μ is a truncated normal whose interval can lie far in a tail (E ≥ 0 with the mean many σ
+    below 0): the draws stay inside [a, b], finite, with scipy's distribution (inside 5σ: a
+    Kolmogorov–Smirnov test; beyond: the excess over the bound, whose relative bias is ≲ 1/a²)."""
+    from scipy import stats
+
+    n = 20000
+    z = np.asarray(tm.truncated_std_normal(jax.random.key(5), jnp.full(n, a, jnp.float32), jnp.float32(b)),
+                   np.float64)
+    assert np.all(np.isfinite(z)) and np.all((z >= a) & (z <= b))
+    ref = stats.truncnorm(a, b)
+    edge = min(abs(a), abs(b))
+    if edge <= 5.0 or a < 0 < b:
+        assert stats.kstest(z, ref.cdf).pvalue > 1e-3
+    else:
+        excess = np.abs(z - (a if a > 0 else b))
+        want = abs(ref.mean() - (a if a > 0 else b))
+        assert abs(excess.mean() / want - 1.0) < 1.5 / edge ** 2 + 4.0 / np.sqrt(n), (excess.mean(), want)
+
+
 def test_theta_mass_matches_brute_force_quadrature(emu, sbc_stars):
     """log ∫∫ p(θ, μ, E | data) dμ dE at fixed θ equals a fine 2-D Riemann sum of the NUTS model's
     own log density (inference.log_likelihood + priors.log_prior)."""
@@ -103,6 +125,7 @@ def test_calibrated_on_stars_from_the_prior(emu, sbc_stars):
         assert abs(cov95 - 0.95) < tol95, (v, cov95)
     assert np.median(out["weight_ess"]) > 40
     assert np.all(np.isfinite(out["log_evidence"]))
+    assert np.all(np.isfinite(out["E"])) and np.all(out["E"] >= 0) and out["E"].max() < 5.0
 
 
 def test_deterministic_and_nearly_independent_of_batching(emu, sbc_stars):
