@@ -9,7 +9,10 @@ This is *not* one joint model with a shared step size.
 The program is jitted once per (model, static arguments, B, C, settings) and reused across
 batches; a short last batch is padded to B by repeating its last star (the padding is sliced
 off). Randomness comes from one key per star, split into its chains inside the program, so a
-star's draws do not depend on its batch neighbours or the batch size.
+star's draws do not depend on its batch neighbours or on padding. At another batch size (another
+program) the star gets the same random numbers, but XLA may vectorise its arithmetic differently
+(on AVX-512 CPUs it does), and NUTS amplifies a last-bit difference into other, equally valid
+chains: the same posterior, not the same draws.
 
 Opt-in, ``init_mass="laplace"``: each chain's warmup starts from the Laplace approximation at
 the mode nearest its start (:func:`laplace_inverse_mass`) instead of NumPyro's identity mass

@@ -10,9 +10,10 @@ rows beside it; at the end :func:`dds_infer.run_outputs.assemble_run` writes the
 ``out_dir/manifest.json`` records the run configuration hash and the catalogue fingerprint. A
 rerun with the same manifest skips finished chunks; a different one refuses to mix results
 unless ``overwrite=True``. Star k always gets the key fold_in(key(seed), k), so results do not
-depend on resumption, nor (but for rounding in the queue engine's compiled program) on the
-batch size. The queue engine (the default) reports finished chains to the progress bar as they
-finish, so a 1,024-star chunk shows progress within it.
+depend on resumption; at another batch size (another compiled program) XLA's rounding can
+differ, so the draws are then of the same posterior but not bit-identical. The queue engine (the
+default) reports finished chains to the progress bar as they finish, so a 1,024-star chunk shows
+progress within it.
 """
 
 from __future__ import annotations

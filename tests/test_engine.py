@@ -97,10 +97,27 @@ def test_star_independent_of_neighbours_and_padding(setup, base):
     assert all(_same_star(base, i, padded, i) for i in range(3))
 
 
+def _mc_z(a, i, b, j, site):
+    """|difference of the posterior means| of ``site`` over its Monte Carlo standard error."""
+    from numpyro.diagnostics import effective_sample_size
+
+    x, y = (np.asarray(r.samples[site])[k] for r, k in ((a, i), (b, j)))
+    se2 = [v.var() / max(float(effective_sample_size(v)), 10.0) for v in (x, y)]
+    return abs(x.mean() - y.mean()) / np.sqrt(sum(se2))
+
+
 @pytest.mark.slow
 def test_star_independent_of_batch_size(setup, base):
-    small = _run(setup, [2, 3])  # a second compiled program (B=2)
-    assert _same_star(base, 2, small, 0) and _same_star(base, 3, small, 1)
+    """Another batch size is another compiled program (B=2). The star gets the same random
+    numbers, but XLA may vectorise its arithmetic differently (it does with AVX-512 CPUs, and at
+    one star per device), and NUTS amplifies a last-bit difference into different chains. So the
+    draws are equal or they sample the same posterior: the means agree within Monte Carlo error,
+    while another star's do not."""
+    small = _run(setup, [2, 3])
+    for i, j in ((2, 0), (3, 1)):
+        if not _same_star(base, i, small, j):
+            assert max(_mc_z(base, i, small, j, k) for k in SITES) < 5
+    assert max(_mc_z(base, 2, small, 1, k) for k in SITES) > 5  # the comparison tells stars apart
 
 
 @pytest.mark.slow
