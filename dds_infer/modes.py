@@ -73,7 +73,8 @@ class Modes:
 
 
 class ModeResult(NamedTuple):
-    """chain_weights (C,) summing to 1; n_modes; mode_of_chain (C,) cluster id; flag; log_mass per cluster."""
+    """chain_weights (C,) summing to 1; n_modes; mode_of_chain (C,) cluster id (−1: a chain with
+    non-finite draws, weight 0); flag; log_mass per cluster."""
 
     chain_weights: np.ndarray
     n_modes: int
@@ -311,6 +312,10 @@ def combine_chain_modes(samples: dict, log_prob, modes: Modes | None = None, *, 
         log_prob = np.asarray(log_prob, dtype=np.float64)
         if log_prob.shape != z.shape[:2]:
             raise ValueError(f"log_prob has shape {log_prob.shape}, samples have {z.shape[:2]}")
+    finite = np.all(np.isfinite(z), axis=(1, 2))
+    if not finite.all():  # a broken chain (non-finite draws) is no mode: weight 0, mode −1, star unresolved
+        return _without_broken_chains(samples, log_prob, modes, finite, n_sigma=n_sigma, weights=weights,
+                                      min_grid_mass=min_grid_mass)
     label = _chain_clusters(z, n_sigma)
     n_modes = int(label.max()) + 1
     flag = FLAG_OK if n_modes == 1 else FLAG_MULTIMODAL
@@ -344,6 +349,21 @@ def combine_chain_modes(samples: dict, log_prob, modes: Modes | None = None, *, 
     per_chain = w_mode[label] / np.bincount(label, minlength=n_modes)[label]
     return ModeResult(chain_weights=per_chain, n_modes=n_modes, mode_of_chain=label, flag=int(flag),
                       log_mass=np.log(w_mode))
+
+
+def _without_broken_chains(samples, log_prob, modes, finite, **kw) -> ModeResult:
+    """:func:`combine_chain_modes` over the chains with finite draws; the others get weight 0 and
+    mode −1, and the star is flagged unresolved (all chains broken: equal weights, one "mode")."""
+    C = finite.size
+    label = np.full(C, -1)
+    weights = np.zeros(C)
+    if not finite.any():
+        return ModeResult(chain_weights=np.full(C, 1.0 / C), n_modes=1, mode_of_chain=label, flag=FLAG_UNRESOLVED,
+                          log_mass=np.zeros(1))
+    sub = combine_chain_modes({k: np.asarray(v)[finite] for k, v in samples.items()},
+                              None if log_prob is None else np.asarray(log_prob)[finite], modes, **kw)
+    weights[finite], label[finite] = sub.chain_weights, sub.mode_of_chain
+    return sub._replace(chain_weights=weights, mode_of_chain=label, flag=FLAG_UNRESOLVED)
 
 
 def _physical(samples: dict) -> np.ndarray:

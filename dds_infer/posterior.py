@@ -14,7 +14,8 @@ Summary flag bits (:data:`FLAGS`), OR-ed per star:
  1 R̂ > r_hat_max (any of teff, logg, feh, mu, E); 2 bulk ESS < ess_min;
  4 divergent transitions after warmup; 8 several modes combined (chains weighted);
  16 fewer than half of the draws inside the emulator's training domain (density > 0.01);
- 32 a chain started at a point with non-finite log density.
+ 32 a chain started at a point with non-finite log density; 64 a draw of a fitted variable is
+ not finite (NaN or ±inf; such a chain gets weight 0 from the mode combination).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ __all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "flag_counts", "rank_dia
 
 VARIABLES = ("teff", "logg", "feh", "mu", "E", "distance_pc", "A_G")
 FITTED = ("teff", "logg", "feh", "mu", "E")
-FLAGS = {"r_hat": 1, "low_ess": 2, "divergent": 4, "multimodal": 8, "outside_domain": 16, "bad_init": 32}
+FLAGS = {"r_hat": 1, "low_ess": 2, "divergent": 4, "multimodal": 8, "outside_domain": 16, "bad_init": 32,
+         "nonfinite": 64}
 QUANTILES = (0.16, 0.5, 0.84)
 # zlib after HDF5's byte shuffle: on a 1,024-star grid-path chunk 0.87 s and 21 MB to write,
 # against 1.27 s and 24 MB for arviz's plain zlib (0.31 s and 40 MB uncompressed); a NUTS-shaped
@@ -168,7 +170,9 @@ def weighted_quantiles(x, q, chain_weights=None) -> np.ndarray:
     uneven = ~np.all(np.isclose(cw, cw[:, :1]), axis=1)
     if uneven.any():
         w = np.repeat(cw[uneven] / s, s, axis=1)
-        out[:, uneven] = np.quantile(flat[uneven], q, axis=1, weights=w, method="inverted_cdf")
+        # draws of weight 0 never decide an inverted-CDF quantile: set to 0 (a broken chain may be NaN)
+        x_u = np.where(w > 0, flat[uneven], 0.0)
+        out[:, uneven] = np.quantile(x_u, q, axis=1, weights=w, method="inverted_cdf")
     return out
 
 
@@ -349,10 +353,12 @@ class Posterior:
         if "weight_ess" in self.star_stats:
             ess_low = np.asarray(self.star_stats["weight_ess"], dtype=np.float64)
         n_div = self.sample_stats["diverging"].sum(axis=(1, 2)).astype(int)
+        nonfinite = ~np.all([np.isfinite(self.samples[k]).all(axis=(1, 2)) for k in FITTED], axis=0)
         flag = ((rhat_max > r_hat_max) * FLAGS["r_hat"] + (ess_low < ess_min) * FLAGS["low_ess"]
                 + (n_div > 0) * FLAGS["divergent"] + (self.n_modes > 1) * FLAGS["multimodal"]
                 + (self.in_domain_frac < 0.5) * FLAGS["outside_domain"]
-                + (~self.chain_stats["init_valid"].all(axis=1)) * FLAGS["bad_init"])
+                + (~self.chain_stats["init_valid"].all(axis=1)) * FLAGS["bad_init"]
+                + nonfinite * FLAGS["nonfinite"])
         cols.update(r_hat_max=rhat_max, ess_bulk_min=ess_low, n_divergent=n_div, n_modes=self.n_modes,
                     mode_flag=self.mode_flag, in_domain_frac=self.in_domain_frac, flag=flag.astype(int))
         cols.update({k: np.asarray(v) for k, v in self.star_stats.items()})

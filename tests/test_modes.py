@@ -194,6 +194,26 @@ def test_combine_chain_modes_one_cluster_and_unreached_grid_mode():
         combine_chain_modes(samples, log_prob[:, :10])
 
 
+def test_combine_chain_modes_leaves_out_broken_chains():
+    """Chains with non-finite draws (NaN μ, E) used to crash the clustering; now they get weight 0
+    and mode −1, the rest combine as if they were absent, and the star is flagged unresolved."""
+    samples, log_prob, _ = _two_mode_chains(w1=0.65, C=5)
+    broken = {k: np.array(v, dtype=np.float64) for k, v in samples.items()}
+    broken["mu"][1] = np.nan
+    broken["E"][1] = np.inf
+    res = combine_chain_modes(broken, log_prob)
+    ref = combine_chain_modes({k: np.delete(v, 1, axis=0) for k, v in samples.items()}, np.delete(log_prob, 1, axis=0))
+    assert res.flag == FLAG_UNRESOLVED and res.n_modes == ref.n_modes == 2
+    assert res.mode_of_chain[1] == -1 and res.chain_weights[1] == 0
+    np.testing.assert_allclose(np.delete(res.chain_weights, 1), ref.chain_weights)
+    assert list(np.delete(res.mode_of_chain, 1)) == list(ref.mode_of_chain)
+    for k in ("mu", "E", "x"):
+        broken[k][:] = np.nan
+    none = combine_chain_modes(broken, log_prob)
+    assert none.flag == FLAG_UNRESOLVED and np.all(none.mode_of_chain == -1)
+    np.testing.assert_allclose(none.chain_weights, 1 / 5)
+
+
 @pytest.fixture(scope="module")
 def published(anchor_dir):
     return import_keras_model(anchor_dir / "green2020_nn_model.h5",

@@ -94,7 +94,7 @@ def test_summary_quantiles_and_flags(post):
 def test_flag_counts_count_every_reason_of_a_star():
     flags = np.array([0, FLAGS["r_hat"] | FLAGS["divergent"], FLAGS["divergent"], FLAGS["bad_init"]])
     assert flag_counts(flags) == {"any": 3, "r_hat": 1, "low_ess": 0, "divergent": 2, "multimodal": 0,
-                                  "outside_domain": 0, "bad_init": 1}
+                                  "outside_domain": 0, "bad_init": 1, "nonfinite": 0}
 
 
 def test_rhat_ess_match_arviz():
@@ -142,6 +142,28 @@ def test_weighted_quantiles_respect_chain_weights(emu):
         for q, col in ((0.16, "q16"), (0.5, "median"), (0.84, "q84")):
             np.testing.assert_allclose(df[f"mu_{col}"][i], np.quantile(rep, q, method="inverted_cdf"))
     assert np.all(df["flag"] & FLAGS["multimodal"]) and np.all(df["n_modes"] == 2)
+
+
+def test_broken_chain_is_flagged_and_left_out_of_the_quantiles(emu):
+    """A chain whose μ and E draws are NaN (seen on one of 10,000 real stars: stuck at an invalid
+    point): the mode combination gives it weight 0 and the quantiles come from the other chains;
+    the star is flagged ``nonfinite`` whatever its R-hat."""
+    from dds_infer.modes import FLAG_UNRESOLVED, combine_chain_modes
+
+    batch = _fake_batch(seed=6)
+    for k in ("mu", "E"):
+        batch.samples[k][3, 1] = np.nan
+    modes = [combine_chain_modes({k: v[i] for k, v in batch.samples.items()}, -batch.potential_energy[i])
+             for i in range(N)]
+    assert modes[3].chain_weights[1] == 0 and modes[3].mode_of_chain[1] == -1 and modes[3].flag == FLAG_UNRESOLVED
+    p = Posterior.from_batch(batch, np.arange(N), emu, modes)
+    df = p.summary()
+    assert df["flag"][3] & FLAGS["nonfinite"] and not np.any(df["flag"].drop(3) & FLAGS["nonfinite"])
+    good = np.delete(p.samples["mu"][3], 1, axis=0).reshape(-1)
+    for q, col in ((0.16, "q16"), (0.5, "median"), (0.84, "q84")):
+        assert np.isfinite(df[f"mu_{col}"][3])
+        np.testing.assert_allclose(df[f"mu_{col}"][3], np.quantile(good, q, method="inverted_cdf"))
+    assert flag_counts(df["flag"])["nonfinite"] == 1
 
 
 def test_save_load_round_trip_exact(post, tmp_path):
