@@ -215,15 +215,24 @@ def mu_E_normal_equations(w, y, R, w_p=0.0, mu_p=0.0):
     least-squares normal equations A [μ, E]ᵀ = b (band weights ``w`` (B,); y, R (K, B); an optional
     Gaussian μ constraint of weight ``w_p`` at ``mu_p``, e.g. a linearised parallax; the weak
     ridge pulls _RIDGE_MU, _RIDGE_E keep A invertible) and their closed-form 2×2 solution.
-    Returns dict of (K,) arrays: a00, a01, a11, b0, b1, det, mu, E."""
-    a00 = jnp.sum(w) + w_p + _RIDGE_MU
-    a01 = R @ w
-    a11 = (R * R) @ w + _RIDGE_E
-    b0 = y @ w + w_p * mu_p + _RIDGE_MU * _MU0
-    b1 = (y * R) @ w
-    det = a00 * a11 - a01 * a01
-    return dict(a00=a00, a01=a01, a11=a11, b0=b0, b1=b1, det=det,
-                mu=(a11 * b0 - a01 * b1) / det, E=(a00 * b1 - a01 * b0) / det)
+    Returns dict of (K,) arrays: a00, a01, a11, b0, b1, det, mu, E.
+
+    The determinant and numerators are formed from sums about the weighted band means R̄, ȳ
+    (Σw·Σw R² − (Σw R)² = Σw · Σw (R − R̄)², Lagrange's identity), not as differences of
+    products: those cancel to float32 round-off when the bands barely constrain E (one band:
+    det = −0.3 instead of +0.1, so σ_E = √(a00/det) was NaN and NUTS chains stalled)."""
+    S0, S1, S2 = jnp.sum(w), R @ w, (R * R) @ w
+    Y, T = y @ w, (y * R) @ w
+    inv = 1.0 / jnp.maximum(S0, 1e-30)
+    R_bar, y_bar = S1 * inv, Y * inv
+    r, e = R - jnp.expand_dims(R_bar, -1), y - jnp.expand_dims(y_bar, -1)
+    V_rr, V_er = (r * r) @ w, (e * r) @ w
+    p, c = w_p + _RIDGE_MU, w_p * mu_p + _RIDGE_MU * _MU0  # all μ pulls: weight and weighted mean
+    a00, a01, a11, b0, b1 = S0 + p, S1, S2 + _RIDGE_E, Y + c, T
+    det = S0 * V_rr + p * a11 + _RIDGE_E * S0                 # = a00 a11 − a01²
+    mu_num = S0 * (y_bar * V_rr - R_bar * V_er) + S2 * c + _RIDGE_E * b0  # = a11 b0 − a01 b1
+    E_num = S0 * V_er + p * T - S1 * c                        # = a00 b1 − a01 b0
+    return dict(a00=a00, a01=a01, a11=a11, b0=b0, b1=b1, det=det, mu=mu_num / det, E=E_num / det)
 
 
 def conditional_mu_E(M, R, star: StarData, emulator, config: InferenceConfig) -> dict:

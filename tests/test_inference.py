@@ -178,6 +178,30 @@ def test_whitened_parameterization_is_an_exact_change_of_variables(emu, n_obs):
         assert unconstrained_init({"x": x, "mu": mu, "E": E}, star, emu, cd)["mu"] is mu
 
 
+@pytest.mark.parametrize("n_obs", [1, 2, 13])
+def test_mu_E_normal_equations_match_float64_without_cancellation(n_obs):
+    """The 2×2 system of Eq. 2 in float32 against a float64 solve, at the weights of a real
+    star with only Gaia G (one of the 10,000 test stars): there the determinant is the ridge's
+    ~0.1 against products of ~10⁶, and forming it as a00 a11 − a01² gave a negative value."""
+    from dds_infer.inference import _MU0, _RIDGE_E, _RIDGE_MU, mu_E_normal_equations, whitened_to_mu_E
+
+    rng = np.random.default_rng(n_obs)
+    for _ in range(20):
+        w = 1.0 / (rng.uniform(0.005, 0.03, n_obs) ** 2 + 0.02 ** 2)
+        R = np.sort(rng.uniform(0.05, 3.8, n_obs))[::-1]
+        y = rng.uniform(6.0, 17.0) + rng.uniform(0.0, 1.5) * R + rng.normal(0, 0.02, n_obs)
+        ne = mu_E_normal_equations(*(jnp.asarray(v, jnp.float32) for v in (w, y, R)))
+        A = np.array([[w.sum() + _RIDGE_MU, R @ w], [R @ w, (R * R) @ w + _RIDGE_E]])
+        b = np.array([y @ w + _RIDGE_MU * _MU0, (y * R) @ w])
+        mu, E = np.linalg.solve(A, b)
+        assert float(ne["det"]) > 0
+        assert float(ne["det"]) == pytest.approx(np.linalg.det(A), rel=1e-4)
+        scale = np.sqrt(np.diag(np.linalg.inv(A)))  # compare in units of the solution's own σ
+        assert abs(float(ne["mu"]) - mu) < 1e-3 * scale[0] + 1e-4 and abs(float(ne["E"]) - E) < 1e-3 * scale[1] + 1e-4
+        out = whitened_to_mu_E(jnp.float32(0.3), jnp.float32(-0.5), ne)
+        assert all(np.isfinite(float(v)) for v in out)
+
+
 def test_whitened_coordinates_are_near_standard_on_the_likelihood(emu):
     """The point of the whitening: on a noise-free star the photometric likelihood's (μ, E) at
     fixed true θ map to z ≈ 0, and one unit of z moves μ and E by about their conditional σ."""
