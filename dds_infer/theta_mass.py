@@ -72,11 +72,11 @@ def reddening_integral(m, a, star, prior: Prior):
     return log_i, mp, s, jnp.inf
 
 
-def truncated_std_normal(key, lower, upper, shape=None):
+def truncated_std_normal(key, lower, upper):
     """Draws of a standard normal truncated to [lower, upper] that stay exact in the far tails.
 
     ``jax.random.truncated_normal`` maps a uniform through erf, which rounds to ±1 in float32
-    beyond ~5σ: an interval there (E ≥ 0 when the conditional mean of E lies many σ below 0)
+    beyond ~4.5σ: an interval there (E ≥ 0 when the conditional mean of E lies many σ below 0)
     gives ±inf or far-off draws. Here the interval is mirrored onto the upper side when it lies
     below 0, then: inside the body the inverse CDF, Φ⁻¹(Φ(a) + u (Φ(b) − Φ(a))); in the upper tail
     the inverse of the upper-tail CDF, −Φ⁻¹(Φ(−a) − u (Φ(−a) − Φ(−b))), exact while Φ(−a) is
@@ -84,7 +84,7 @@ def truncated_std_normal(key, lower, upper, shape=None):
     the exact inverse CDF of the density ∝ z φ(z), which is φ(z) to within a factor z/a (the
     draws' excess over a is ~1/a, so the relative bias of that excess is ~1/a² < 4%).
     """
-    shape = jnp.broadcast_shapes(jnp.shape(lower), jnp.shape(upper)) if shape is None else shape
+    shape = jnp.broadcast_shapes(jnp.shape(lower), jnp.shape(upper))
     u = jax.random.uniform(key, shape, dtype=jnp.result_type(lower, float))
     flip = upper < 0.0
     a, b = jnp.where(flip, -upper, lower), jnp.where(flip, -lower, upper)
