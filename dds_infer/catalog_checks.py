@@ -47,6 +47,7 @@ class ValidationReport:
     n_missing: dict[str, int]
     n_err_without_mag: dict[str, int]  # finite error but NaN magnitude: missing
     n_no_photometry: int
+    n_one_band: int  # exactly one observed band: no colour, so θ and E rest on the priors (and ϖ)
     n_no_parallax: int
     n_unlabelled: int | None  # None: catalogue has no labels
     n_no_reddening_prior: int | None  # None: no reddening-prior block
@@ -67,6 +68,7 @@ class ValidationReport:
             lines.append(f"  {b:<{w}}  observed {self.n_observed[b]:>8}  "
                          f"missing {self.n_missing[b]:>8}{extra}")
         lines.append(f"stars without photometry: {self.n_no_photometry}")
+        lines.append(f"stars with a single observed band (no colour): {self.n_one_band}")
         lines.append(f"stars without parallax: {self.n_no_parallax}")
         for label, n in (("labels", self.n_unlabelled),
                          ("reddening prior", self.n_no_reddening_prior),
@@ -188,6 +190,8 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
     required); E_prior_err < 0 or NaN where E_prior is finite; l outside
     [-180, 360] or b outside [-90, 90]. Missing data (NaN) is counted, never
     dropped: a finite error with a NaN magnitude is just a missing band.
+    Warnings (kept stars): no observed band; a single observed band (no
+    colour); an error without a magnitude; incomplete labels.
     """
     problems: list[str] = []
     warnings: list[str] = []
@@ -203,6 +207,7 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
     phot_ok &= _check_shape(problems, "mag_err", err, (n, nb))
     n_obs, n_mis, n_ewm = {}, {}, {}
     n_no_phot = n
+    n_one = 0
     if phot_ok:
         fm, fe = np.isfinite(mag), np.isfinite(err)
         for j, name in enumerate(bands):
@@ -229,6 +234,13 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
         n_no_phot = int(no_phot.sum())
         if n_no_phot:
             msg = f"{n_no_phot} stars have no observed band (kept): {_rows(no_phot, ids)}"
+            warnings.append(msg)
+            _warnings.warn(msg, UserWarning, stacklevel=2)
+        one = (fm & fe).sum(axis=1) == 1
+        n_one = int(one.sum())
+        if n_one:
+            msg = (f"{n_one} stars have a single observed band, so no colour: their Teff, logg, [Fe/H] and E "
+                   f"come from the priors, the magnitude and the parallax alone (kept): {_rows(one, ids)}")
             warnings.append(msg)
             _warnings.warn(msg, UserWarning, stacklevel=2)
     n_no_plx = n
@@ -272,6 +284,6 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
             problems)
     return ValidationReport(
         n_stars=n, bands=tuple(bands), n_observed=n_obs, n_missing=n_mis,
-        n_err_without_mag=n_ewm, n_no_photometry=n_no_phot, n_no_parallax=n_no_plx,
+        n_err_without_mag=n_ewm, n_no_photometry=n_no_phot, n_one_band=n_one, n_no_parallax=n_no_plx,
         n_unlabelled=n_unl, n_no_reddening_prior=n_no_red, n_no_position=n_no_pos,
         warnings=warnings)

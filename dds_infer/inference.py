@@ -159,6 +159,7 @@ def star_data_counts(catalog) -> dict:
     ref = (np.zeros(catalog.n_stars, bool) if catalog.E_prior is None
            else np.isfinite(catalog.E_prior) & np.isfinite(catalog.E_prior_err))
     return {"n_stars": int(catalog.n_stars), "n_no_photometry": int((~obs.any(axis=1)).sum()),
+            "n_one_band": int((obs.sum(axis=1) == 1).sum()),
             "n_bands_observed": {b: int(n) for b, n in zip(catalog.bands.names, obs.sum(axis=0))},
             "n_no_parallax": int((~plx).sum()), "n_no_position": int((~pos).sum()),
             "n_no_E_ref": int((~ref).sum())}

@@ -252,6 +252,48 @@ def test_star_without_photometry_kept_and_warned():
     assert rep.n_no_photometry == 1 and rep.n_stars == N
 
 
+def test_single_band_star_kept_counted_and_warned():
+    """A star with one observed band has no colour: kept, counted, warned with its row."""
+    cat = make_catalog()
+    cat.mag[4, 1:] = np.nan
+    cat.mag_err[4, 1:] = np.nan
+    with pytest.warns(UserWarning, match=r"single observed band.*1 of 20 rows: rows \[4\]"):
+        rep = validate(cat)
+    assert rep.n_one_band == 1 and rep.n_no_photometry == 0 and rep.n_stars == N
+    assert "single observed band (no colour): 1" in rep.summary()
+    assert rep.to_dict()["n_one_band"] == 1
+    cat.mag[4, 5] = 14.0  # a second band: a colour, no warning
+    cat.mag_err[4, 5] = 0.05
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert validate(cat).n_one_band == 0
+
+
+def test_infer_cli_json_reports_the_catalogue_checks(tmp_path, monkeypatch, capsys):
+    """dds-infer infer --json carries the input's missing-data counts and warnings."""
+    import json
+
+    from conftest import REPO_ROOT, record_pipeline_infer
+
+    from dds_infer.cli import main
+
+    calls = record_pipeline_infer(monkeypatch)
+    cat = make_catalog(labels=False, prior=False)
+    cat.mag[7, 1:] = cat.mag_err[7, 1:] = np.nan
+    path = tmp_path / "c.parquet"
+    write_table(cat, path)
+    model = REPO_ROOT / "models" / "mock13-v1"
+    with pytest.warns(UserWarning, match="single observed band"):
+        assert main(["infer", "--model", str(model), "--catalog", str(path), "--out", str(tmp_path / "o"),
+                     "--no-progress", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    checks = out["catalog_checks"]
+    assert len(calls) == 1 and checks["n_stars"] == N
+    assert checks["n_one_band"] == 1 and checks["n_no_photometry"] == 0
+    assert checks["n_missing"]["unwise_w1"] == N
+    assert any("rows [7]" in w for w in checks["warnings"])
+
+
 def test_from_arrays_coerces_and_validates():
     cat = make_catalog(ids=False)
     c2 = StarCatalog.from_arrays(cat.mag.astype(np.float32), cat.mag_err, list(cat.parallax),

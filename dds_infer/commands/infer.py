@@ -168,6 +168,8 @@ def run(args) -> int:
         "catalog_err_floor": None if cat.mag_err_floor is None else cat.mag_err_floor.tolist(),
         "zp": args.zp, "parallax_zero_point": zp_report, "selection_limit": selection_limit,
         "combined": combined,
+        # the input's missing-data counts and warnings (catalog_checks.validate): every star is kept
+        "catalog_checks": cat.meta.get("validation"),
         "out": {"posterior": str(out / "posterior.nc") if combined else None,
                 "summary": str(out / "summary.parquet"), "chunks": str(out / "chunks")},
     }
@@ -181,6 +183,8 @@ def run(args) -> int:
               f"flagged: {figures['n_flagged']}")
     else:
         print(f"median weight ESS: {figures['median_ess']:.0f}, flagged: {figures['n_flagged']}")
+    for w in (figures["catalog_checks"] or {}).get("warnings", []):
+        print(f"catalogue warning: {w}")
     if figures["n_flagged"]:
         print("flagged for: " + ", ".join(f"{k} {v}" for k, v in figures["flag_counts"].items() if k != "any" and v))
     if zp_report is not None:
