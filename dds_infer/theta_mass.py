@@ -32,6 +32,8 @@ def photometric_gaussian(star, M, R, config: InferenceConfig, offsets):
     """Eq. 2 for fixed θ: the photometric likelihood as a Gaussian in (μ, E).
 
     M, R: (K, B). Returns dict of (K,) arrays: mu, E (optimum), a00, a01, a11 (precision),
+    det = a00 a11 − a01² (cancellation-free, :func:`dds_infer.inference.mu_E_normal_equations`:
+    use it, never the difference of products, which is float32 round-off with one band),
     log_peak (log-likelihood at the optimum, with normalisation).
     """
     w = jnp.where(star.observed, 1.0 / photometric_variance(star, config), 0.0)
@@ -41,7 +43,8 @@ def photometric_gaussian(star, M, R, config: InferenceConfig, offsets):
     r = y - mu[:, None] - E[:, None] * R
     chi2 = (r * r) @ w + _RIDGE_MU * (mu - _MU0) ** 2 + _RIDGE_E * E ** 2
     norm = -0.5 * jnp.sum(jnp.where(star.observed, _LOG_2PI - jnp.log(jnp.maximum(w, 1e-30)), 0.0))
-    return dict(mu=mu, E=E, a00=jnp.broadcast_to(a00, mu.shape), a01=a01, a11=a11, log_peak=norm - 0.5 * chi2)
+    return dict(mu=mu, E=E, a00=jnp.broadcast_to(a00, mu.shape), a01=a01, a11=a11, det=ne["det"],
+                log_peak=norm - 0.5 * chi2)
 
 
 def reddening_integral(m, a, star, prior: Prior):
@@ -119,6 +122,8 @@ def coarse_log_mass(star, grid, log_hr_nodes, config: InferenceConfig, offsets):
     d = jnp.where(star.observed, star.mag - offsets - c_star, 0.0)  # y = d − M_c − (μ − c_star + c_node)
     R, Mc = grid.nodes.R, grid.M_c
     S1, S2 = R @ w, (R * R) @ w + _RIDGE_E
+    sw = jnp.maximum(jnp.sum(w), 1e-30)
+    V_rr = ((R - (S1 / sw)[:, None]) ** 2) @ w  # Σw (R − R̄)²: det without cancellation (one band: 0)
     T0 = jnp.sum(w * d) - Mc @ w
     T1 = R @ (w * d) - (Mc * R) @ w
     Q = jnp.sum(w * d * d) - 2.0 * (Mc @ (w * d)) + (Mc * Mc) @ w
@@ -126,7 +131,7 @@ def coarse_log_mass(star, grid, log_hr_nodes, config: InferenceConfig, offsets):
     shift = c_star - grid.c_node  # μ = μ' + shift
     a00 = S0 + w_p
     b0 = T0 + w_p * (mu_p - shift) + _RIDGE_MU * (_MU0 - shift)
-    det = a00 * S2 - S1 * S1
+    det = jnp.sum(w) * V_rr + jnp.sum(w) * _RIDGE_E + (_RIDGE_MU + w_p) * S2  # = a00 S2 − S1²
     mu_p_ = (S2 * b0 - S1 * T1) / det
     E = (a00 * T1 - S1 * b0) / det
     chi2 = (Q + w_p * (mu_p - shift) ** 2 + _RIDGE_MU * (_MU0 - shift) ** 2
@@ -169,6 +174,38 @@ def _log_mu_priors(theta, mu, star, prior: Prior, tables, step: float):
     return out + logsumexp(_interp(log_w, mu, step) - 0.5 * z * z - jnp.log(sig) - 0.5 * _LOG_2PI, axis=-1)
 
 
+_NEWTON_STEPS, _NEWTON_MAX_STEP, _MU_SD_MAX = 4, 2.0, 2.0
+
+
+def _mu_laplace(mu, g, lam, plx, s_plx, star, prior: Prior):
+    """Mode and Laplace σ of log f(μ) = −½ λ (μ − μ̂)² + log ∫_{E≥0} N(E; m_E(μ), 1/a11) p(E) dE
+    − ½ ((ϖ̂ − ϖ(μ))/σ_ϖ)², the integrand of :func:`theta_log_mass` without the slowly varying
+    distance and [Fe/H] priors, by Newton steps from ``mu`` (each capped at ``_NEWTON_MAX_STEP``
+    mag; where f'' ≥ 0 a capped gradient step). Needed (1) where E is barely constrained (one
+    observed band: λ is the ridge's 1e-4), so that μ follows the parallax along the μ–E degeneracy,
+    and (2) where photometry and parallax disagree: the parallax is Gaussian in ϖ, not in μ, and
+    a linearised parallax puts the nodes far from the mass. σ (from f'' at the mode) is capped at
+    ``_MU_SD_MAX`` mag (nodes span ± ``mu_half_width`` σ; the priors are not in f). No parallax:
+    s_plx = inf."""
+    def log_f(m):
+        m_E = g["E"] - g["a01"] / g["a11"] * (m - g["mu"])
+        return (-0.5 * lam * (m - g["mu"]) ** 2 + reddening_integral(m_E, g["a11"], star, prior)[0]
+                - 0.5 * ((plx - parallax_model_mas(m)) / s_plx) ** 2)
+
+    d1 = jax.grad(lambda m: jnp.sum(log_f(m)))  # log_f is elementwise: its gradient is f' per entry
+
+    def newton(m):  # (m, f'/f'' with f'' < 0) from one forward-over-reverse pass
+        g1, g2 = jax.jvp(d1, (m,), (jnp.ones_like(m),))
+        return g1, jnp.minimum(g2, -1e-6)
+
+    def step(_, m):
+        g1, g2 = newton(m)
+        return m - jnp.clip(g1 / g2, -_NEWTON_MAX_STEP, _NEWTON_MAX_STEP)
+
+    mu = jax.lax.fori_loop(0, _NEWTON_STEPS, step, mu)  # a loop, not unrolled: keeps compilation short
+    return mu, jnp.minimum(1.0 / jnp.sqrt(-newton(mu)[1]), _MU_SD_MAX)
+
+
 def theta_log_mass(star, theta, M, R, prior: Prior, config: InferenceConfig, offsets, settings,
                    tables=None):
     """log ∫∫ p(θ, μ, E | data) dμ dE at each θ (K, 3), up to a per-star constant (Eq. 19).
@@ -177,16 +214,18 @@ def theta_log_mass(star, theta, M, R, prior: Prior, config: InferenceConfig, off
     (K, n_mu), node spacing (K,) and the photometric Gaussian, for drawing μ and E afterwards.
     """
     g = photometric_gaussian(star, M, R, config, offsets)
-    det = g["a00"] * g["a11"] - g["a01"] ** 2
+    det = g["det"]
     lam = det / g["a11"]  # precision of μ with E free
     use_plx, plx_c, s_plx, mu_p, w_p = _parallax_gaussian(star, config)
-    # nodes: between the E-free optimum and the E = 0 one, by the probability that E > 0
+    # nodes: between the E-free optimum and the E = 0 one, by the probability that E > 0 ...
     frac = jax.scipy.stats.norm.cdf(g["E"] * jnp.sqrt(det / g["a00"]))
     mu_e0 = g["mu"] + g["a01"] / g["a00"] * g["E"]
     prec_ph = g["a00"] - frac * (g["a00"] - lam)
     mu_ph = frac * g["mu"] + (1.0 - frac) * mu_e0
     centre = (prec_ph * mu_ph + w_p * mu_p) / (prec_ph + w_p)
-    sd = 1.0 / jnp.sqrt(prec_ph + w_p)
+    # ... then Newton steps to the mode of μ's marginal (E integrated out, linearised parallax)
+    centre, sd = _mu_laplace(centre, g, lam, jnp.where(use_plx, plx_c, 0.0), jnp.where(use_plx, s_plx, jnp.inf),
+                             star, prior)
     t = jnp.linspace(-settings.mu_half_width, settings.mu_half_width, settings.n_mu)
     h = sd * (t[1] - t[0])
     mu = centre[:, None] + sd[:, None] * t  # (K, n_mu)

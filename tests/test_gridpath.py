@@ -107,6 +107,44 @@ def test_theta_mass_matches_brute_force_quadrature(emu, sbc_stars):
             assert c == pytest.approx(np.sum(w * mu) / w.sum(), abs=0.05 * sd + 1e-3)
 
 
+@pytest.mark.parametrize("n_bands", [1, 2])
+def test_theta_mass_with_one_or_two_bands_matches_quadrature(emu, sbc_stars, n_bands):
+    """With one band (Gaia G only) the photometric Gaussian in (μ, E) is degenerate up to the weak
+    ridge pulls, and a00·a11 − a01² cancels to float32 round-off: the μ and E of the grid path must
+    still follow the parallax and the priors (brute-force quadrature of the NUTS model's density)."""
+    cat, truth, prior, config = sbc_stars
+    stars = star_data_from_catalog(cat)
+    plx_snr = np.asarray(stars.parallax / stars.parallax_err)
+    i = int(np.argmax(np.where(np.asarray(stars.observed)[:, :n_bands].all(axis=1), plx_snr, -1.0)))
+    st = jax.tree_util.tree_map(lambda a: a[i], stars)
+    st = st.replace(observed=jnp.arange(emu.n_bands) < n_bands)
+    th = jnp.asarray([truth[i, :3], truth[i, :3] + np.array([300.0, -0.3, 0.2])], dtype=jnp.float32)
+    tables = tm.mu_prior_tables(st, prior, FAST.mu_table_step)
+    lm, aux = tm.theta_log_mass(st, th, emu.absolute_mags(th), emu.reddening_vector(th), prior, config,
+                                jnp.zeros(emu.n_bands), FAST, tables)
+    mu_plx = 10.0 - 5.0 * math.log10(float(st.parallax) - config.zero_point_mas)
+    s_plx = 5.0 / math.log(10.0) * float(st.parallax_err) / float(st.parallax)
+    mu = np.linspace(mu_plx - 10 * s_plx, mu_plx + 10 * s_plx, 401)
+    E = np.linspace(0.0, 3.0, 1201)
+    MU, EE = (jnp.asarray(a.ravel(), jnp.float32) for a in np.meshgrid(mu, E, indexing="ij"))
+    for k in range(2):
+        x = emu.normalize(th[k])
+
+        def logp(m, e):
+            ph, plx = log_likelihood(x, m, e, st, emu, config)
+            return ph + plx + log_prior(th[k], m, e, st, prior)
+
+        logf = np.asarray(jax.jit(jax.vmap(logp))(MU, EE), dtype=np.float64).reshape(len(mu), len(E))
+        ref = logf.max() + math.log(np.exp(logf - logf.max()).sum() * (mu[1] - mu[0]) * (E[1] - E[0]))
+        w = np.exp(logf - logf.max()).sum(axis=1)
+        mean = np.sum(w * mu) / w.sum()
+        sd = math.sqrt(np.sum(w * (mu - mean) ** 2) / w.sum())
+        assert float(lm[k]) == pytest.approx(ref, abs=0.03), (k, float(lm[k]), ref)
+        assert float(aux["mu_mean"][k]) == pytest.approx(mean, abs=0.05 * sd), k
+        assert float(aux["mu_sd"][k]) == pytest.approx(sd, rel=0.05), k
+    assert s_plx < 0.1  # the parallax, not the ridge, sets μ here
+
+
 @pytest.mark.slow
 def test_calibrated_on_stars_from_the_prior(emu, sbc_stars):
     """68% / 95% central intervals cover the truth at the nominal rate (±3σ binomial at n ≈ 260)."""
