@@ -239,8 +239,9 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
         one = (fm & fe).sum(axis=1) == 1
         n_one = int(one.sum())
         if n_one:
-            msg = (f"{n_one} stars have a single observed band, so no colour: their Teff, logg, [Fe/H] and E "
-                   f"come from the priors, the magnitude and the parallax alone (kept): {_rows(one, ids)}")
+            msg = (f"{n_one} star{' has' if n_one == 1 else 's have'} a single observed band, so no colour: "
+                   "Teff, logg, [Fe/H] and E come from the priors, the magnitude and the parallax alone "
+                   f"(kept): {_rows(one, ids)}")
             warnings.append(msg)
             _warnings.warn(msg, UserWarning, stacklevel=2)
     n_no_plx = n

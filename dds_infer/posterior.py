@@ -15,7 +15,9 @@ Summary flag bits (:data:`FLAGS`), OR-ed per star:
  4 divergent transitions after warmup; 8 several modes combined (chains weighted);
  16 fewer than half of the draws inside the emulator's training domain (density > 0.01);
  32 a chain started at a point with non-finite log density; 64 a draw of a fitted variable is
- not finite (NaN or ±inf; such a chain gets weight 0 from the mode combination).
+ not finite (NaN or ±inf; such a chain gets weight 0 from the mode combination); 128 the data
+ are not fitted: posterior predictive p-value of the χ² below fit_p_min
+ (:mod:`dds_infer.fit_check`; only where the run computed ``fit_p``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ __all__ = ["Posterior", "concat", "FLAGS", "VARIABLES", "flag_counts", "rank_dia
 VARIABLES = ("teff", "logg", "feh", "mu", "E", "distance_pc", "A_G")
 FITTED = ("teff", "logg", "feh", "mu", "E")
 FLAGS = {"r_hat": 1, "low_ess": 2, "divergent": 4, "multimodal": 8, "outside_domain": 16, "bad_init": 32,
-         "nonfinite": 64}
+         "nonfinite": 64, "poor_fit": 128}
+FIT_P_MIN = 1e-3  # default fit_p_min of Posterior.summary (flag bit "poor_fit")
 QUANTILES = (0.16, 0.5, 0.84)
 # zlib after HDF5's byte shuffle: on a 1,024-star grid-path chunk 0.87 s and 21 MB to write,
 # against 1.27 s and 24 MB for arviz's plain zlib (0.31 s and 40 MB uncompressed); a NUTS-shaped
@@ -327,9 +330,10 @@ class Posterior:
         w = np.broadcast_to(np.asarray(self.chain_weights)[:, :, None], x.shape[:3])
         return x.reshape(self.n_stars, -1), w.reshape(self.n_stars, -1)
 
-    def summary(self, r_hat_max: float = 1.01, ess_min: float = 100.0):
+    def summary(self, r_hat_max: float = 1.01, ess_min: float = 100.0, fit_p_min: float = FIT_P_MIN):
         """One row per star: median, q16, q84 of each variable (chain weights respected),
-        r_hat and ess_bulk of the fitted variables, n_divergent, n_modes, flag (see FLAGS)."""
+        r_hat and ess_bulk of the fitted variables, n_divergent, n_modes, flag (see FLAGS),
+        and the per-star statistics (e.g. ``fit_p``, :mod:`dds_infer.fit_check`)."""
         import pandas as pd
 
         cols = {"star_id": self.star_id}
@@ -359,6 +363,8 @@ class Posterior:
                 + (self.in_domain_frac < 0.5) * FLAGS["outside_domain"]
                 + (~self.chain_stats["init_valid"].all(axis=1)) * FLAGS["bad_init"]
                 + nonfinite * FLAGS["nonfinite"])
+        if "fit_p" in self.star_stats:  # NaN (a chunk from before the check existed) is not flagged
+            flag = flag + (np.asarray(self.star_stats["fit_p"]) < fit_p_min) * FLAGS["poor_fit"]
         cols.update(r_hat_max=rhat_max, ess_bulk_min=ess_low, n_divergent=n_div, n_modes=self.n_modes,
                     mode_flag=self.mode_flag, in_domain_frac=self.in_domain_frac, flag=flag.astype(int))
         cols.update({k: np.asarray(v) for k, v in self.star_stats.items()})
@@ -384,8 +390,12 @@ def concat(posteriors) -> Posterior:
                              f"{(p.n_chains, p.n_draws, sorted(p.samples))}")
     cat = lambda get: np.concatenate([get(p) for p in posteriors], axis=0)  # noqa: E731
     catd = lambda name: {k: cat(lambda p: getattr(p, name)[k]) for k in getattr(first, name)}  # noqa: E731
+    stat_keys = list(dict.fromkeys(k for p in posteriors for k in p.star_stats))
+    # a per-star statistic missing from some parts (e.g. chunks written before it existed): NaN there
+    star_stats = {k: cat(lambda p: np.asarray(p.star_stats[k]) if k in p.star_stats
+                         else np.full(p.n_stars, np.nan)) for k in stat_keys}
     return Posterior(star_id=cat(lambda p: p.star_id), samples=catd("samples"), sample_stats=catd("sample_stats"),
                      chain_stats=catd("chain_stats"), chain_weights=cat(lambda p: p.chain_weights),
                      n_modes=cat(lambda p: p.n_modes), mode_flag=cat(lambda p: p.mode_flag),
                      in_domain_frac=cat(lambda p: p.in_domain_frac), attrs=dict(first.attrs),
-                     star_stats=catd("star_stats"))
+                     star_stats=star_stats)

@@ -162,6 +162,17 @@ def _default_model():
     return star_model, star_data_from_catalog
 
 
+def _with_fit_statistics(post: Posterior, emulator, stars, config) -> Posterior:
+    """``post`` with the goodness of fit of every star (:func:`dds_infer.fit_check.fit_statistics`:
+    chi2_median, n_data, fit_p) in its ``star_stats``, where the stars are Eq. 19's StarData."""
+    from .fit_check import fit_statistics
+    from .inference import StarData
+
+    if isinstance(stars, StarData):
+        post.star_stats.update(fit_statistics(emulator, stars, post.samples, config, post.chain_weights))
+    return post
+
+
 def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int | None = None, num_chains: int = 4,
                   num_warmup: int = 500, num_samples: int = 500, seed: int = 0,
                   model: Callable | None = None, star_data_fn: Callable | None = None,
@@ -271,7 +282,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         stars = star_data_fn(catalog.subset(rows))  # per chunk: memory bounded by the chunk size
         keys = star_keys(seed, rows)
         if batch_fn is not None:
-            post = batch_fn(stars, ids[rows], keys)
+            post = _with_fit_statistics(batch_fn(stars, ids[rows], keys), emulator, stars, config)
             post.attrs.update({"config_hash": chash, "rows": [int(rows[0]), int(rows[-1]) + 1]})
             write_chunk_summary(post, post.save(chunk_path(k)))
             if bar is not None:
@@ -295,6 +306,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
             modes = [combine_fn({key: v[i] for key, v in samples.items()}, logp[i]) for i in range(len(rows))]
         post = Posterior.from_batch(res, ids[rows], emulator, modes, attrs={"config_hash": chash, "rows": [
             int(rows[0]), int(rows[-1]) + 1], "devices": n_dev})
+        post = _with_fit_statistics(post, emulator, stars, config)
         write_chunk_summary(post, post.save(chunk_path(k)))
         if bar is not None:
             bar.update(len(rows) - shown[0])

@@ -94,7 +94,7 @@ def test_summary_quantiles_and_flags(post):
 def test_flag_counts_count_every_reason_of_a_star():
     flags = np.array([0, FLAGS["r_hat"] | FLAGS["divergent"], FLAGS["divergent"], FLAGS["bad_init"]])
     assert flag_counts(flags) == {"any": 3, "r_hat": 1, "low_ess": 0, "divergent": 2, "multimodal": 0,
-                                  "outside_domain": 0, "bad_init": 1, "nonfinite": 0}
+                                  "outside_domain": 0, "bad_init": 1, "nonfinite": 0, "poor_fit": 0}
 
 
 def test_rhat_ess_match_arviz():
