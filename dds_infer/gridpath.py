@@ -23,7 +23,8 @@ from 2×2 normal equations. Per star:
 4. **(μ, E) quadrature** for every θ draw: E is integrated in closed form given μ for the
    built-in reddening priors (flat on [0, E_max], half-normal, Gaussian dust-map value; E ≥ 0
    via the normal CDF); μ by the trapezoid rule on ``n_mu`` nodes over ±``mu_half_width``
-   σ around the optimum (photometry with a linearised parallax), where the exact parallax
+   σ around the mode of μ's marginal (photometry with E integrated out and the exact parallax:
+   Newton steps, :func:`dds_infer.theta_mass.theta_log_mass`), where the exact parallax
    likelihood (with zero-point and inflation), the distance prior and the [Fe/H] prior are
    evaluated. The θ weight is that integral over q(θ).
 5. **Draws**: θ by systematic resampling of the weights (output in a fixed shuffled order);
