@@ -194,7 +194,7 @@ def _mu_laplace(mu, g, lam, plx, s_plx, star, prior: Prior):
 
     d1 = jax.grad(lambda m: jnp.sum(log_f(m)))  # log_f is elementwise: its gradient is f' per entry
 
-    def newton(m):  # (m, f'/f'' with f'' < 0) from one forward-over-reverse pass
+    def newton(m):  # (f', min(f'', −1e-6)) from one forward-over-reverse pass
         g1, g2 = jax.jvp(d1, (m,), (jnp.ones_like(m),))
         return g1, jnp.minimum(g2, -1e-6)
 

@@ -76,6 +76,23 @@ def test_truncated_normal_draws_exact_in_the_tails(a, b):
         assert abs(excess.mean() / want - 1.0) < 1.5 / edge ** 2 + 4.0 / np.sqrt(n), (excess.mean(), want)
 
 
+def _brute_force(emu, st, th, mu, E, prior, config):
+    """(log ∫∫ p dμ dE, mean and σ of μ) by a Riemann sum of the NUTS model's own log density
+    (inference.log_likelihood + priors.log_prior) at θ ``th`` on the grid ``mu`` × ``E``."""
+    MU, EE = (jnp.asarray(a.ravel(), jnp.float32) for a in np.meshgrid(mu, E, indexing="ij"))
+    x = emu.normalize(th)
+
+    def logp(m, e):
+        ph, plx = log_likelihood(x, m, e, st, emu, config)
+        return ph + plx + log_prior(th, m, e, st, prior)
+
+    logf = np.asarray(jax.jit(jax.vmap(logp))(MU, EE), dtype=np.float64).reshape(len(mu), len(E))
+    log_mass = logf.max() + math.log(np.exp(logf - logf.max()).sum() * (mu[1] - mu[0]) * (E[1] - E[0]))
+    w = np.exp(logf - logf.max()).sum(axis=1)
+    mean = np.sum(w * mu) / w.sum()
+    return log_mass, mean, math.sqrt(np.sum(w * (mu - mean) ** 2) / w.sum())
+
+
 def test_theta_mass_matches_brute_force_quadrature(emu, sbc_stars):
     """log ∫∫ p(θ, μ, E | data) dμ dE at fixed θ equals a fine 2-D Riemann sum of the NUTS model's
     own log density (inference.log_likelihood + priors.log_prior)."""
@@ -93,18 +110,9 @@ def test_theta_mass_matches_brute_force_quadrature(emu, sbc_stars):
             g = aux["gauss"]
             e_c = max(float(g["E"][k]), 0.0)
             E = np.linspace(0.0, e_c + 1.0, 801)
-            MU, EE = (jnp.asarray(a.ravel(), jnp.float32) for a in np.meshgrid(mu, E, indexing="ij"))
-            x = emu.normalize(th[k])
-
-            def logp(m, e):
-                ph, plx = log_likelihood(x, m, e, st, emu, config)
-                return ph + plx + log_prior(th[k], m, e, st, prior)
-
-            logf = np.asarray(jax.jit(jax.vmap(logp))(MU, EE), dtype=np.float64).reshape(len(mu), len(E))
-            ref = logf.max() + math.log(np.exp(logf - logf.max()).sum() * (mu[1] - mu[0]) * (E[1] - E[0]))
+            ref, mean, _ = _brute_force(emu, st, th[k], mu, E, prior, config)
             assert float(lm[k]) == pytest.approx(ref, abs=0.03), (i, k)
-            w = np.exp(logf - logf.max()).sum(axis=1)
-            assert c == pytest.approx(np.sum(w * mu) / w.sum(), abs=0.05 * sd + 1e-3)
+            assert c == pytest.approx(mean, abs=0.05 * sd + 1e-3)
 
 
 @pytest.mark.parametrize("n_bands", [1, 2])
@@ -126,19 +134,8 @@ def test_theta_mass_with_one_or_two_bands_matches_quadrature(emu, sbc_stars, n_b
     s_plx = 5.0 / math.log(10.0) * float(st.parallax_err) / float(st.parallax)
     mu = np.linspace(mu_plx - 10 * s_plx, mu_plx + 10 * s_plx, 401)
     E = np.linspace(0.0, 3.0, 1201)
-    MU, EE = (jnp.asarray(a.ravel(), jnp.float32) for a in np.meshgrid(mu, E, indexing="ij"))
     for k in range(2):
-        x = emu.normalize(th[k])
-
-        def logp(m, e):
-            ph, plx = log_likelihood(x, m, e, st, emu, config)
-            return ph + plx + log_prior(th[k], m, e, st, prior)
-
-        logf = np.asarray(jax.jit(jax.vmap(logp))(MU, EE), dtype=np.float64).reshape(len(mu), len(E))
-        ref = logf.max() + math.log(np.exp(logf - logf.max()).sum() * (mu[1] - mu[0]) * (E[1] - E[0]))
-        w = np.exp(logf - logf.max()).sum(axis=1)
-        mean = np.sum(w * mu) / w.sum()
-        sd = math.sqrt(np.sum(w * (mu - mean) ** 2) / w.sum())
+        ref, mean, sd = _brute_force(emu, st, th[k], mu, E, prior, config)
         assert float(lm[k]) == pytest.approx(ref, abs=0.03), (k, float(lm[k]), ref)
         assert float(aux["mu_mean"][k]) == pytest.approx(mean, abs=0.05 * sd), k
         assert float(aux["mu_sd"][k]) == pytest.approx(sd, rel=0.05), k
