@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaincc
 
-from .inference import InferenceConfig, StarData, parallax_model_mas, photometric_variance
+from .inference import InferenceConfig, StarData, parallax_residual, photometric_residuals
 from .posterior import FIT_P_MIN
 
 __all__ = ["FIT_P_MIN", "realised_chi2", "fit_statistics"]
@@ -51,19 +51,22 @@ def _n_data(stars: StarData, config: InferenceConfig):
 
 @partial(jax.jit, static_argnames=("config",))
 def realised_chi2(emulator, stars: StarData, teff, logg, feh, mu, E, config: InferenceConfig):
-    """D (N, S): the χ² of each star's data at each of its draws (module docstring), for
-    draws (N, S) of T_eff, log g, [Fe/H], μ, E; and n (N,), the number of data."""
-    theta = jnp.stack([teff, logg, feh], axis=-1)
-    M, R = emulator.absolute_mags(theta), emulator.reddening_vector(theta)  # (N, S, B)
-    pred = M + E[..., None] * R + mu[..., None] + config.offsets(emulator.n_bands)
-    sig2 = photometric_variance(stars, config)[:, None, :]
-    r2 = (stars.mag[:, None, :] - pred) ** 2 / sig2
-    chi2 = jnp.sum(jnp.where(stars.observed[:, None, :], r2, 0.0), axis=-1)
-    if config.use_parallax:
-        s = (config.parallax_inflation * stars.parallax_err)[:, None]
-        plx = ((stars.parallax[:, None] - config.zero_point_mas - parallax_model_mas(mu)) / s) ** 2
-        chi2 = chi2 + jnp.where(stars.has_parallax[:, None], plx, 0.0)
-    return chi2, _n_data(stars, config)
+    """D (N, S): the χ² of each star's data at each of its draws (module docstring; the terms of
+    Eq. 19's likelihood, :func:`dds_infer.inference.photometric_residuals` and
+    :func:`~dds_infer.inference.parallax_residual`), for draws (N, S) of T_eff, log g, [Fe/H],
+    μ, E; and n (N,), the number of data."""
+    def one(star, t, g, f, m, e):
+        theta = jnp.stack([t, g, f])
+        r2, sig2 = photometric_residuals(emulator.absolute_mags(theta), emulator.reddening_vector(theta), m, e,
+                                         star, emulator, config)
+        chi2 = jnp.sum(jnp.where(star.observed, r2 / sig2, 0.0))
+        if config.use_parallax:
+            z, _ = parallax_residual(m, star, config)
+            chi2 = chi2 + jnp.where(star.has_parallax, z ** 2, 0.0)
+        return chi2
+
+    per_star = jax.vmap(one, in_axes=(None, 0, 0, 0, 0, 0))  # over a star's draws
+    return jax.vmap(per_star)(stars, teff, logg, feh, mu, E), _n_data(stars, config)
 
 
 @jax.jit

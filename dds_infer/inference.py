@@ -46,7 +46,7 @@ from .priors import Prior, log_prior
 __all__ = ["InferenceConfig", "StarData", "star_data_from_catalog", "star_data_counts",
            "photometric_variance", "mu_E_normal_equations", "conditional_mu_E", "whitened_to_mu_E",
            "mu_E_to_whitened", "unconstrained_init", "direct_log_density",
-           "star_model", "log_likelihood", "ZERO_POINTS", "MISSING_PARALLAX_ERR", "PARAMETERIZATIONS",
+           "star_model", "log_likelihood", "photometric_residuals", "parallax_residual", "ZERO_POINTS", "MISSING_PARALLAX_ERR", "PARAMETERIZATIONS",
            "POSITION_MODES"]
 
 ZERO_POINTS = {"dr2": -0.029, "dr3": -0.017, "none": 0.0}  # mas
@@ -313,16 +313,28 @@ def log_likelihood(x, mu, E, star: StarData, emulator, config: InferenceConfig):
     return _log_likelihood(M, R, mu, E, star, emulator, config)
 
 
-def _log_likelihood(M, R, mu, E, star: StarData, emulator, config: InferenceConfig):
+def photometric_residuals(M, R, mu, E, star: StarData, emulator, config: InferenceConfig):
+    """(r², σ²) per band of Eq. 19's photometric likelihood: r = m̂ − (M + μ + E R + offset) (Eq. 2),
+    σ² = :func:`photometric_variance`. Unobserved bands are the caller's to mask."""
     pred = M + E * R + mu + config.offsets(emulator.n_bands)
-    sig2 = photometric_variance(star, config)
-    lp = -0.5 * (star.mag - pred) ** 2 / sig2 - 0.5 * jnp.log(2.0 * math.pi * sig2)
+    return (star.mag - pred) ** 2, photometric_variance(star, config)
+
+
+def parallax_residual(mu, star: StarData, config: InferenceConfig):
+    """(z, s) of Eq. 19's parallax likelihood: z = (ϖ̂ − ϖ_zp − ϖ(μ)) / s with s = f σ_ϖ.
+    Stars without a parallax (``star.has_parallax``) are the caller's to mask."""
+    s = config.parallax_inflation * star.parallax_err
+    return (star.parallax - config.zero_point_mas - parallax_model_mas(mu)) / s, s
+
+
+def _log_likelihood(M, R, mu, E, star: StarData, emulator, config: InferenceConfig):
+    r2, sig2 = photometric_residuals(M, R, mu, E, star, emulator, config)
+    lp = -0.5 * r2 / sig2 - 0.5 * jnp.log(2.0 * math.pi * sig2)
     phot = jnp.sum(jnp.where(star.observed, lp, 0.0), axis=-1)
     if not config.use_parallax:
         return phot, jnp.zeros_like(phot)
-    s = config.parallax_inflation * star.parallax_err
-    corrected = star.parallax - config.zero_point_mas
-    lpp = -0.5 * ((corrected - parallax_model_mas(mu)) / s) ** 2 - jnp.log(s) - 0.5 * math.log(2.0 * math.pi)
+    z, s = parallax_residual(mu, star, config)
+    lpp = -0.5 * z ** 2 - jnp.log(s) - 0.5 * math.log(2.0 * math.pi)
     return phot, jnp.where(star.has_parallax, lpp, 0.0)
 
 

@@ -122,8 +122,8 @@ def coarse_log_mass(star, grid, log_hr_nodes, config: InferenceConfig, offsets):
     d = jnp.where(star.observed, star.mag - offsets - c_star, 0.0)  # y = d − M_c − (μ − c_star + c_node)
     R, Mc = grid.nodes.R, grid.M_c
     S1, S2 = R @ w, (R * R) @ w + _RIDGE_E
-    sw = jnp.maximum(jnp.sum(w), 1e-30)
-    V_rr = ((R - (S1 / sw)[:, None]) ** 2) @ w  # Σw (R − R̄)²: det without cancellation (one band: 0)
+    sw = jnp.sum(w)
+    V_rr = ((R - (S1 / jnp.maximum(sw, 1e-30))[:, None]) ** 2) @ w  # Σw (R − R̄)²: det without cancellation
     T0 = jnp.sum(w * d) - Mc @ w
     T1 = R @ (w * d) - (Mc * R) @ w
     Q = jnp.sum(w * d * d) - 2.0 * (Mc @ (w * d)) + (Mc * Mc) @ w
@@ -131,7 +131,7 @@ def coarse_log_mass(star, grid, log_hr_nodes, config: InferenceConfig, offsets):
     shift = c_star - grid.c_node  # μ = μ' + shift
     a00 = S0 + w_p
     b0 = T0 + w_p * (mu_p - shift) + _RIDGE_MU * (_MU0 - shift)
-    det = jnp.sum(w) * V_rr + jnp.sum(w) * _RIDGE_E + (_RIDGE_MU + w_p) * S2  # = a00 S2 − S1²
+    det = sw * V_rr + sw * _RIDGE_E + (_RIDGE_MU + w_p) * S2  # = a00 S2 − S1²
     mu_p_ = (S2 * b0 - S1 * T1) / det
     E = (a00 * T1 - S1 * b0) / det
     chi2 = (Q + w_p * (mu_p - shift) ** 2 + _RIDGE_MU * (_MU0 - shift) ** 2
