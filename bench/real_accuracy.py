@@ -18,6 +18,8 @@ Pipeline: grid modes → batched NUTS (4 chains) → mode combination, DR2 paral
 flat E prior (``--method grid``: the grid path of issue 6 with the same model and priors, for
 the sampler-independent accuracy). With ``--out DIR`` a rerun resumes the finished chunks.
 ``--reddening``, ``--E-scale`` and ``--sigma-floor`` change the E prior and the floor.
+``--calibrate-offsets N`` first calibrates per-band photometric zero-point offsets
+(:mod:`dds_infer.band_offsets`) on N other stars of the file, never the scored ones, and scores with them.
 
 Prints robust σ (1.4826 MAD) and median bias of posterior median − catalogue value for Teff,
 logg, [Fe/H] and E (vs the catalogue's prior reddening r), z-score robust σ using both the
@@ -67,6 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sigma-floor", type=float, default=0.02, help="photometric error floor [mag]")
     ap.add_argument("--selection-limit", default="17.0",
                     help="G limit of the training set's selection volume correction, or 'none' (default 17)")
+    ap.add_argument("--calibrate-offsets", type=int, default=0, metavar="N",
+                    help="first calibrate per-band zero-point offsets (dds_infer.band_offsets, grid path) on N "
+                    "stars disjoint from the scored ones, then score with them (default 0: no offsets)")
     ap.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -95,14 +100,34 @@ def main(argv=None) -> int:
     blind = StarCatalog.from_arrays(ref.mag, ref.mag_err, ref.parallax, ref.parallax_err, ref.bands,
                                     ids=ref.star_ids(),  # labels and prior reddenings withheld;
                                     meta={"mag_err_floor": ref.meta.get("mag_err_floor")})  # 0.02 mag in mag_err
+    prior = default_prior(emu, reddening=args.reddening, E_scale=args.E_scale, selection_limit=limit)
+    config = InferenceConfig(sigma_floor=args.sigma_floor)
+    calibration = None
+    if args.calibrate_offsets:
+        import dataclasses
+
+        from dds_infer.band_offsets import calibrate_band_offsets
+
+        rest = np.setdiff1d(np.arange(full.n_stars), rows)
+        cal_rows = np.sort(np.random.default_rng(args.seed + 1).choice(rest, args.calibrate_offsets, replace=False))
+        cal = full.subset(cal_rows)
+        cal_blind = StarCatalog.from_arrays(cal.mag, cal.mag_err, cal.parallax, cal.parallax_err, cal.bands,
+                                            ids=cal.star_ids(), meta={"mag_err_floor": cal.meta.get("mag_err_floor")})
+        t_cal = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            bo = calibrate_band_offsets(cal_blind, emu, tmp, prior=prior, config=config, seed=args.seed,
+                                        progress=not args.no_progress)
+        config = dataclasses.replace(config, band_offsets=bo.as_config_tuple())
+        calibration = {"n_stars": int(cal.n_stars), "iterations": len(bo.history), "converged": bo.attrs["converged"],
+                       "band_offsets": bo.to_dict()["band_offsets"], "errors": bo.to_dict()["errors"],
+                       "seconds": round(time.perf_counter() - t_cal, 1)}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         kw = (dict(method="grid", batch_size=1024) if args.method == "grid" else
               dict(num_chains=args.num_chains, num_warmup=args.num_warmup, num_samples=args.num_samples,
                    batch_size=args.batch_size, engine=args.engine,
                    target_accept_prob=target_accept, dense_mass=args.dense_mass))
-        prior = default_prior(emu, reddening=args.reddening, E_scale=args.E_scale, selection_limit=limit)
-        post = infer(blind, emu, args.out or tmp, prior=prior, config=InferenceConfig(sigma_floor=args.sigma_floor),
+        post = infer(blind, emu, args.out or tmp, prior=prior, config=config,
                      seed=args.seed, progress=not args.no_progress,
                      overwrite=args.out is None, **kw)
     seconds = time.perf_counter() - t0
@@ -145,6 +170,7 @@ def main(argv=None) -> int:
         | {"seed": args.seed, "zp": "dr2", "prior": "galactic (sky average)", "reddening": args.reddening,
            "selection_limit": limit,
            "sigma_floor": args.sigma_floor, "catalog_mag_err_floor": ref.meta.get("mag_err_floor")},
+        "band_offsets": calibration,
         "goals": GOALS,
         "seconds": round(seconds, 1), "engine": args.engine if args.method == "nuts" else None,
     }

@@ -21,14 +21,15 @@ COMMAND_MODULES = (
     "dds_infer.commands.train",
     "dds_infer.commands.mock",
     "dds_infer.commands.infer",
+    "dds_infer.commands.calibrate_offsets",
     "dds_infer.commands.dustmap",
     "dds_infer.commands.los",
 )
 
-SPREAD_COMMANDS = ("infer", "demo")  # their inference spreads its stars over the CPU devices
+SPREAD_COMMANDS = ("infer", "calibrate-offsets", "demo")  # their inference spreads its stars over the CPU devices
 CPU_DEVICES_ARG = dict(type=int, default=None, metavar="N",
                        help="JAX CPU devices, one per core, over which inference spreads its stars (default for "
-                       "infer and demo: the cores this process may use; otherwise and with 1: one device "
+                       "infer, calibrate-offsets and demo: the cores this process may use; otherwise and with 1: one device "
                        "with XLA's own threading)")
 
 

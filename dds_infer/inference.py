@@ -46,7 +46,7 @@ from .priors import Prior, log_prior
 __all__ = ["InferenceConfig", "StarData", "star_data_from_catalog", "star_data_counts",
            "photometric_variance", "mu_E_normal_equations", "conditional_mu_E", "whitened_to_mu_E",
            "mu_E_to_whitened", "unconstrained_init", "direct_log_density",
-           "star_model", "log_likelihood", "photometric_residuals", "parallax_residual", "ZERO_POINTS", "MISSING_PARALLAX_ERR", "PARAMETERIZATIONS",
+           "star_model", "log_likelihood", "photometric_prediction", "photometric_residuals", "parallax_residual", "ZERO_POINTS", "MISSING_PARALLAX_ERR", "PARAMETERIZATIONS",
            "POSITION_MODES"]
 
 ZERO_POINTS = {"dr2": -0.029, "dr3": -0.017, "none": 0.0}  # mas
@@ -313,11 +313,16 @@ def log_likelihood(x, mu, E, star: StarData, emulator, config: InferenceConfig):
     return _log_likelihood(M, R, mu, E, star, emulator, config)
 
 
+def photometric_prediction(M, R, mu, E, emulator, config: InferenceConfig):
+    """Model magnitudes m = M(θ) + μ + E R(θ) + offset per band (Eq. 2, with the configured per-band
+    zero-point offsets)."""
+    return M + E * R + mu + config.offsets(emulator.n_bands)
+
+
 def photometric_residuals(M, R, mu, E, star: StarData, emulator, config: InferenceConfig):
-    """(r², σ²) per band of Eq. 19's photometric likelihood: r = m̂ − (M + μ + E R + offset) (Eq. 2),
+    """(r², σ²) per band of Eq. 19's photometric likelihood: r = m̂ − :func:`photometric_prediction`,
     σ² = :func:`photometric_variance`. Unobserved bands are the caller's to mask."""
-    pred = M + E * R + mu + config.offsets(emulator.n_bands)
-    return (star.mag - pred) ** 2, photometric_variance(star, config)
+    return (star.mag - photometric_prediction(M, R, mu, E, emulator, config)) ** 2, photometric_variance(star, config)
 
 
 def parallax_residual(mu, star: StarData, config: InferenceConfig):

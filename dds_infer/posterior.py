@@ -156,6 +156,27 @@ def _extinction_and_domain(emulator, teff, logg, feh, E, *, ref: int):
     return E * emulator.reddening_vector(theta)[..., ref], emulator.in_domain(theta)
 
 
+def thinned_draws(samples: dict, chain_weights=None, max_draws: int = 256,
+                  variables=("teff", "logg", "feh", "mu", "E")) -> tuple[dict, np.ndarray]:
+    """At most ``max_draws`` draws per star, evenly spaced along each chain, flattened over chains:
+    ({v: (N, C·S') float32}, weights (N, C·S') float32 summing to 1 per star, from chain_weights
+    (N, C), default equal). For posterior averages (goodness of fit, residuals) that do not need
+    every draw."""
+    n, c, s = np.shape(samples["mu"])
+    keep = np.unique(np.round(np.linspace(0, s - 1, min(s, max(1, -(-int(max_draws) // c))))).astype(int))
+    k = len(keep)
+    flat = {v: np.asarray(samples[v], np.float32)[:, :, keep].reshape(n, c * k) for v in variables}
+    w = np.full((n, c), 1.0 / c) if chain_weights is None else np.asarray(chain_weights, np.float64)
+    return flat, np.repeat(w / k, k, axis=1).astype(np.float32)
+
+
+def star_blocks(n: int, size: int):
+    """(start, count, idx) over n stars in blocks of ``size``; idx has ``size`` entries, the last
+    block padded with the last star (so one compiled program serves every block)."""
+    for a in range(0, n, size):
+        yield a, min(size, n - a), np.minimum(np.arange(a, a + size), n - 1)
+
+
 def weighted_quantiles(x, q, chain_weights=None) -> np.ndarray:
     """Quantiles q of each star's draws x (N, C, S) -> (len(q), N).
 

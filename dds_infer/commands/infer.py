@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..parallax_zp import L21_COLUMNS
 from ..runner import DEFAULT_ENGINE, ENGINES, default_batch_size
+from ._model_args import add_model_args, build_model_inputs
 
 
 def register(sub) -> None:
@@ -16,18 +16,11 @@ def register(sub) -> None:
         "in resumable chunks: <out>/chunks/*.nc (arviz NetCDF, dims star x chain x draw), <out>/posterior.nc "
         "(all of them in one file, see --combine) and <out>/summary.parquet (one row per star; flag bits: 1 r_hat, "
         "2 low ESS, "
-        "4 divergences, 8 multimodal, 16 outside emulator domain, 32 bad initial point).",
+        "4 divergences, 8 multimodal, 16 outside emulator domain, 32 bad initial point, 64 non-finite draws, "
+        "128 poor fit: posterior predictive p-value of the photometry and parallax below 1e-3).",
     )
-    p.add_argument("--model", required=True, help="emulator bundle directory")
-    p.add_argument("--catalog", required=True, help="catalogue (Green2020 HDF5 or a table)")
-    p.add_argument("--columns", default=None, help="JSON file with the column map for generic tables")
+    add_model_args(p)
     p.add_argument("--out", required=True, help="output directory (reused to resume an interrupted run)")
-    p.add_argument("--prior", default="galactic", help="prior kind passed to priors.default_prior")
-    p.add_argument("--zp", default="dr2",
-                   help="parallax zero-point: dr2 (-0.029 mas), dr3 (-0.017 mas), none, a value in mas, or "
-                   "dr3-l21: per star from the Lindegren et al. (2021) recipe, which needs the catalogue "
-                   "table's Gaia columns " + ", ".join(L21_COLUMNS) + " and the [gaia] extra; stars outside "
-                   "the recipe's range get -0.017 (counted in the --json output)")
     p.add_argument("--num-warmup", type=int, default=500)
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--num-chains", type=int, default=4)
@@ -35,21 +28,6 @@ def register(sub) -> None:
                    help="stars per compiled batch (= chunk); default 1024 (grid; nuts with the queue engine, "
                    "whose chains refill their slots only within a chunk), 64 (nuts --engine batch)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sigma-floor", type=float, default=0.02,
-                   help="photometric error floor [mag] added in quadrature; a floor the catalogue already "
-                   "includes (Green2020 HDF5: 0.02; mocks: the survey's) is not added again")
-    p.add_argument("--catalog-err-floor", type=float, default=None,
-                   help="declare the floor [mag] already in the catalogue's errors (overrides its metadata; "
-                   "e.g. for a CSV, which keeps no table metadata)")
-    p.add_argument("--reddening", default="flat", choices=("flat", "halfnormal", "dustmap"),
-                   help="reddening prior (dustmap: centred on the catalogue's E_prior ± E_prior_err)")
-    p.add_argument("--selection-limit", default="auto", metavar="MAG|auto|bundle|none",
-                   help="apparent-magnitude limit (in the model's first band, G for Green2020) of the catalogue "
-                   "the model's training density comes from: the θ prior becomes that density divided by the "
-                   "volume each stellar type is visible in (dds_infer.selection), the population density "
-                   "Eq. 19 needs. auto (default): the limit the bundle records (dds-infer train estimates it, "
-                   "import-keras --selection-limit sets it), none if it records none; bundle: the recorded "
-                   "limit, an error without one; none: the density as it is")
     p.add_argument("--max-tree-depth", type=int, default=8,
                    help="NUTS tree-depth cap (default 8: twice the ESS per second of NumPyro's 10 here)")
     p.add_argument("--warmup-max-tree-depth", type=int, default=None,
@@ -99,12 +77,9 @@ def run(args) -> int:
 
     from ..cli import emit_json
     from ..devices import n_devices
-    from ..inference import InferenceConfig
     from ..pipeline import TARGET_ACCEPT, WARMUP_MAX_TREE_DEPTH, infer
     from ..posterior import flag_counts
     from ..run_outputs import ChunkedPosterior
-    from ..priors import default_prior
-    from ._common import parse_selection_limit, read_catalog, read_model
 
     if args.target_accept is None:
         args.target_accept = TARGET_ACCEPT
@@ -113,21 +88,9 @@ def run(args) -> int:
     for name in ("num_warmup", "num_samples", "num_chains", "batch_size"):
         if getattr(args, name) < (0 if name == "num_warmup" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    emu = read_model(args.model)
-    cat = read_catalog(args.catalog, args.columns, require_labels=False)
-    if args.catalog_err_floor is not None:
-        cat.meta["mag_err_floor"] = float(args.catalog_err_floor)
-    zp, zp_report = _zero_point(args, cat)
-    if zp_report is not None:
-        from ..parallax_zp import correct_parallax
-
-        cat = correct_parallax(cat, zp, zp_report)
-        zp = "none"
-    config = InferenceConfig(zp=zp, sigma_floor=args.sigma_floor, parameterization=args.parameterization)
-    from ..selection import resolve_selection_limit
-
-    selection_limit = resolve_selection_limit(emu, parse_selection_limit(args.selection_limit))
-    prior = default_prior(emu, kind=args.prior, reddening=args.reddening, selection_limit=selection_limit)
+    inputs = build_model_inputs(args)
+    emu, cat, config, prior = inputs.emulator, inputs.catalog, inputs.config, inputs.prior
+    zp_report, selection_limit = inputs.zp_report, inputs.selection_limit
     grid_settings = None
     if args.method == "grid":
         import dataclasses
@@ -166,7 +129,8 @@ def run(args) -> int:
         "warmup_max_tree_depth": (None if args.method != "nuts" else WARMUP_MAX_TREE_DEPTH
                                   if args.warmup_max_tree_depth is None else args.warmup_max_tree_depth),
         "catalog_err_floor": None if cat.mag_err_floor is None else cat.mag_err_floor.tolist(),
-        "zp": args.zp, "parallax_zero_point": zp_report, "selection_limit": selection_limit,
+        "zp": args.zp, "parallax_zero_point": zp_report, "parallax_inflation": config.parallax_inflation,
+        "band_offsets": inputs.band_offsets, "selection_limit": selection_limit,
         "combined": combined,
         # the input's missing-data counts and warnings (catalog_checks.validate): every star is kept
         "catalog_checks": cat.meta.get("validation"),
@@ -195,21 +159,3 @@ def run(args) -> int:
           f"\nsummary: {figures['out']['summary']}")
     return 0
 
-
-def _zero_point(args, cat):
-    """(zp for InferenceConfig, None) or, for --zp dr3-l21, (per-star zp (N,), report)."""
-    if args.zp.lower() != "dr3-l21":
-        try:
-            return float(args.zp), None
-        except ValueError:
-            return args.zp, None
-    from pathlib import Path
-
-    from ..catalog_io import read_columns
-    from ..parallax_zp import lindegren2021_zero_point
-    from ._common import is_green2020_h5
-
-    if is_green2020_h5(Path(args.catalog)):
-        raise ValueError("--zp dr3-l21 needs Gaia (E)DR3 columns; the Green2020 HDF5 has DR2 parallaxes (use --zp dr2)")
-    cols = read_columns(args.catalog, L21_COLUMNS)
-    return lindegren2021_zero_point(*(cols[c] for c in L21_COLUMNS))
