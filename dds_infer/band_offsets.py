@@ -13,7 +13,8 @@ This module does the same:
 1. infer every calibration star's posterior with the current offsets (the grid path by default,
    ~10³ stars/s; any :func:`dds_infer.pipeline.infer` method);
 2. per star and band, the posterior mean residual r = m̂ − (M(θ) + μ + E R(θ) + δ)
-   (:func:`posterior_mean_residuals`, chain weights respected);
+   (:func:`posterior_mean_residuals`, chain weights respected; every run writes it to its summary
+   as ``resid_<band>``);
 3. per band, δ ← δ + median of r over the usable stars (flag 0: converged, in the domain, and a
    good fit, so outliers and misfits do not pull the offsets; :func:`estimate_offset_update`),
    with the median's standard error 1.2533 · 1.4826 MAD / √n;
@@ -54,7 +55,7 @@ from .atomic import atomic_path
 from .inference import InferenceConfig, StarData, photometric_prediction
 from .posterior import star_blocks, thinned_draws
 
-__all__ = ["BandOffsets", "posterior_mean_residuals", "estimate_offset_update", "project_out",
+__all__ = ["BandOffsets", "posterior_mean_residuals", "residual_column", "band_residual_report", "estimate_offset_update", "project_out",
            "calibrate_band_offsets", "read_band_offsets", "GAUGE_DIRECTIONS"]
 
 _STARS_PER_CALL = 256
@@ -92,6 +93,28 @@ def posterior_mean_residuals(emulator, stars: StarData, samples: dict, config: I
                                 w[idx], config=config)
         out[a:a + m] = np.asarray(r)[:m]
     return np.where(np.asarray(stars.observed, bool), out, np.nan)
+
+
+def residual_column(band: str) -> str:
+    """Summary column of a star's posterior mean residual in ``band`` (every run writes them)."""
+    return f"resid_{band}"
+
+
+def band_residual_report(summary, bands, min_stars: int = MIN_STARS) -> dict:
+    """Per band, from a run's summary table (``resid_<band>`` and ``flag`` columns): the median
+    posterior mean residual over the stars with flag 0, its standard error and the stars used
+    (:func:`estimate_offset_update`), and ``suggest_calibration``: the bands whose median is both
+    above 3 standard errors and 0.01 mag. Empty if the summary has no residual columns (a run
+    from before they existed)."""
+    cols = [residual_column(b) for b in bands]
+    if not all(c in summary.columns for c in cols):
+        return {}
+    est = estimate_offset_update(summary[cols].to_numpy(float), summary["flag"].to_numpy() == 0, min_stars)
+    out = {b: {"median": (float(est["update"][j]) if est["n"][j] >= min_stars else None),
+               "error": (float(est["error"][j]) if np.isfinite(est["error"][j]) else None), "n": int(est["n"][j])}
+           for j, b in enumerate(bands)}
+    flagged = [b for b, v in out.items() if v["median"] is not None and abs(v["median"]) > max(3 * v["error"], 0.01)]
+    return {"bands": out, "suggest_calibration": flagged}
 
 
 def estimate_offset_update(residuals, usable, min_stars: int = MIN_STARS) -> dict:
@@ -198,7 +221,6 @@ def calibrate_band_offsets(catalog, emulator, out_dir, *, prior=None, config: In
     """
     import dataclasses
 
-    from .inference import star_data_from_catalog
     from .pipeline import infer
 
     if iterations < 1:
@@ -210,7 +232,6 @@ def calibrate_band_offsets(catalog, emulator, out_dir, *, prior=None, config: In
         raise ValueError(f"free must name directions among {GAUGE_DIRECTIONS}, got {sorted(unknown)}")
     config = InferenceConfig() if config is None else config
     delta = np.asarray(config.offsets(emulator.n_bands), float)
-    stars = star_data_from_catalog(catalog)
     out_dir = Path(out_dir)
     history, est = [], None
     for it in range(iterations):
@@ -219,7 +240,7 @@ def calibrate_band_offsets(catalog, emulator, out_dir, *, prior=None, config: In
                      seed=seed, progress=progress, combine="always", **infer_kw)
         summ = post.summary()
         usable = summ["flag"].to_numpy() == 0
-        res = posterior_mean_residuals(emulator, stars, post.samples, cfg, post.chain_weights)
+        res = summ[[residual_column(b) for b in emulator.bands.names]].to_numpy(float)  # written by the run
         est = estimate_offset_update(res, usable, min_stars)
         r_mean = _mean_reddening_vector(emulator, summ, usable)
         basis = [np.ones(emulator.n_bands)] * ("common" not in free) + [r_mean] * ("reddening" not in free)

@@ -164,12 +164,17 @@ def _default_model():
 
 def _with_fit_statistics(post: Posterior, emulator, stars, config) -> Posterior:
     """``post`` with the goodness of fit of every star (:func:`dds_infer.fit_check.fit_statistics`:
-    chi2_median, n_data, fit_p) in its ``star_stats``, where the stars are Eq. 19's StarData."""
+    chi2_median, n_data, fit_p) and its posterior mean residual per band
+    (:func:`dds_infer.band_offsets.posterior_mean_residuals`: ``resid_<band>``, NaN where not
+    observed) in its ``star_stats``, where the stars are Eq. 19's StarData."""
+    from .band_offsets import posterior_mean_residuals, residual_column
     from .fit_check import fit_statistics
     from .inference import StarData
 
     if isinstance(stars, StarData):
         post.star_stats.update(fit_statistics(emulator, stars, post.samples, config, post.chain_weights))
+        res = posterior_mean_residuals(emulator, stars, post.samples, config, post.chain_weights)
+        post.star_stats.update({residual_column(b): res[:, j] for j, b in enumerate(emulator.bands.names)})
     return post
 
 

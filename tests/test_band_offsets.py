@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dds_infer.band_offsets import (BandOffsets, estimate_offset_update, posterior_mean_residuals, project_out,
+from dds_infer.band_offsets import (BandOffsets, band_residual_report, estimate_offset_update, posterior_mean_residuals, project_out,
                                     read_band_offsets)
 from dds_infer.inference import InferenceConfig, star_data_from_catalog
 from dds_infer.priors import default_prior
@@ -68,6 +68,24 @@ def test_offset_update_is_the_median_over_usable_stars_with_its_error():
     np.testing.assert_allclose(est["error"][:3], 1.2533 * 0.05 / np.sqrt(est["n"][:3]), rtol=0.1)
     assert est["update"][3] == 0.0 and np.isnan(est["error"][3]) and est["n"][3] == 10
     assert np.all(est["n"][:3] < 0.85 * n)
+
+
+def test_band_residual_report_suggests_calibration_only_for_clear_offsets():
+    import pandas as pd
+
+    rng = np.random.default_rng(4)
+    n = 500
+    flag = np.where(np.arange(n) < 50, 4, 0)
+    table = pd.DataFrame({"flag": flag,
+                          "resid_a": 0.03 + 0.05 * rng.standard_normal(n),   # clear: 0.03 mag, ~13σ
+                          "resid_b": 0.004 + 0.05 * rng.standard_normal(n),  # significant but < 0.01 mag
+                          "resid_c": np.where(np.arange(n) < 60, 0.5, np.nan)})  # 10 usable stars
+    table.loc[flag != 0, "resid_b"] = 3.0  # flagged stars do not count
+    rep = band_residual_report(table, ["a", "b", "c"])
+    assert rep["suggest_calibration"] == ["a"]
+    assert rep["bands"]["b"]["n"] == n - 50 and abs(rep["bands"]["b"]["median"] - 0.004) < 0.01
+    assert rep["bands"]["c"] == {"median": None, "error": None, "n": 10}
+    assert band_residual_report(table.drop(columns="resid_c"), ["a", "b", "c"]) == {}
 
 
 def test_project_out_removes_the_gauge_directions_in_the_weighted_metric():
@@ -160,6 +178,15 @@ def test_calibration_recovers_injected_offsets_and_resumes(emu, tmp_path, capsys
     before, after = np.sum((target / err) ** 2), np.sum(((got - target) / err) ** 2)
     assert after < 0.1 * before, (before, after)
     assert res["converged"] and (out / "band_offsets.json").exists()
+    # every run's summary has each star's residual per band: the first iteration's (no offsets)
+    # asks for a calibration in the band offset most, the last one's in none
+    import pandas as pd
+
+    first = band_residual_report(pd.read_parquet(out / "iter_00" / "summary.parquet"), names)
+    last_run = band_residual_report(pd.read_parquet(out / f"iter_{len(res['history']) - 1:02d}" / "summary.parquet"),
+                                    names)
+    assert "ps1_g" in first["suggest_calibration"], first
+    assert last_run["suggest_calibration"] == [], last_run
     # a rerun resumes every iteration's run and gives the same offsets
     assert main(argv) == 0
     again = json.loads(capsys.readouterr().out)

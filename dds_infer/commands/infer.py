@@ -75,6 +75,7 @@ def run(args) -> int:
     import numpy as np
     import pandas as pd
 
+    from ..band_offsets import band_residual_report
     from ..cli import emit_json
     from ..devices import n_devices
     from ..pipeline import TARGET_ACCEPT, WARMUP_MAX_TREE_DEPTH, infer
@@ -131,6 +132,8 @@ def run(args) -> int:
         "catalog_err_floor": None if cat.mag_err_floor is None else cat.mag_err_floor.tolist(),
         "zp": args.zp, "parallax_zero_point": zp_report, "parallax_inflation": config.parallax_inflation,
         "band_offsets": inputs.band_offsets, "selection_limit": selection_limit,
+        # per band: median posterior mean residual of the flag-0 stars (dds_infer.band_offsets)
+        "band_residuals": band_residual_report(summ, emu.bands.names),
         "combined": combined,
         # the input's missing-data counts and warnings (catalog_checks.validate): every star is kept
         "catalog_checks": cat.meta.get("validation"),
@@ -151,6 +154,11 @@ def run(args) -> int:
         print(f"catalogue warning: {w}")
     if figures["n_flagged"]:
         print("flagged for: " + ", ".join(f"{k} {v}" for k, v in figures["flag_counts"].items() if k != "any" and v))
+    off = (figures["band_residuals"] or {}).get("suggest_calibration")
+    if off:
+        print("median residual above 0.01 mag and 3 standard errors in " + ", ".join(
+            f"{b} ({figures['band_residuals']['bands'][b]['median']:+.3f})" for b in off)
+            + ": the model misses these bands' zero-points; see dds-infer calibrate-offsets")
     if zp_report is not None:
         print(f"parallax zero-point (Lindegren+2021): median {zp_report['median_mas']:.4f} mas; "
               f"{zp_report['n_fallback']} of {zp_report['n_stars']} stars at {zp_report['fallback_mas']} mas "
