@@ -234,9 +234,13 @@ def calibrate_band_offsets(catalog, emulator, out_dir, *, prior=None, config: In
     delta = np.asarray(config.offsets(emulator.n_bands), float)
     out_dir = Path(out_dir)
     history, est = [], None
+    delta0 = delta.copy()
     for it in range(iterations):
-        cfg = dataclasses.replace(config, band_offsets=tuple(float(v) for v in delta))
-        post = infer(catalog, emulator, out_dir / f"iter_{it:02d}", prior=prior, config=cfg, method=method,
+        # δ − δ0 is applied to the data, not the model: the likelihood depends only on m̂ − δ, and a
+        # fixed config keeps every iteration's compiled programs the same (the persistent cache
+        # serves them; an offset in the config is a constant of the program)
+        shifted = dataclasses.replace(catalog, mag=np.asarray(catalog.mag) - (delta - delta0))
+        post = infer(shifted, emulator, out_dir / f"iter_{it:02d}", prior=prior, config=config, method=method,
                      seed=seed, progress=progress, combine="always", **infer_kw)
         summ = post.summary()
         usable = summ["flag"].to_numpy() == 0

@@ -162,7 +162,7 @@ def test_calibration_recovers_injected_offsets_and_resumes(emu, tmp_path, capsys
     path = write_astropy_table(catalog_to_table(cat), tmp_path / "cat.parquet")
     out = tmp_path / "cal"
     argv = ["calibrate-offsets", "--model", str(SHIPPED), "--catalog", str(path), "--out", str(out),
-            "--reddening", "halfnormal", "--iterations", "3", "--tol", "0.005", "--n-draws", "300",
+            "--reddening", "halfnormal", "--iterations", "5", "--n-draws", "300",
             "--no-progress", "--json"]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out)
