@@ -17,6 +17,7 @@ _LAZY = {  # imported on first use, so loading and inference never import the tr
     "TrainConfig": "training", "train": "training",
     "infer": "pipeline", "InferenceConfig": "inference", "default_prior": "priors",
     "Posterior": "posterior", "open_run": "run_outputs", "MockConfig": "mock", "make_mock": "mock", "use_cpu_cores": "devices",
+    "calibrate_band_offsets": "band_offsets", "read_band_offsets": "band_offsets",
 }
 
 
@@ -52,4 +53,6 @@ __all__ = [
     "open_run",
     "MockConfig",
     "make_mock",
+    "calibrate_band_offsets",
+    "read_band_offsets",
 ]
