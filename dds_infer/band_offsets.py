@@ -240,8 +240,10 @@ def calibrate_band_offsets(catalog, emulator, out_dir, *, prior=None, config: In
         # fixed config keeps every iteration's compiled programs the same (the persistent cache
         # serves them; an offset in the config is a constant of the program)
         shifted = dataclasses.replace(catalog, mag=np.asarray(catalog.mag) - (delta - delta0))
+        # only the summary is read back: the draws stay in the chunk files ("never" combines them,
+        # so memory does not grow with the catalogue)
         post = infer(shifted, emulator, out_dir / f"iter_{it:02d}", prior=prior, config=config, method=method,
-                     seed=seed, progress=progress, combine="always", **infer_kw)
+                     seed=seed, progress=progress, **{"combine": "never", **infer_kw})
         summ = post.summary()
         usable = summ["flag"].to_numpy() == 0
         res = summ[[residual_column(b) for b in emulator.bands.names]].to_numpy(float)  # written by the run
