@@ -276,6 +276,11 @@ def queue_figures(args, model, stars, static, settings, init_fn, n: int | None =
             "queue_compile_seconds": compile_q, "queue_stars_per_s": nq / sec_q,
             **{f"queue_{k}": v for k, v in rate_figures(post_q, args).items()},
             "queue_iterations": int(np.sum(iters)), "queue_iterations_per_device": iters,
+            # wall time of one iteration on the busiest device (the devices run in parallel), and
+            # per slot: one leapfrog step with all of NUTS's bookkeeping (bench/potential_cost.py
+            # times the potential alone)
+            "queue_us_per_iteration": sec_q / max(iters) * 1e6,
+            "queue_us_per_slot_iteration": sec_q / max(iters) / slots_per_device * 1e6,
             # sampling-phase leapfrog steps per slot-iteration: a lower bound on the
             # useful fraction (warmup steps are not recorded)
             "queue_sampling_steps_per_slot_iteration": float(steps.sum()) / (np.sum(iters) * slots_per_device)}

@@ -29,6 +29,10 @@ def test_infer_bench_reports_the_default_engine_against_the_batch_engine(anchor_
     for key in ("frac_rhat_lt_1_01", "batch_frac_rhat_lt_1_01"):
         assert 0.0 <= res[key] <= 1.0, key
     assert res["median_ess"] > 0 and res["queue_iterations"] > 0
+    slots_per_device = -(-res["queue_n_slots"] // len(res["queue_iterations_per_device"]))
+    assert res["queue_us_per_slot_iteration"] == pytest.approx(res["queue_us_per_iteration"] / slots_per_device)
+    assert res["queue_us_per_iteration"] == pytest.approx(
+        res["seconds_engine"] / max(res["queue_iterations_per_device"]) * 1e6)
     halves = (res["frac_bulk_rhat_lt_1_01"], res["frac_folded_rhat_lt_1_01"])
     assert all(0.0 <= h <= 1.0 for h in halves) and res["frac_rhat_lt_1_01"] <= min(halves)
     with pytest.raises(SystemExit):  # the queue is already the engine under test
@@ -49,3 +53,17 @@ def test_rhat_ceiling_scores_an_ideal_gaussian_as_the_engine_scores_a_star(monke
     # count) but not in scale: the folded half is the one with the smaller ESS
     assert res["median_ess_bulk_min"] > 2 * res["median_ess_folded_min"] > 0
     sys.modules.pop("rhat_ceiling", None)
+
+
+def test_potential_cost_times_the_potential_and_its_parts(anchor_dir, monkeypatch, capsys):
+    monkeypatch.setenv("DDS_ANCHOR_DIR", str(anchor_dir))
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import potential_cost
+
+    assert potential_cost.main(["--json", "--n-stars", "3", "--calls", "4"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_stars"] == 3 and res["calls"] == 4
+    for part in ("potential", "emulator", "prior"):
+        assert res[f"{part}_us_per_call"] > 0, part
+        assert res[f"{part}_us_per_star"] == pytest.approx(res[f"{part}_us_per_call"] / 3), part
+    sys.modules.pop("potential_cost", None)
