@@ -53,7 +53,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .inference import InferenceConfig, StarData, photometric_prediction
-from .posterior import star_blocks, thinned_draws
+from .posterior import star_blocks, take_stars, thinned_draws
 
 __all__ = ["BandOffsets", "posterior_mean_residuals", "residual_column", "band_residual_report", "estimate_offset_update", "project_out",
            "calibrate_band_offsets", "read_band_offsets", "GAUGE_DIRECTIONS"]
@@ -88,7 +88,7 @@ def posterior_mean_residuals(emulator, stars: StarData, samples: dict, config: I
     flat, w = thinned_draws(samples, chain_weights, max_draws)
     out = np.empty((n, emulator.n_bands))
     for a, m, idx in star_blocks(n, _STARS_PER_CALL):
-        st = jax.tree_util.tree_map(lambda x: x[idx] if getattr(x, "ndim", 0) else x, stars)
+        st = take_stars(stars, idx)
         r = _weighted_residuals(emulator, st, *(flat[v][idx] for v in ("teff", "logg", "feh", "mu", "E")),
                                 w[idx], config=config)
         out[a:a + m] = np.asarray(r)[:m]

@@ -35,7 +35,7 @@ import numpy as np
 from jax.scipy.special import gammaincc
 
 from .inference import InferenceConfig, StarData, parallax_residual, photometric_residuals
-from .posterior import FIT_P_MIN, star_blocks, thinned_draws
+from .posterior import FIT_P_MIN, star_blocks, take_stars, thinned_draws
 
 __all__ = ["FIT_P_MIN", "realised_chi2", "fit_statistics"]
 
@@ -89,7 +89,7 @@ def fit_statistics(emulator, stars: StarData, samples: dict, config: InferenceCo
     flat, w = thinned_draws(samples, chain_weights, max_draws)
     out = {"chi2_median": np.empty(n), "n_data": np.empty(n, np.int64), "fit_p": np.empty(n)}
     for a, m, idx in star_blocks(n, _STARS_PER_CALL):
-        st = jax.tree_util.tree_map(lambda x: x[idx] if getattr(x, "ndim", 0) else x, stars)
+        st = take_stars(stars, idx)
         chi2, nd = realised_chi2(emulator, st, *(flat[v][idx] for v in ("teff", "logg", "feh", "mu", "E")),
                                  config=config)
         p = np.asarray(_p_value(chi2, nd, w[idx]))

@@ -177,6 +177,12 @@ def star_blocks(n: int, size: int):
         yield a, min(size, n - a), np.minimum(np.arange(a, a + size), n - 1)
 
 
+def take_stars(stars, idx):
+    """Rows ``idx`` of every array leaf of a per-star pytree (e.g. a ``StarData`` from one of
+    :func:`star_blocks`' blocks); scalar leaves are kept as they are."""
+    return jax.tree_util.tree_map(lambda x: x[idx] if getattr(x, "ndim", 0) else x, stars)
+
+
 def weighted_quantiles(x, q, chain_weights=None) -> np.ndarray:
     """Quantiles q of each star's draws x (N, C, S) -> (len(q), N).
 
