@@ -59,37 +59,31 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.n_stars < 1 or args.calls < 1:
         ap.error("--n-stars and --calls must be >= 1")
-    from dds_infer.devices import SINGLE_THREAD_FLAGS
+    from dds_infer.devices import SINGLE_THREAD_FLAGS, use_cpu_cores
 
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_FLAGS}".strip()
+    use_cpu_cores(1)  # (under pytest JAX has started already: then its first device is timed)
     import jax
     import jax.numpy as jnp
     from numpyro.infer.util import potential_energy
 
     from dds_infer.catalog_io import read_green2020_h5
-    from dds_infer.inference import InferenceConfig, star_data_from_catalog, star_model
-    from dds_infer.keras_import import import_keras_model
-    from dds_infer.priors import default_prior, log_prior
+    from dds_infer.priors import log_prior
+    from infer_bench import load_emulator, load_model_source
 
-    try:
-        jax.config.update("jax_num_cpu_devices", 1)
-    except RuntimeError:  # JAX already started (e.g. under pytest): time on its first device
-        pass
-    a = anchor_dir()
-    emu = import_keras_model(a / "green2020_nn_model.h5", a / "green2020_theta_normalization.json",
-                             density_path=a / "green2020_input_density.h5")
-    prior, config = default_prior(emu), InferenceConfig()
-    cat = read_green2020_h5(a / "green2020_test_data_small.h5", require_labels=False,
+    emu = load_emulator(None)  # the published network
+    model, star_data_fn, prior, config = load_model_source("eq19", emu)
+    cat = read_green2020_h5(anchor_dir() / "green2020_test_data_small.h5", require_labels=False,
                             require_reddening_prior=False)
     n = args.n_stars
-    stars = star_data_from_catalog(cat.subset(np.arange(n) % cat.n_stars))
+    stars = star_data_fn(cat.subset(np.arange(n) % cat.n_stars))
     rng = np.random.default_rng(0)
     z0 = {"x": jnp.asarray(rng.normal(0.0, 0.3, (n, 3)), jnp.float32),
           "z_mu": jnp.asarray(rng.normal(0.0, 1.0, n), jnp.float32),
           "z_E": jnp.asarray(rng.normal(0.0, 1.0, n), jnp.float32)}
 
     def potential(star, z):
-        return potential_energy(star_model, (star, emu, prior, config), {}, z)
+        return potential_energy(model, (star, emu, prior, config), {}, z)
 
     def emulator(star, z):
         M, R = emu.mags_and_reddening_x(z["x"])
