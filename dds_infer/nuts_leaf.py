@@ -1,11 +1,13 @@
 """One leaf of NUTS for one slot of the queue engine (:mod:`dds_infer.nuts_queue`).
 
 A slot is a (star, chain) job's NumPyro ``HMCState`` between draws plus where it is inside the
-current draw's trajectory (:class:`_Traj`). :func:`_leaf` advances it by one leapfrog step:
+current draw's trajectory (:class:`_Traj`), carried packed: one flat vector per dtype
+(:class:`Packing`). :func:`_leaf` advances it by one leapfrog step:
 it extends the doubling in progress, merges a finished subtree (multinomial, biased at the top
 level), checks the generalised U-turn against the stored checkpoints, and at the end of a draw
-applies NumPyro's warmup adaptation. Every branch is computed and selected with
-:func:`_where`, so the step is branch-free under ``vmap`` over slots. The random numbers are
+applies NumPyro's warmup adaptation. Every branch is computed and selected (:func:`_where`,
+and the packed candidates for the next carry), so the step is branch-free under ``vmap`` over
+slots. The random numbers are
 counter-based (:func:`_uniforms`): a job's stream depends only on its key and position.
 """
 
@@ -15,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend.random import threefry_2x32
 from jax.scipy.special import ndtri
 from numpyro.infer.hmc_util import (IntegratorState, TreeInfo, _biased_transition_kernel, _build_basetree,
@@ -40,10 +43,62 @@ class _Traj(NamedTuple):
 class _Slot(NamedTuple):
     job: jnp.ndarray  # (star, chain) job index; n_jobs = idle
     star: Any  # that job's star (model argument)
-    state: Any  # NumPyro HMCState between draws (i, flat z, adaptation, ...)
-    traj: _Traj
+    packed: dict  # NumPyro HMCState between draws and _Traj without checkpoints, packed (Packing)
+    r_ckpts: jnp.ndarray  # (max_depth, D) U-turn checkpoints of the subtree in progress
+    r_sum_ckpts: jnp.ndarray
     key: jnp.ndarray  # (2,) uint32 threefry key of the job
     counter: jnp.ndarray  # iterations done by the job: the random stream's position
+
+
+class Packing(NamedTuple):
+    """Where each leaf of a slot's (HMCState, _Traj) lives in the slot's packed form: one flat
+    vector per dtype. The loop carries slots packed, so that a step's final select is one select
+    per dtype and its result is the next carry as it is. Carried as separate leaves (~60 small
+    arrays), every field of the select's result was a kernel of its own that copied a slice out
+    (−9% per iteration packed, same draws: bench/RESULTS.md, session 22)."""
+
+    treedef: Any
+    fields: tuple  # per leaf: (dtype name, start, shape)
+    sizes: tuple  # per dtype name: (name, length)
+
+
+def packing_of(tree) -> Packing:
+    """The :class:`Packing` of one slot's tree (arrays or ``jax.ShapeDtypeStruct`` s, no batch axis)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    sizes: dict = {}
+    fields = []
+    for x in leaves:
+        name, size = jnp.dtype(x.dtype).name, int(np.prod(x.shape, dtype=int))
+        fields.append((name, sizes.get(name, 0), tuple(x.shape)))
+        sizes[name] = sizes.get(name, 0) + size
+    return Packing(treedef, tuple(fields), tuple(sizes.items()))
+
+
+def pack(tree, packing: Packing) -> dict:
+    """One slot's tree as {dtype name: flat vector} (exact; the inverse of :func:`unpack`)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    groups: dict = {name: [] for name, _ in packing.sizes}
+    for x, (name, _, shape) in zip(leaves, packing.fields):
+        groups[name].append(jnp.ravel(jnp.broadcast_to(jnp.asarray(x, name), shape)))
+    return {name: jnp.concatenate(v) for name, v in groups.items()}
+
+
+def unpack(packed: dict, packing: Packing):
+    """The tree of :func:`pack`'s output (the slices fuse into their consumers)."""
+    leaves = [packed[name][start:start + int(np.prod(shape, dtype=int))].reshape(shape)
+              for name, start, shape in packing.fields]
+    return jax.tree_util.tree_unflatten(packing.treedef, leaves)
+
+
+def slot_state(slot: _Slot, packing: Packing):
+    """A slot's (HMCState, _Traj), its checkpoints included."""
+    state, traj = unpack(slot.packed, packing)
+    return state, traj._replace(r_ckpts=slot.r_ckpts, r_sum_ckpts=slot.r_sum_ckpts)
+
+
+def make_slot(job, star, state, traj: _Traj, key, counter, packing: Packing) -> _Slot:
+    return _Slot(job, star, pack((state, traj._replace(r_ckpts=None, r_sum_ckpts=None)), packing), traj.r_ckpts,
+                 traj.r_sum_ckpts, key, counter)
 
 
 def _where(pred, a, b):
@@ -146,13 +201,13 @@ def _any_turning(inverse_mass_matrix, r, r_sum, r_ckpts, r_sum_ckpts, idx_min, i
 N_UNIFORMS = 4  # per iteration: leaf transition, merge transition, two doubling directions (+ D normals)
 
 
-def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_size: int):
+def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_size: int, packing: Packing):
     """One iteration of one slot: build a leaf; close the subtree, doubling and draw if done.
     ``u``: this iteration's uniforms (the job's stream at position ``slot.counter``).
 
     Returns (new slot, record) where record = (recorded?, draw index, flat z, pe, diverging,
     num_steps, accept_prob) of a finished draw."""
-    state, t = slot.state, slot.traj
+    state, t = slot_state(slot, packing)
     adapt = state.adapt_state
     inv_mm, step_size = adapt.inverse_mass_matrix, adapt.step_size
     # --- _iterative_build_subtree, one body iteration
@@ -179,7 +234,6 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
     # the checkpoints stay out of the selects below (80 numbers per slot): a subtree reads only
     # checkpoints it wrote itself (_leaf_idx_to_ckpt_idxs), so a new subtree need not clear them
     no_ckpts = dict(r_ckpts=None, r_sum_ckpts=None)
-    traj = _where(sub_done, next_doubling._replace(**no_ckpts), t._replace(sub=sub, **no_ckpts))
     # --- sample_kernel after build_tree: the draw, adaptation, next draw's start
     accept_prob = merged.sum_accept_probs / merged.num_proposals
     z_info = IntegratorState(merged.z_proposal, r, merged.z_proposal_pe, merged.z_proposal_grad)
@@ -187,8 +241,12 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
     drawn = state._replace(i=state.i + 1, z=merged.z_proposal, z_grad=merged.z_proposal_grad,
                            potential_energy=merged.z_proposal_pe, adapt_state=adapt_new)
     new_traj = _start_draw(drawn, u[3], ndtri(u[N_UNIFORMS:N_UNIFORMS + latent_size]), settings, latent_size)
-    state, traj = _where(draw_done, (drawn, new_traj._replace(**no_ckpts)), (state, traj))
-    traj = traj._replace(r_ckpts=r_ckpts, r_sum_ckpts=r_sum_ckpts)
-    record = (draw_done, state.i - 1, merged.z_proposal, merged.z_proposal_pe, merged.diverging,
-              merged.num_proposals, accept_prob)
-    return slot._replace(state=state, traj=traj, counter=slot.counter + 1), record
+    # the next carry, from three packed candidates (new draw, next doubling, same subtree) by one
+    # select per dtype and candidate: nothing is unpacked
+    a, b, c = (pack(x, packing) for x in ((drawn, new_traj._replace(**no_ckpts)),
+                                          (state, next_doubling._replace(**no_ckpts)),
+                                          (state, t._replace(sub=sub, **no_ckpts))))
+    packed = {k: jnp.where(draw_done, a[k], jnp.where(sub_done, b[k], c[k])) for k in a}
+    record = (draw_done, state.i, merged.z_proposal, merged.z_proposal_pe,
+              merged.diverging, merged.num_proposals, accept_prob)
+    return slot._replace(packed=packed, r_ckpts=r_ckpts, r_sum_ckpts=r_sum_ckpts, counter=slot.counter + 1), record

@@ -52,7 +52,7 @@ from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potent
 from . import progress as _progress
 from .devices import first_rows, n_devices, padded_size, shard_stars
 from .engine import BatchResult, NutsSettings, split_static, check_batch, laplace_inverse_mass, pad_batch
-from .nuts_leaf import N_UNIFORMS, _leaf, _Slot, _start_draw, _uniforms
+from .nuts_leaf import N_UNIFORMS, _leaf, _start_draw, _uniforms, make_slot, packing_of, unpack
 
 __all__ = ["run_nuts_queue", "queue_program", "sharded_queue_program", "default_slots", "DEFAULT_SLOTS_PER_DEVICE",
            "DEFAULT_BLOCK", "DEFAULT_CHUNK"]
@@ -131,12 +131,23 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
                                    energy=jnp.zeros(()))
             u = _uniforms(stream0[jj], jnp.uint32(0), n_u)[0]
             traj = _start_draw(state, u[3], ndtri(u[N_UNIFORMS:N_UNIFORMS + latent_size]), settings, latent_size)
-            return _Slot(jnp.asarray(j, jnp.result_type(int)), star, state, traj, stream0[jj],
-                         jnp.asarray(1, jnp.uint32))
+            return state, traj, star, stream0[jj]
+
+        # the slots are carried packed (nuts_leaf.Packing): its layout, from the shapes alone
+        state_s, traj_s, _, _ = jax.eval_shape(load, jnp.asarray(0))
+        packing = packing_of((state_s, traj_s._replace(r_ckpts=None, r_sum_ckpts=None)))
+
+        def load_slot(j):
+            state, traj, star, key = load(j)
+            return make_slot(jnp.asarray(j, jnp.result_type(int)), star, state, traj, key, jnp.asarray(1, jnp.uint32),
+                             packing)
 
         def step_one(slot, u):
             _, vv_update = velocity_verlet(pe_fn(slot.star), euclidean_kinetic_energy)
-            return _leaf(slot, u, vv_update, wa_update, settings, latent_size)
+            return _leaf(slot, u, vv_update, wa_update, settings, latent_size, packing)
+
+        def states(slots):
+            return jax.vmap(lambda p: unpack(p, packing)[0])(slots.packed)
 
         n_out = settings.num_samples
         # one packed row per draw: z (D), potential energy, diverging, leapfrog steps, acceptance
@@ -145,7 +156,7 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
                                                   else (latent_size,))))
 
         def finished(slots):
-            return (slots.state.i >= total) & (slots.job < n_jobs)
+            return (states(slots).i >= total) & (slots.job < n_jobs)
 
         def inner(carry):  # up to `block` iterations, until some job has drawn all its draws
             slots, bufs, k, u = carry
@@ -165,16 +176,16 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
                 n_done = jnp.sum(done)
                 jax.lax.cond(n_done > 0, lambda n: jax.debug.callback(_progress.report, n), lambda n: None, n_done)
             jd = jnp.where(done, slots.job, n_jobs)  # finished jobs: their adapted step size and mass matrix
-            adapt = slots.state.adapt_state
+            adapt = states(slots).adapt_state
             bufs = dict(bufs, step_size=bufs["step_size"].at[jd].set(adapt.step_size, mode="drop"),
                         inv_mm=bufs["inv_mm"].at[jd].set(adapt.inverse_mass_matrix, mode="drop"))
-            fresh = jax.vmap(load)(jnp.where(done, next_job + jnp.cumsum(done) - 1, n_jobs))
+            fresh = jax.vmap(load_slot)(jnp.where(done, next_job + jnp.cumsum(done) - 1, n_jobs))
             slots = jax.tree_util.tree_map(
                 lambda a, b: jnp.where(done.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), fresh, slots)
             return slots, next_job + jnp.sum(done), bufs, it + k
 
         first = jnp.arange(n_slots)
-        slots = jax.vmap(load)(jnp.where(first < n_jobs, first, n_jobs))
+        slots = jax.vmap(load_slot)(jnp.where(first < n_jobs, first, n_jobs))
         carry = (slots, jnp.asarray(min(n_slots, n_jobs), jnp.result_type(int)), bufs, jnp.zeros((), jnp.int32))
         _, _, bufs, n_iter = jax.lax.while_loop(lambda c: jnp.any(c[0].job < n_jobs), outer, carry)
 

@@ -149,6 +149,41 @@ def test_packed_select_equals_a_select_per_leaf():
         np.testing.assert_array_equal(got[key], want[key])
 
 
+def test_slot_packing_round_trips_exactly():
+    """The queue carries each slot's state packed, one flat vector per dtype (nuts_leaf.pack):
+    unpacking must give back every leaf exactly (values, dtypes, shapes; None leaves stay None),
+    alone and under vmap, with the layout taken from shapes only (jax.eval_shape)."""
+    from typing import NamedTuple
+
+    from dds_infer.nuts_leaf import pack, packing_of, unpack
+
+    class Inner(NamedTuple):
+        z: jnp.ndarray
+        n: jnp.ndarray
+        gone: None
+
+    rng = np.random.default_rng(1)
+    tree = dict(v=jnp.asarray(rng.normal(size=5), jnp.float32), s=jnp.float32(-2.5), i=jnp.int32(-3),
+                m=jnp.asarray(rng.normal(size=(2, 3)), jnp.float32), b=jnp.asarray(True),
+                key=jnp.asarray([7, 2**32 - 1], jnp.uint32), inner=Inner(jnp.asarray(rng.normal(size=4), jnp.float32),
+                                                                          jnp.arange(3, dtype=jnp.int32), None))
+    packing = packing_of(jax.eval_shape(lambda: tree))
+    packed = pack(tree, packing)
+    assert {k: v.shape for k, v in packed.items()} == {"float32": (16,), "int32": (4,), "bool": (1,), "uint32": (2,)}
+    back = unpack(packed, packing)
+    assert back["inner"].gone is None
+    for got, want in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(tree)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    # a scalar where the layout has a vector is broadcast (as jnp.where would)
+    wide = unpack(pack(dict(tree, v=jnp.float32(3.0)), packing), packing)
+    np.testing.assert_array_equal(wide["v"], np.full(5, 3.0, np.float32))
+    stack = jax.tree_util.tree_map(lambda x: jnp.stack([x, ~x, x] if x.dtype == bool else [x, x + 1, x * 2]), tree)
+    back = jax.vmap(lambda t: unpack(pack(t, packing), packing))(stack)
+    for got, want in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(stack)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_queue_is_the_default_engine_with_large_chunks(tmp_path, monkeypatch, capsys):
     """dds-infer infer (and dds_infer.infer) sample with the queue engine in DEFAULT_CHUNK-star chunks
     unless told otherwise; --engine batch keeps the lockstep engine's 64-star batches; the grid
