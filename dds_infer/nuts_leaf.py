@@ -55,7 +55,7 @@ class Packing(NamedTuple):
     vector per dtype. The loop carries slots packed, so that a step's final select is one select
     per dtype and its result is the next carry as it is. Carried as separate leaves (~60 small
     arrays), every field of the select's result was a kernel of its own that copied a slice out
-    (−9% per iteration packed, same draws: bench/RESULTS.md, session 22)."""
+    (same draws; ``bench/infer_bench.py``: 133 → 106 µs per iteration, bench/RESULTS.md, session 22)."""
 
     treedef: Any
     fields: tuple  # per leaf: (dtype name, start, shape)
