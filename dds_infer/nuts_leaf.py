@@ -90,6 +90,18 @@ def unpack(packed: dict, packing: Packing):
     return jax.tree_util.tree_unflatten(packing.treedef, leaves)
 
 
+def _without_ckpts(traj: _Traj) -> _Traj:
+    """The trajectory without its U-turn checkpoints: they are carried beside the packed state
+    and stay out of the selects (80 numbers per slot; a subtree reads only checkpoints it wrote
+    itself, :func:`_leaf_idx_to_ckpt_idxs`, so a new subtree need not clear them)."""
+    return traj._replace(r_ckpts=None, r_sum_ckpts=None)
+
+
+def slot_packing(state, traj: _Traj) -> Packing:
+    """The :class:`Packing` of a slot's (HMCState, _Traj) (arrays or ``jax.eval_shape`` output)."""
+    return packing_of((state, _without_ckpts(traj)))
+
+
 def slot_state(slot: _Slot, packing: Packing):
     """A slot's (HMCState, _Traj), its checkpoints included."""
     state, traj = unpack(slot.packed, packing)
@@ -97,8 +109,9 @@ def slot_state(slot: _Slot, packing: Packing):
 
 
 def make_slot(job, star, state, traj: _Traj, key, counter, packing: Packing) -> _Slot:
-    return _Slot(job, star, pack((state, traj._replace(r_ckpts=None, r_sum_ckpts=None)), packing), traj.r_ckpts,
-                 traj.r_sum_ckpts, key, counter)
+    """A slot from its parts: (state, trajectory) packed, the checkpoints beside them."""
+    return _Slot(job, star, pack((state, _without_ckpts(traj)), packing), traj.r_ckpts, traj.r_sum_ckpts, key,
+                 counter)
 
 
 def _where(pred, a, b):
@@ -231,9 +244,6 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
     depth_cap = d_samp if d_warm == d_samp else jnp.where(state.i < settings.num_warmup, d_warm, d_samp)
     draw_done = sub_done & ~((merged.depth < depth_cap) & ~merged.turning & ~merged.diverging)
     next_doubling = _start_doubling(t.energy_current, merged, u[2], max(settings.tree_depths), latent_size)
-    # the checkpoints stay out of the selects below (80 numbers per slot): a subtree reads only
-    # checkpoints it wrote itself (_leaf_idx_to_ckpt_idxs), so a new subtree need not clear them
-    no_ckpts = dict(r_ckpts=None, r_sum_ckpts=None)
     # --- sample_kernel after build_tree: the draw, adaptation, next draw's start
     accept_prob = merged.sum_accept_probs / merged.num_proposals
     z_info = IntegratorState(merged.z_proposal, r, merged.z_proposal_pe, merged.z_proposal_grad)
@@ -243,9 +253,8 @@ def _leaf(slot: _Slot, u, vv_update, wa_update, settings: NutsSettings, latent_s
     new_traj = _start_draw(drawn, u[3], ndtri(u[N_UNIFORMS:N_UNIFORMS + latent_size]), settings, latent_size)
     # the next carry, from three packed candidates (new draw, next doubling, same subtree) by one
     # select per dtype and candidate: nothing is unpacked
-    a, b, c = (pack(x, packing) for x in ((drawn, new_traj._replace(**no_ckpts)),
-                                          (state, next_doubling._replace(**no_ckpts)),
-                                          (state, t._replace(sub=sub, **no_ckpts))))
+    a, b, c = (pack((st, _without_ckpts(tr)), packing)
+               for st, tr in ((drawn, new_traj), (state, next_doubling), (state, t._replace(sub=sub))))
     packed = {k: jnp.where(draw_done, a[k], jnp.where(sub_done, b[k], c[k])) for k in a}
     record = (draw_done, state.i, merged.z_proposal, merged.z_proposal_pe,
               merged.diverging, merged.num_proposals, accept_prob)

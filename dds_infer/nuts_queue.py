@@ -52,7 +52,7 @@ from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potent
 from . import progress as _progress
 from .devices import first_rows, n_devices, padded_size, shard_stars
 from .engine import BatchResult, NutsSettings, split_static, check_batch, laplace_inverse_mass, pad_batch
-from .nuts_leaf import N_UNIFORMS, _leaf, _start_draw, _uniforms, make_slot, packing_of, unpack
+from .nuts_leaf import N_UNIFORMS, _leaf, _start_draw, _uniforms, make_slot, slot_packing, unpack
 
 __all__ = ["run_nuts_queue", "queue_program", "sharded_queue_program", "default_slots", "DEFAULT_SLOTS_PER_DEVICE",
            "DEFAULT_BLOCK", "DEFAULT_CHUNK"]
@@ -134,8 +134,7 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
             return state, traj, star, stream0[jj]
 
         # the slots are carried packed (nuts_leaf.Packing): its layout, from the shapes alone
-        state_s, traj_s, _, _ = jax.eval_shape(load, jnp.asarray(0))
-        packing = packing_of((state_s, traj_s._replace(r_ckpts=None, r_sum_ckpts=None)))
+        packing = slot_packing(*jax.eval_shape(load, jnp.asarray(0))[:2])
 
         def load_slot(j):
             state, traj, star, key = load(j)
