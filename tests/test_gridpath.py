@@ -20,7 +20,9 @@ from dds_infer.simulate import draw_from_prior, simulate_observations
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "mock13-v1"
 VARS = ("teff", "logg", "feh", "mu", "E")
-FAST = gp.GridSettings(n_theta=128, n_refine=64, n_rounds=8, n_draws=400)
+# 4 kernel rounds, not 8: each round adds ~2.6 s to the compilation (the estimate stays unbiased:
+# every draw is weighted against the mixture of all the proposals made)
+FAST = gp.GridSettings(n_theta=128, n_refine=64, n_rounds=4, n_draws=400)
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +144,20 @@ def test_theta_mass_with_one_or_two_bands_matches_quadrature(emu, sbc_stars, n_b
     assert s_plx < 0.1  # the parallax, not the ridge, sets μ here
 
 
+@pytest.fixture(scope="module")
+def sbc_out(emu, sbc_stars):
+    """The grid path on all the prior stars in one batch (seed 0)."""
+    cat, _, prior, config = sbc_stars
+    return jax.device_get(gp.grid_batch(star_data_from_catalog(cat), star_keys(0, np.arange(cat.n_stars)),
+                                        gp.make_cell_grid(emu), emu, prior, config, FAST))
+
+
 @pytest.mark.slow
-def test_calibrated_on_stars_from_the_prior(emu, sbc_stars):
+def test_calibrated_on_stars_from_the_prior(sbc_stars, sbc_out):
     """68% / 95% central intervals cover the truth at the nominal rate (±3σ binomial at n ≈ 260)."""
-    cat, truth, prior, config = sbc_stars
-    n = cat.n_stars
+    cat, truth, _, _ = sbc_stars
+    n, out = cat.n_stars, sbc_out
     assert n >= 200
-    out = jax.device_get(gp.grid_batch(star_data_from_catalog(cat), star_keys(0, np.arange(n)),
-                                       gp.make_cell_grid(emu), emu, prior, config, FAST))
     for j, v in enumerate(VARS):
         lo, hi = np.quantile(out[v], [0.16, 0.84], axis=1)
         cov68 = np.mean((truth[:, j] >= lo) & (truth[:, j] <= hi))
@@ -163,22 +171,25 @@ def test_calibrated_on_stars_from_the_prior(emu, sbc_stars):
     assert np.all(np.isfinite(out["E"])) and np.all(out["E"] >= 0) and out["E"].max() < 5.0
 
 
-def test_deterministic_and_nearly_independent_of_batching(emu, sbc_stars):
+def test_deterministic_and_nearly_independent_of_batching(emu, sbc_stars, sbc_out):
+    """Six stars in a batch of their own: the same draws twice; nearly the draws they got in the
+    batch of all the prior stars (:func:`sbc_out`); other draws with another seed."""
     cat, _, prior, config = sbc_stars
     stars = jax.tree_util.tree_map(lambda a: a[:6], star_data_from_catalog(cat))
     grid = gp.make_cell_grid(emu)
-    keys = star_keys(3, np.arange(6))
+    keys = star_keys(0, np.arange(6))
     a = gp.grid_batch(stars, keys, grid, emu, prior, config, FAST)
     b = gp.grid_batch(stars, keys, grid, emu, prior, config, FAST)
-    c = gp.grid_batch(jax.tree_util.tree_map(lambda x: x[2:4], stars), keys[2:4], grid, emu, prior, config, FAST)
+    same_star = np.ones(6, bool)
     for v in VARS:
         np.testing.assert_array_equal(np.asarray(a[v]), np.asarray(b[v]))
-        # other batch sizes change float32 round-off in the batched sums, which can flip a rare
-        # resampling index: the draws agree except for a few, the medians closely
-        close = np.isclose(np.asarray(a[v])[2:4], np.asarray(c[v]), rtol=1e-5, atol=1e-4)
-        assert close.mean() > 0.99, (v, close.mean())
-        x, y = np.asarray(a[v])[2:4], np.asarray(c[v])
+        x, y = np.asarray(a[v]), sbc_out[v][:6]
+        same_star &= np.isclose(x, y, rtol=1e-5, atol=1e-4).all(axis=1)
         assert np.all(np.abs(np.median(x, axis=1) - np.median(y, axis=1)) < 0.05 * np.std(x, axis=1)), v
+    # another batch size changes float32 round-off in the batched sums, which can flip a rare
+    # resampling index; the later kernel rounds then differ for that star: its draws change, not
+    # its distribution (the medians above). Most stars keep every draw.
+    assert same_star.sum() >= 4, same_star
     d = gp.grid_batch(stars, star_keys(4, np.arange(6)), grid, emu, prior, config, FAST)
     assert not np.array_equal(np.asarray(a["mu"]), np.asarray(d["mu"]))
 
