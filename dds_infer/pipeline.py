@@ -105,7 +105,9 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
         from .runner import default_batch_size
 
         batch_size = default_batch_size("grid") if batch_size is None else batch_size
-        fn = grid_batch_fn(emulator, prior, config, grid_settings or GridSettings(), pad_to=batch_size)
+        # every chunk padded to one size (one compilation), but never past the catalogue
+        fn = grid_batch_fn(emulator, prior, config, grid_settings or GridSettings(),
+                           pad_to=min(batch_size, catalog.n_stars))
         return infer_catalog(catalog, emulator, prior, config, out_dir, batch_size=batch_size, seed=seed,
                              star_data_fn=star_data_from_catalog, model=star_model, batch_fn=fn,
                              progress=progress, overwrite=overwrite, **runner_kw)

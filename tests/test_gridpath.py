@@ -245,9 +245,12 @@ def test_runner_resume_and_posterior_roundtrip(emu, sbc_stars, tmp_path):
     assert back.attrs["method"] == "grid"
 
 
-def test_cli_grid_json_and_dustmap(emu, sbc_stars, tmp_path, capsys):
+def test_cli_grid_json_and_dustmap(emu, sbc_stars, tmp_path, capsys, monkeypatch):
     from dds_infer.catalog_io import catalog_to_table, write_astropy_table
     from dds_infer.cli import main
+
+    pads, batch_fn = [], gp.grid_batch_fn
+    monkeypatch.setattr(gp, "grid_batch_fn", lambda *a, **kw: pads.append(kw["pad_to"]) or batch_fn(*a, **kw))
 
     cat, _, _, _ = sbc_stars
     sub = cat.subset(np.arange(5))
@@ -259,6 +262,7 @@ def test_cli_grid_json_and_dustmap(emu, sbc_stars, tmp_path, capsys):
                  "--n-draws", "300", "--no-progress", "--combine", "never", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_stars"] == 5 and res["method"] == "grid" and res["frac_rhat_lt_1_01"] is None
+    assert pads == [5]  # the default chunk is 1,024 stars: padded to the catalogue, not past it
     # the draws stay in the chunks (as for a catalogue too large to combine); dustmap reads them there
     assert res["combined"] is False and res["out"]["posterior"] is None and not (out / "posterior.nc").exists()
     assert res["median_ess"] > 0 and res["catalog_err_floor"] is None  # simulated: σ_floor is in the noise
