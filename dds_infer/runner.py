@@ -253,7 +253,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     if warmup_max_tree_depth is not None and int(warmup_max_tree_depth) != int(max_tree_depth):  # (idem)
         settings["warmup_max_tree_depth"] = int(warmup_max_tree_depth)
     n = catalog.n_stars
-    chunk = batch_size if batch_fn is not None else chunk_size(n, batch_size)  # (the grid pads to batch_size)
+    chunk = batch_size if batch_fn is not None else chunk_size(n, batch_size)  # (grid: padded to min(batch_size, n))
     if batch_fn is None and chunk != min(batch_size, n):  # (absent where the chunks are as before the
         settings["chunk"] = chunk  # balancing: earlier runs' fingerprints stay valid)
     n_dev = n_devices(devices)

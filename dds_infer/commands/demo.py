@@ -85,8 +85,8 @@ def run(args) -> int:
     n_nuts = max(0, min(args.nuts_stars, args.n_stars))
     _say(args, f"[2/4] grid path: {args.n_stars} stars ...")
     t0 = time.perf_counter()
-    grid = infer(mock.catalog, emu, out / "posterior", method="grid", batch_size=min(args.n_stars, 1024),
-                 seed=args.seed, progress=not args.no_progress, overwrite=True, combine="always")  # scored below
+    grid = infer(mock.catalog, emu, out / "posterior", method="grid", seed=args.seed,
+                 progress=not args.no_progress, overwrite=True, combine="always")  # scored below
     t_grid = time.perf_counter() - t0
     nuts, t_nuts = None, 0.0
     if n_nuts:
