@@ -65,6 +65,20 @@ def test_likelihood_prefers_true_profile(sightline, step):
     # per-star values sum to the total
     per_star = los.star_log_likelihood(0.05, TRUE_MU, 0.5, 0.05, pdf, mu, E, step=step)
     assert per_star.shape == (150,) and np.isclose(float(per_star.sum()), best, rtol=1e-5)
+    # the stars-last layout fit_los samples with: the same values and gradients, two clouds too
+    pdf_t, l_out = np.moveaxis(pdf, 0, -1), los.outlier_likelihood(pdf, E)
+    cm2, dE2 = jnp.asarray([TRUE_MU - 0.3, TRUE_MU + 0.2]), jnp.asarray([0.3, 0.2])
+    for images, axis in ((pdf, 0), (pdf_t, -1)):
+        one = los.star_log_likelihood(0.05, cm2, dE2, 0.05, images, mu, E, step=step, l_out=l_out, star_axis=axis)
+        g = jax.grad(lambda c, images=images, axis=axis: los.los_log_likelihood(
+            0.05, c, dE2, 0.05, images, mu, E, step=step, l_out=l_out, star_axis=axis))(cm2)
+        if axis == 0:
+            ref, g_ref = one, g
+    np.testing.assert_allclose(np.asarray(one), np.asarray(ref), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4, atol=1e-3)
+    assert np.all(np.abs(np.asarray(g_ref)) > 1.0)  # a gradient worth comparing
+    with pytest.raises(ValueError, match="l_out"):
+        los.star_log_likelihood(0.05, TRUE_MU, 0.5, 0.05, pdf_t, mu, E, step=step, star_axis=-1)
 
 
 def test_logistic_step_gives_gradient_in_cloud_distance(sightline):
