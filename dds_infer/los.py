@@ -112,6 +112,13 @@ def outlier_likelihood(pdf, E_centers, E_max=None):
     return pdf[:, :, keep].sum(axis=(1, 2)) / keep.sum()
 
 
+def _outlier_of_stars_first(pdf, E_centers, E_max, star_axis):
+    """:func:`outlier_likelihood` where the caller passed no l_out: only from (n, n_mu, n_E) images."""
+    if star_axis != 0:
+        raise ValueError("pass l_out (outlier_likelihood of the (n, n_mu, n_E) images) with star_axis=-1")
+    return outlier_likelihood(pdf, np.asarray(E_centers), E_max)
+
+
 def reddening_profile(mu, E_fg, cloud_mu, cloud_dE, width):
     """E(μ) = E_fg + Σ_k ΔE_k S((μ − μ_k)/w) at the points ``mu`` (logistic S)."""
     steps = jax.nn.sigmoid((jnp.asarray(mu)[:, None] - jnp.atleast_1d(cloud_mu)) / width)
@@ -172,9 +179,7 @@ def star_log_likelihood(E_fg, cloud_mu, cloud_dE, f_out, pdf, mu_centers, E_cent
     (None -> over the whole E grid; needs star_axis 0).
     """
     if l_out is None:
-        if star_axis != 0:
-            raise ValueError("pass l_out (outlier_likelihood of the (n, n_mu, n_E) images) with star_axis=-1")
-        l_out = outlier_likelihood(pdf, np.asarray(E_centers))
+        l_out = _outlier_of_stars_first(pdf, E_centers, None, star_axis)
     l_los = line_integral(jnp.asarray(pdf), mu_centers, E_centers, E_fg, cloud_mu, cloud_dE,
                           step=step, width=width, star_axis=star_axis)
     return jnp.log((1.0 - f_out) * l_los + f_out * jnp.asarray(l_out) + eps)
@@ -204,9 +209,7 @@ def los_model(pdf, mu_centers, E_centers, n_clouds, *, prior=LOSPrior(), l_out=N
     if n_clouds < 1:
         raise ValueError(f"n_clouds must be >= 1, got {n_clouds}")
     if l_out is None:
-        if star_axis != 0:
-            raise ValueError("pass l_out (outlier_likelihood of the (n, n_mu, n_E) images) with star_axis=-1")
-        l_out = outlier_likelihood(pdf, E_c, prior.outlier_E_max)
+        l_out = _outlier_of_stars_first(pdf, E_c, prior.outlier_E_max, star_axis)
     E_fg = numpyro.sample("E_fg", dist.HalfNormal(prior.E_fg_scale))
     s = numpyro.sample("cloud_spacing", dist.Dirichlet(jnp.ones(n_clouds + 1)))
     mu = numpyro.deterministic("mu", lo + (hi - lo) * jnp.cumsum(s)[:n_clouds])
@@ -251,7 +254,7 @@ _fg_scan = jax.jit(lambda data, E_try, E_fg, mus, dEs, first: jax.vmap(  # cloud
     lambda e: _ll_scan(data, e, mus, jnp.where(first, jnp.maximum(dEs + E_fg - e, 0.01), dEs)))(E_try))
 
 
-def _scan_init(pdf, mu_c, E_c, n_clouds, prior, l_out, num_chains, rng, pdf_t=None):
+def _scan_init(pdf, pdf_t, mu_c, E_c, n_clouds, prior, l_out, num_chains, rng):
     """Per-chain starting points: a step fit to the images' means (:func:`_step_fit`), then two
     rounds of likelihood scans (f_out = 0.1): E_fg at fixed reddening behind the nearest cloud,
     then each cloud re-placed over (μ pixel centre × ΔE grid) given the others. In the last
@@ -263,8 +266,6 @@ def _scan_init(pdf, mu_c, E_c, n_clouds, prior, l_out, num_chains, rng, pdf_t=No
     if cand.size == 0:
         raise ValueError(f"mu_range {prior.mu_range} holds no μ pixel centre")
     dE_grid = jnp.asarray(np.geomspace(0.01, 4.0, 24))
-    if pdf_t is None:  # the images with the stars last (line_integral's fast layout)
-        pdf_t = np.ascontiguousarray(np.moveaxis(pdf, 0, -1))
     data = (jnp.asarray(pdf_t), jnp.asarray(l_out), jnp.asarray(mu_c), jnp.asarray(E_c))
     E_fg, mus, dEs = _step_fit(pdf, mu_c, E_c, n_clouds)
     mus = np.clip(mus, lo, hi)
@@ -375,7 +376,7 @@ def fit_los(pdf, mu_centers, E_centers, n_clouds=1, *, num_warmup=500, num_sampl
         raise ValueError(f"{n_clouds} clouds need more than {n_clouds} stars, got {pdf.shape[0]}")
     l_out = outlier_likelihood(pdf, E_c, prior.outlier_E_max)
     pdf_t = np.ascontiguousarray(np.moveaxis(pdf, 0, -1))  # (n_mu, n_E, n): line_integral's fast layout
-    init = _scan_init(pdf, mu_c, E_c, n_clouds, prior, l_out, num_chains, np.random.default_rng(seed), pdf_t)
+    init = _scan_init(pdf, pdf_t, mu_c, E_c, n_clouds, prior, l_out, num_chains, np.random.default_rng(seed))
     z0 = {k: biject_to(_SUPPORT[k]).inv(jnp.asarray(v[0] if num_chains == 1 else v, dtype=jnp.float32))
           for k, v in init.items()}
 

@@ -18,7 +18,7 @@ of the textbook algorithm (tests compare with ``jnp.linalg``).
 Each column is one step of a ``lax.fori_loop`` over a full-size carry, unrolled
 (``unroll=True``). The step works on the full n×n matrix (twice the flops of a
 triangle), but the program is a short repeated body: on the training refresh
-(Eqs. 4-9, 9·10⁴ stars) it compiles in 3-6 s instead of 10-17 s for the
+(Eqs. 4-9, 9·10⁴ stars) it compiles in 3-7 s instead of 9-17 s for the
 earlier per-column Python unrolling over growing column lists, at the same run
 time (session 24, RESULTS). Not unrolling compiles in ~1 s but runs 1.5-1.7×
 slower.
