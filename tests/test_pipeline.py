@@ -89,8 +89,10 @@ def test_cli_infer_json_and_resume(small_mock, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
+    # the NUTS stage runs with test_cli_infer_json_and_resume's settings and chunk size (3 stars, 60 + 60,
+    # 2 chains): the two share one compiled queue program (the pair: 167 -> 137 s in one process)
     argv = ["demo", "--out", str(tmp_path / "demo"), "--n-stars", "40", "--nuts-stars", "6", "--num-warmup", "60",
-            "--num-samples", "60", "--num-chains", "2", "--batch-size", "6", "--no-progress", "--json"]
+            "--num-samples", "60", "--num-chains", "2", "--batch-size", "3", "--no-progress", "--json"]
     assert main(argv) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["n_stars"] == 40 and set(rep["accuracy"]) == {"teff", "logg", "feh", "mu", "E"}
