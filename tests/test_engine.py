@@ -179,10 +179,12 @@ def test_runner_pads_only_the_last_chunk_and_never_past_the_catalogue(setup, tmp
         return run_nuts_batch(model, stars, *args, pad_to=pad_to, **kw)
 
     monkeypatch.setattr(runner, "run_nuts_batch", spy)
-    kw = dict(num_chains=C, num_warmup=20, num_samples=10, seed=0, model=star_model,
+    # the settings of base and test_runner_resume_matches_uninterrupted_run: the 4-star chunks below
+    # load their compiled program instead of compiling another
+    kw = dict(num_chains=C, num_warmup=W, num_samples=S, seed=0, model=star_model,
               star_data_fn=star_data_from_catalog, progress=False, engine="batch")
     post = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "a", batch_size=64, **kw)
-    assert seen == [(10, 10)] and post.samples["mu"].shape == (10, C, 10)
+    assert seen == [(10, 10)] and post.samples["mu"].shape == (10, C, S)
     seen.clear()
     infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / "b", batch_size=4, **kw)
     assert seen == [(4, 4), (4, 4), (2, 4)]
