@@ -101,11 +101,13 @@ def test_runner_records_devices_and_resumes_on_another_count(tmp_path):
 
     emu = init_emulator(jax.random.key(0))
     cat, _ = mock_catalog(emu, 5, seed=2)
-    kw = dict(batch_size=3, num_chains=2, num_warmup=30, num_samples=20, seed=0, model=star_model,
-              star_data_fn=star_data_from_catalog, progress=False)
+    # the settings of test_nuts_queue.py::test_runner_with_the_queue_engine_resumes_and_is_fingerprinted:
+    # the two-device program is compiled once for both (the session's compilation cache)
+    kw = dict(batch_size=4, num_chains=2, num_warmup=40, num_samples=30, seed=0, model=star_model,
+              star_data_fn=star_data_from_catalog, progress=False, engine="queue", n_slots=8)
     assert infer_catalog(cat, emu, None, InferenceConfig(), tmp_path, stop_after_chunks=1, **kw) is None
     post = infer_catalog(cat, emu, None, InferenceConfig(), tmp_path, devices=1, **kw)
-    assert post.samples["mu"].shape == (5, 2, 20)
+    assert post.samples["mu"].shape == (5, 2, 30)
     chunks = [Posterior.load(tmp_path / "chunks" / f"chunk_{k:05d}.nc") for k in (0, 1)]
     assert [int(c.attrs["devices"]) for c in chunks] == [2, 1]
 
