@@ -79,6 +79,12 @@ def test_likelihood_prefers_true_profile(sightline, step):
     assert np.all(np.abs(np.asarray(g_ref)) > 1.0)  # a gradient worth comparing
     with pytest.raises(ValueError, match="l_out"):
         los.star_log_likelihood(0.05, TRUE_MU, 0.5, 0.05, pdf_t, mu, E, step=step, star_axis=-1)
+    # 2 names the same (n_mu, n_E, n) layout as -1; any other axis is refused with both layouts named
+    two = los.line_integral(pdf_t, mu, E, 0.05, cm2, dE2, step=step, star_axis=2)
+    np.testing.assert_array_equal(np.asarray(two), np.asarray(los.line_integral(pdf_t, mu, E, 0.05, cm2, dE2,
+                                                                                step=step, star_axis=-1)))
+    with pytest.raises(ValueError, match=r"star_axis must be 0 .* or -1 / 2 .*got 1"):
+        los.line_integral(pdf_t, mu, E, 0.05, cm2, dE2, step=step, star_axis=1)
 
 
 def test_logistic_step_gives_gradient_in_cloud_distance(sightline):
