@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: where the real anchor data is, and how figures are printed."""
+"""Shared by the benchmark scripts: where the real anchor data is, how figures are printed, the devices and the
+sampler's command-line arguments."""
 
 from __future__ import annotations
 
@@ -36,3 +37,24 @@ def start_devices(args) -> int:
     from dds_infer.devices import use_cpu_cores
 
     return use_cpu_cores(args.cpu_devices)
+
+
+def add_sampler_args(parser) -> None:
+    """The catalogue run's sampler arguments, as ``dds-infer infer`` takes them (real_accuracy.py, sbc.py):
+    --num-warmup/--num-samples/--num-chains (the acceptance's 500/500/4), --batch-size, --seed,
+    --target-accept, --method nuts|grid and --engine."""
+    from dds_infer.runner import DEFAULT_ENGINE, ENGINES
+
+    parser.add_argument("--num-warmup", type=int, default=500)
+    parser.add_argument("--num-samples", type=int, default=500)
+    parser.add_argument("--num-chains", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="stars per chunk (default dds_infer.runner.default_batch_size, as dds-infer infer: "
+                        "1024, or 64 with --engine batch)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target-accept", type=float, default=None,
+                        help="NUTS target acceptance (default: the pipeline's, dds_infer.pipeline.TARGET_ACCEPT)")
+    parser.add_argument("--method", choices=("nuts", "grid"), default="nuts")
+    parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                        help="NUTS engine (dds_infer.runner.ENGINES): queue (default, as dds-infer infer) or batch "
+                        "(lockstep)")

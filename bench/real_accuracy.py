@@ -41,8 +41,7 @@ import time
 
 import numpy as np
 
-from _common import add_cpu_devices_arg, anchor_dir, report, start_devices
-from dds_infer.runner import DEFAULT_ENGINE, ENGINES
+from _common import add_cpu_devices_arg, add_sampler_args, anchor_dir, report, start_devices
 
 GOALS = {"sigma": {"teff": 150.0, "logg": 0.20, "E": 0.05}, "abs_bias": {"logg": 0.05}, "z_sigma": (0.8, 1.3)}
 
@@ -50,19 +49,7 @@ GOALS = {"sigma": {"teff": 150.0, "logg": 0.20, "E": 0.05}, "abs_bias": {"logg":
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-stars", type=int, default=1000)
-    ap.add_argument("--num-warmup", type=int, default=500)
-    ap.add_argument("--num-samples", type=int, default=500)
-    ap.add_argument("--num-chains", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="stars per chunk (default dds_infer.runner.default_batch_size, as dds-infer infer: "
-                    "1024, or 64 with --engine batch)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--target-accept", type=float, default=None,
-                    help="NUTS target acceptance (default: the pipeline's, dds_infer.pipeline.TARGET_ACCEPT)")
-    ap.add_argument("--method", choices=("nuts", "grid"), default="nuts")
-    ap.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
-                    help="NUTS engine (dds_infer.runner.ENGINES): queue (default, as dds-infer infer) or batch "
-                    "(lockstep)")
+    add_sampler_args(ap)
     ap.add_argument("--dense-mass", action="store_true", help="dense (not diagonal) NUTS mass matrices")
     ap.add_argument("--reddening", default="flat", help="E prior kind (dds_infer.priors.REDDENING_KINDS)")
     ap.add_argument("--E-scale", type=float, default=1.0, help="half-normal E prior scale [mag]")

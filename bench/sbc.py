@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, add_cpu_devices_arg, report, start_devices
-from dds_infer.runner import DEFAULT_ENGINE, ENGINES
+from _common import REPO, add_cpu_devices_arg, add_sampler_args, report, start_devices
 
 VARS = ("teff", "logg", "feh", "mu", "E")
 
@@ -42,19 +41,7 @@ def main(argv=None) -> int:
                     help="stars drawn from the prior (default 1000: see the module docstring)")
     ap.add_argument("--model", default=str(REPO / "models" / "mock13-v1"))
     ap.add_argument("--E-scale", type=float, default=0.3)
-    ap.add_argument("--num-warmup", type=int, default=500)
-    ap.add_argument("--num-samples", type=int, default=500)
-    ap.add_argument("--num-chains", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="stars per chunk (default dds_infer.runner.default_batch_size, as dds-infer infer: "
-                    "1024, or 64 with --engine batch)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--target-accept", type=float, default=None,
-                    help="NUTS target acceptance (default: the pipeline's, dds_infer.pipeline.TARGET_ACCEPT)")
-    ap.add_argument("--method", choices=("nuts", "grid"), default="nuts")
-    ap.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
-                    help="NUTS engine (dds_infer.runner.ENGINES): queue (default, as dds-infer infer) or batch "
-                    "(lockstep)")
+    add_sampler_args(ap)
     ap.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     ap.add_argument("--figure", default=None, help="rank histograms (default bench/figures/sbc_ranks[_grid].png)")
     ap.add_argument("--no-progress", action="store_true")
