@@ -94,11 +94,22 @@ class BandSet:
         return tuple(b.name for b in self.bands)
 
     def index(self, name: str) -> int:
-        """Index of a band by name or alias (case-insensitive)."""
-        key = name.strip().lower()
+        """Index of a band by name or alias: an exact match first, then one ignoring case if only
+        one band matches that way (Green2020's "g" is PS1 g and "G" Gaia G; "gaia_G" or "ks" are
+        unique ignoring case); a name that several bands match ignoring case is refused."""
+        key = name.strip()
         for i, b in enumerate(self.bands):
-            if key == b.name.lower() or key in (a.lower() for a in b.aliases):
+            if key == b.name or key in b.aliases:
                 return i
+        low = key.lower()
+        hits = [i for i, b in enumerate(self.bands) if low == b.name.lower() or low in (a.lower() for a in b.aliases)]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            raise UnknownBandError(
+                f"ambiguous band {name!r} for band set {self.name!r}: ignoring case it names "
+                f"{' and '.join(self.names[i] for i in hits)}; use the band's name or an alias with its case"
+            )
         raise UnknownBandError(
             f"unknown band {name!r} for band set {self.name!r}; "
             f"known bands: {', '.join(self.names)}"

@@ -20,6 +20,13 @@ def test_green2020_set():
     assert GREEN2020.bands[11].system == "AB" and "2.699" in GREEN2020.bands[11].note
     assert GREEN2020.index("Ks") == GREEN2020.index("2mass_ks") == 10
     assert GREEN2020.resolve(["G", "bp", "W2"]) == [0, 1, 12]
+    # "G" (Gaia) and "g" (PS1) differ only in case: each is its own band, never the other
+    assert GREEN2020.index("G") == 0 and GREEN2020.index("g") == GREEN2020.index("ps1_g") == 3
+    assert GREEN2020.index("GAIA_G") == 0 and GREEN2020.index("k") == 10  # unique ignoring case
+    bs = BandSet("case_test", (Passband("one", "s", "AB", ("Ab",)), Passband("two", "s", "AB", ("aB",))))
+    assert bs.index("Ab") == 0 and bs.index("aB") == 1
+    with pytest.raises(UnknownBandError, match="ambiguous band 'ab'.*one and two"):
+        bs.index("ab")
     assert get_bandset("green2020") is GREEN2020
 
 
