@@ -102,9 +102,11 @@ def read_green2020_h5(path, *, require_labels: bool = True,
 def default_column_map(bands: BandSet = GREEN2020, columns=None) -> dict:
     """The column map matching :func:`catalog_to_table`'s column names.
 
-    With ``columns`` (names present in a table) bands whose ``mag_<band>`` is
-    absent and optional blocks (labels, cov, reddening prior, l/b, id) whose
-    columns are absent are left out; a missing parallax maps to None.
+    With ``columns`` (names present in a table) bands with neither ``mag_<band>``
+    nor ``mag_err_<band>`` and optional blocks (labels, cov, reddening prior, l/b,
+    id) whose columns are absent are left out; a missing parallax maps to None.
+    An error column without its magnitude column is kept, so that :func:`read_table`
+    refuses it by name (a band would otherwise vanish silently).
     """
     cmap: dict[str, Any] = {
         "mag": {b: f"mag_{b}" for b in bands.names},
@@ -120,7 +122,8 @@ def default_column_map(bands: BandSet = GREEN2020, columns=None) -> dict:
         return cmap
     have = set(columns)
     cmap["mag"] = {b: c for b, c in cmap["mag"].items() if c in have}
-    cmap["mag_err"] = {b: c for b, c in cmap["mag_err"].items() if cmap["mag"].get(b)}
+    # an error column whose magnitude column is absent stays, so that read_table reports it
+    cmap["mag_err"] = {b: c for b, c in cmap["mag_err"].items() if cmap["mag"].get(b) or c in have}
     if "parallax" not in have:
         cmap["parallax"] = cmap["parallax_err"] = None
     for block in (("teff", "logg", "feh"), ("E_prior", "E_prior_err"), ("l", "b"), ("id",)):
@@ -248,6 +251,29 @@ def _check_map(cmap: Mapping, colnames, bands: BandSet, require_labels: bool) ->
     return problems, mags, errs
 
 
+def _check_photometry_names(colnames, bands: BandSet) -> None:
+    """With the default column names, a ``mag_<x>`` / ``mag_err_<x>`` column whose x is not a band's
+    name is a typo, an alias or a band the model lacks: raise naming it (aliases: the column name to
+    use), so that no photometry is left out silently. Pass a ``column_map`` to read other names."""
+    names = set(bands.names)
+    problems = []
+    for c in colnames:
+        prefix = "mag_err_" if c.startswith("mag_err_") else "mag_" if c.startswith("mag_") else None
+        if prefix is None or c[len(prefix):] in names:
+            continue
+        x = c[len(prefix):]
+        if _known(bands, x):
+            problems.append(f"[{c}] {x!r} is an alias of band {bands.names[bands.index(x)]!r}: name the column "
+                            f"{prefix}{bands.names[bands.index(x)]} or pass a column_map")
+        else:
+            problems.append(f"[{c}] looks like photometry but {x!r} is no band of this model's band set "
+                            f"({', '.join(bands.names)}): rename it, drop it, or pass a column_map that "
+                            "leaves it out")
+    if problems:
+        raise CatalogError(f"photometry column problems ({len(problems)}):\n  - " + "\n  - ".join(problems),
+                           problems)
+
+
 def _known(bands: BandSet, name: str) -> bool:
     try:
         bands.index(name)
@@ -288,6 +314,7 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
     table, source = _load(path_or_table, format, read_kwargs)
     if column_map is None:
         column_map = default_column_map(bands, table.colnames)
+        _check_photometry_names(table.colnames, bands)
     problems, mags, errs = _check_map(column_map, table.colnames, bands, require_labels)
     if problems:
         raise CatalogError(f"column map problems ({len(problems)}):\n  - " + "\n  - ".join(problems),

@@ -374,6 +374,32 @@ def test_unknown_band_named():
     assert "'Z_foo'" in str(ei.value) and "'Q'" in str(ei.value) and "gaia_g" in str(ei.value)
 
 
+def test_default_names_refuse_photometry_they_would_not_read():
+    """With the default column names (no column_map) no photometry column is left out silently: an error
+    column without its magnitude, an alias instead of the band name and an unknown band are all named."""
+    t = catalog_to_table(StarCatalog.from_arrays(
+        np.full((4, B), 14.0), np.full((4, B), 0.02), np.full(4, 1.0), np.full(4, 0.05), GREEN2020))
+    assert len(read_table(t)) == 4  # as written: every band read
+    orphan = t.copy()
+    orphan.remove_column("mag_gaia_g")  # (e.g. renamed by hand): gaia_g would vanish
+    with pytest.raises(CatalogError, match=r"error column given but no magnitude column for band gaia_g"):
+        read_table(orphan)
+    odd = t.copy()
+    odd.rename_column("mag_2mass_j", "mag_J")
+    odd.rename_column("mag_err_2mass_j", "mag_err_J")
+    odd["mag_sdss_u"] = 15.0
+    with pytest.raises(CatalogError) as ei:
+        read_table(odd)
+    msg = str(ei.value)
+    assert "[mag_J] 'J' is an alias of band '2mass_j': name the column mag_2mass_j" in msg
+    assert "[mag_err_J]" in msg and "[mag_sdss_u]" in msg and "'sdss_u' is no band" in msg
+    assert len(ei.value.problems) == 3
+    # a column_map reads any names: the alias columns through it, the unknown one left out
+    cmap = default_column_map(GREEN2020, odd.colnames)
+    cmap["mag"]["2mass_j"], cmap["mag_err"]["2mass_j"] = "mag_J", "mag_err_J"
+    assert np.all(read_table(odd, cmap).observed)
+
+
 def test_missing_column_named_with_available_columns():
     cmap = {**MAP, "parallax_err": "plx_error_typo", "mag": {**MAP["mag"], "J": "jmag"}}
     with pytest.raises(CatalogError) as ei:
