@@ -188,7 +188,7 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
     apparently in arcsec; non-finite labels (when required), non-symmetric /
     non-positive-definite / NaN theta_cov (labelled stars, or all when
     required); E_prior_err < 0 or NaN where E_prior is finite; l outside
-    [-180, 360] or b outside [-90, 90]. Missing data (NaN) is counted, never
+    [-180, 360] or b outside [-90, 90]; an id given to more than one row. Missing data (NaN) is counted, never
     dropped: a finite error with a NaN magnitude is just a missing band.
     Warnings (kept stars): no observed band; a single observed band (no
     colour); an error without a magnitude; incomplete labels.
@@ -203,6 +203,13 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
     if ids is not None and np.shape(ids) != (n,):
         problems.append(f"[ids] shape {np.shape(ids)}, expected ({n},)")
         ids = None
+    if ids is not None and n > 1:  # outputs (posteriors, summaries, dust maps) are keyed by id
+        _, first, counts = np.unique(np.asarray(ids), return_index=True, return_counts=True)
+        if (counts > 1).any():
+            dup = np.isin(np.asarray(ids), np.asarray(ids)[first[counts > 1]])
+            problems.append(f"[id] {int((counts > 1).sum())} id(s) given to more than one row (outputs are keyed "
+                            f"by id: make them unique, or leave the id column out to use row numbers): "
+                            f"{_rows(dup, ids)}")
     phot_ok = _check_shape(problems, "mag", mag, (n, nb))
     phot_ok &= _check_shape(problems, "mag_err", err, (n, nb))
     n_obs, n_mis, n_ewm = {}, {}, {}

@@ -141,6 +141,15 @@ def default_column_map(bands: BandSet = GREEN2020, columns=None) -> dict:
 
 
 def _load(source, fmt, read_kwargs) -> tuple[Table, str]:
+    """The table and a name for it in messages; a table with no rows is refused."""
+    table, name = _read_any(source, fmt, read_kwargs)
+    if len(table) == 0:
+        raise CatalogError(f"{name} has no rows (columns: {', '.join(table.colnames[:30])}"
+                           f"{', ...' if len(table.colnames) > 30 else ''})")
+    return table, name
+
+
+def _read_any(source, fmt, read_kwargs) -> tuple[Table, str]:
     if isinstance(source, Table):
         return source, "<astropy Table>"
     pd = sys.modules.get("pandas")  # a DataFrame implies pandas is imported
@@ -149,7 +158,21 @@ def _load(source, fmt, read_kwargs) -> tuple[Table, str]:
     path = Path(source)
     if not path.exists():
         raise CatalogError(f"table file not found: {str(path)!r}")
-    return Table.read(path, format=_format_for(path, fmt), **read_kwargs), str(path)
+    form = _format_for(path, fmt)
+    if form == "parquet":  # (astropy's reader fails on an empty file with a string column)
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception:  # not readable as Parquet: Table.read below says why
+            pf = None
+        if pf is not None and pf.metadata.num_rows == 0:
+            return Table(names=pf.schema_arrow.names), repr(str(path))
+    try:
+        return Table.read(path, format=form, **read_kwargs), repr(str(path))
+    except Exception as exc:  # a reader's own error, with the file and the format it was read as
+        raise CatalogError(f"{str(path)!r} could not be read as a {form} table: {type(exc).__name__}: {exc}"
+                           ) from exc
 
 
 def _values(table: Table, name: str, key: str, problems: list, unit=None) -> np.ndarray:

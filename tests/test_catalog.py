@@ -400,6 +400,30 @@ def test_default_names_refuse_photometry_they_would_not_read():
     assert np.all(read_table(odd, cmap).observed)
 
 
+def test_empty_unreadable_and_duplicate_id_tables_refused(tmp_path):
+    t = catalog_to_table(StarCatalog.from_arrays(
+        np.full((3, B), 14.0), np.full((3, B), 0.02), np.full(3, 1.0), np.full(3, 0.05), GREEN2020,
+        ids=np.array(["a", "b", "c"])))
+    for ext in ("parquet", "fits", "csv"):  # no rows: said, whatever the format (and with a string column)
+        path = tmp_path / f"empty.{ext}"
+        write_table(StarCatalog.from_arrays(np.zeros((0, B)), np.zeros((0, B)), np.zeros(0), np.zeros(0),
+                                            GREEN2020, ids=np.array([], dtype=str)), path)
+        with pytest.raises(CatalogError, match=r"has no rows \(columns: .*mag_gaia_g"):
+            read_table(path)
+    with pytest.raises(CatalogError, match="has no rows"):
+        read_table(t[:0])
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not a table")
+    with pytest.raises(CatalogError, match=r"could not be read as a parquet table: ArrowInvalid"):
+        read_table(bad)
+    t["id"][2] = "a"
+    with pytest.raises(CatalogError) as ei:
+        read_table(t)
+    assert "[id] 1 id(s) given to more than one row" in str(ei.value) and "rows [0, 2]" in str(ei.value)
+    del t["id"]  # without ids, rows are numbered: accepted
+    assert len(read_table(t)) == 3
+
+
 def test_missing_column_named_with_available_columns():
     cmap = {**MAP, "parallax_err": "plx_error_typo", "mag": {**MAP["mag"], "J": "jmag"}}
     with pytest.raises(CatalogError) as ei:
