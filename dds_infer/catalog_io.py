@@ -25,6 +25,7 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
 from .catalog import LABEL_NAMES, CatalogError, StarCatalog
+from .catalog_checks import _rows
 from .catalog_write import _COV_PAIRS, catalog_to_table, write_astropy_table, write_table  # noqa: F401
 from .passbands import GREEN2020, BandSet, UnknownBandError
 
@@ -102,9 +103,10 @@ def read_green2020_h5(path, *, require_labels: bool = True,
 def default_column_map(bands: BandSet = GREEN2020, columns=None) -> dict:
     """The column map matching :func:`catalog_to_table`'s column names.
 
-    With ``columns`` (names present in a table) bands with neither ``mag_<band>``
-    nor ``mag_err_<band>`` and optional blocks (labels, cov, reddening prior, l/b,
-    id) whose columns are absent are left out; a missing parallax maps to None.
+    With ``columns`` (names present in a table): label errors ``<label>_err`` are read where
+    present (the ``cov_*`` columns, when all are there, override their diagonal); bands with
+    neither ``mag_<band>`` nor ``mag_err_<band>`` and optional blocks (labels, cov, reddening
+    prior, l/b, id) whose columns are absent are left out; a missing parallax maps to None.
     An error column without its magnitude column is kept, so that :func:`read_table`
     refuses it by name (a band would otherwise vanish silently).
     """
@@ -130,6 +132,8 @@ def default_column_map(bands: BandSet = GREEN2020, columns=None) -> dict:
         if block[0] not in have:
             for k in block:
                 cmap.pop(k)
+    if "teff" in cmap:  # label errors: <label>_err columns and/or the full covariance (which wins)
+        cmap.update({f"{k}_err": f"{k}_err" for k in LABEL_NAMES if f"{k}_err" in have})
     if "teff" not in cmap or not all(c in have for c in cmap["cov"].values()):
         cmap.pop("cov")
     else:  # lower-triangle columns, written only for non-symmetric covariances
@@ -274,6 +278,11 @@ def _check_map(cmap: Mapping, colnames, bands: BandSet, require_labels: bool) ->
     return problems, mags, errs
 
 
+def _ids_of(table: Table, column_map: Mapping):
+    """The id column's values for row messages (None without one)."""
+    return None if column_map.get("id") is None else np.asarray(table[column_map["id"]])
+
+
 def _check_photometry_names(colnames, bands: BandSet) -> None:
     """With the default column names, a ``mag_<x>`` / ``mag_err_<x>`` column whose x is not a band's
     name is a typo, an alias or a band the model lacks: raise naming it (aliases: the column name to
@@ -338,6 +347,12 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
     if column_map is None:
         column_map = default_column_map(bands, table.colnames)
         _check_photometry_names(table.colnames, bands)
+        absent = [k for k in LABEL_NAMES if k not in table.colnames]
+        if require_labels and absent:
+            more = ", ..." if len(table.colnames) > 40 else ""
+            raise CatalogError(f"labels required: no column {' or '.join(map(repr, absent))} in the table "
+                               f"(columns: {', '.join(table.colnames[:40])}{more})",
+                               [f"[{k}] no column {k!r}" for k in absent])
     problems, mags, errs = _check_map(column_map, table.colnames, bands, require_labels)
     if problems:
         raise CatalogError(f"column map problems ({len(problems)}):\n  - " + "\n  - ".join(problems),
@@ -360,7 +375,11 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
         cov = np.zeros((n, 3, 3))
         for j, k in enumerate(LABEL_NAMES):
             if column_map.get(f"{k}_err") is not None:
-                cov[:, j, j] = col(f"{k}_err", u.K if k == "teff" else None) ** 2
+                err = col(f"{k}_err", u.K if k == "teff" else None)
+                neg = err < 0  # (squared below: the sign would be lost)
+                if neg.any():
+                    problems.append(f"[{k}_err] negative label error: {_rows(neg, _ids_of(table, column_map))}")
+                cov[:, j, j] = err ** 2
         cov_map = column_map.get("cov") or {}
         given = {_cov_pair(pk) for pk in cov_map}
         for pk, c in cov_map.items():  # 'a_b' fills [a,b] and, unless 'b_a' is given, [b,a]

@@ -424,6 +424,28 @@ def test_empty_unreadable_and_duplicate_id_tables_refused(tmp_path):
     assert len(read_table(t)) == 3
 
 
+def test_default_names_read_label_errors_and_refuse_bad_ones():
+    rng = np.random.default_rng(3)
+    theta = np.column_stack([rng.uniform(4500, 6000, 5), rng.uniform(2, 4.5, 5), rng.uniform(-1, 0.3, 5)])
+    sig = np.array([80.0, 0.1, 0.05])
+    cat = StarCatalog.from_arrays(np.full((5, B), 14.0), np.full((5, B), 0.02), np.full(5, 1.0), np.full(5, 0.05),
+                                  GREEN2020, theta=theta, theta_cov=np.broadcast_to(np.diag(sig ** 2), (5, 3, 3)),
+                                  E_prior=np.full(5, 0.1), E_prior_err=np.full(5, 0.02))
+    t = catalog_to_table(cat)
+    only_err = t.copy()
+    only_err.remove_columns([c for c in t.colnames if c.startswith("cov_")])
+    back = read_table(only_err, require_labels=True)  # <label>_err alone: the diagonal of the covariance
+    np.testing.assert_allclose(back.theta_cov, cat.theta_cov)
+    only_err["logg_err"][3] = -0.1
+    with pytest.raises(CatalogError, match=r"\[logg_err\] negative label error: 1 of 5 rows: rows \[3\]"):
+        read_table(only_err)
+    no_teff = t.copy()
+    no_teff.remove_column("teff")
+    with pytest.raises(CatalogError, match=r"labels required: no column 'teff' in the table \(columns: "):
+        read_table(no_teff, require_labels=True)
+    assert read_table(no_teff).theta is None  # inference reads it without labels
+
+
 def test_missing_column_named_with_available_columns():
     cmap = {**MAP, "parallax_err": "plx_error_typo", "mag": {**MAP["mag"], "J": "jmag"}}
     with pytest.raises(CatalogError) as ei:
