@@ -365,14 +365,17 @@ class Posterior:
 
         cols = {"star_id": self.star_id}
         weights = self.chain_weights
+        # the grid path's draws are i.i.d. (one "chain", weight ESS below): no R̂; a single MCMC chain
+        # still gets the split-R̂ of its two halves and its ESS (Vehtari et al. 2021)
+        iid = self.attrs.get("method") == "grid" or "weight_ess" in self.star_stats
         rhat_all, ess_all = [], []
         for k in VARIABLES:
             q16, med, q84 = weighted_quantiles(self.samples[k], QUANTILES, weights)
             cols[f"{k}_median"], cols[f"{k}_q16"], cols[f"{k}_q84"] = med, q16, q84
             if k in FITTED:
-                if self.n_chains > 1:
+                if not iid and self.n_draws >= 4:
                     rhat, ess = rank_rhat_ess_bulk(self.samples[k])
-                else:  # i.i.d. draws (grid path): no chains to compare
+                else:
                     rhat = ess = np.full(self.n_stars, np.nan)
                 cols[f"{k}_r_hat"], cols[f"{k}_ess_bulk"] = rhat, ess
                 rhat_all.append(rhat)

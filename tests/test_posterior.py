@@ -122,6 +122,25 @@ def test_rhat_ess_match_arviz():
     assert np.all(np.isnan(rank_diagnostics(np.ones((1, 4, 20)))["rhat_folded"]))
 
 
+def test_single_chain_gets_split_rhat_and_ess_but_iid_grid_draws_do_not(emu):
+    """One NUTS chain: split-R̂ of its two halves and its ESS (as arviz), so a drifting chain is flagged;
+    the grid path's i.i.d. draws (method "grid") keep NaN R̂ and are judged by their weight ESS."""
+    b = _fake_batch()
+    one = jax.tree_util.tree_map(lambda a: a[:, :1], b)  # chain 0 of every array (B, C, ...)
+    one.samples["teff"][3, 0, S // 2:] += 200.0  # star 3's chain jumps half-way: not stationary
+    ids = np.array([f"star{i}" for i in range(N)])
+    summ = Posterior.from_batch(one, ids, emu).summary()
+    with warnings.catch_warnings():  # (arviz computes no R̂ for one chain, but its ESS)
+        warnings.simplefilter("ignore")
+        ref = [float(az.ess(np.asarray(one.samples["logg"][i], np.float64), method="bulk")) for i in range(N)]
+    np.testing.assert_allclose(summ["logg_ess_bulk"], ref, rtol=0.15)
+    assert np.all(np.isfinite(summ["r_hat_max"])) and np.all(summ["ess_bulk_min"] > 0)
+    assert summ["teff_r_hat"][3] > 1.5 and summ["flag"][3] & FLAGS["r_hat"]
+    assert np.all(summ["teff_r_hat"].drop(3) < 1.05)  # stationary AR(1) chains: their halves agree
+    grid = Posterior.from_batch(one, ids, emu, attrs={"method": "grid"}).summary()
+    assert grid["r_hat_max"].isna().all() and not (grid["flag"] & FLAGS["r_hat"]).any()
+
+
 def test_weighted_quantiles_respect_chain_weights(emu):
     batch = _fake_batch(seed=4)
     weights = np.tile([0.5, 0.25, 0.25], (N, 1))
