@@ -169,12 +169,13 @@ def time_queue(model, stars, static, n, settings, init_fn, n_slots):
     size = padded_size(n, n_dev)
     init = None if init_fn is None else jax.block_until_ready(init_fn(sub, k_init))
     t0 = time.perf_counter()
-    exe = fn.lower(pad_batch(sub, size), arrays, pad_batch(init, size), pad_batch(k_nuts, size)).compile()
+    active = np.arange(size) < n
+    exe = fn.lower(pad_batch(sub, size), arrays, pad_batch(init, size), pad_batch(k_nuts, size), active).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     init = None if init_fn is None else init_fn(sub, k_init)
     out, n_iter = jax.block_until_ready(exe(pad_batch(sub, size), arrays, pad_batch(init, size),
-                                            pad_batch(k_nuts, size)))
+                                            pad_batch(k_nuts, size), active))
     seconds = time.perf_counter() - t0
     out, n_iter = first_rows(out, n, n_dev), first_rows(n_iter, n_dev, n_dev)
     res = BatchResult(**out, iterations=n_iter)

@@ -72,17 +72,20 @@ DEFAULT_BLOCK = 32  # iterations per block of random numbers
 @lru_cache(maxsize=16)
 def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int, has_init: bool, block: int,
                   progress: bool = False):
-    """The jitted queue sampler ``run(stars, arrays, init, keys)`` for (model, static args, settings,
-    slots), cached; what :func:`run_nuts_queue` calls. Public so that benchmarks can compile it
-    ahead of time (``.lower(...).compile()``) and time the compilation apart. progress: report
-    finished chains to the host as they finish (:mod:`dds_infer.progress`; a chunk of 1,024 stars
-    takes minutes, and its chains finish all along)."""
+    """The jitted queue sampler ``run(stars, arrays, init, keys, active)`` for (model, static args,
+    settings, slots), cached; what :func:`run_nuts_queue` calls. ``active`` (B,) bool: the stars
+    to sample, a prefix of the batch (padding stars after it are never scheduled, so a batch
+    padded to a larger compiled size costs no more iterations). Public so that benchmarks can
+    compile it ahead of time (``.lower(...).compile()``) and time the compilation apart. progress:
+    report finished chains to the host as they finish (:mod:`dds_infer.progress`; a chunk of 1,024
+    stars takes minutes, and its chains finish all along)."""
     total = settings.num_warmup + settings.num_samples
 
-    def run(stars, arrays, init, keys):
+    def run(stars, arrays, init, keys, active):
         static_args = static.merge(arrays)
         c = settings.num_chains
         n_jobs = keys.shape[0] * c
+        live = jnp.sum(active).astype(jnp.result_type(int)) * c  # jobs of active stars: the first `live`
         job_star = jnp.repeat(jnp.arange(keys.shape[0]), c)
         job_keys = jax.vmap(lambda k: jax.random.split(k, c))(keys).reshape(-1)
 
@@ -178,14 +181,15 @@ def queue_program(model: Callable, static, settings: NutsSettings, n_slots: int,
             adapt = states(slots).adapt_state
             bufs = dict(bufs, step_size=bufs["step_size"].at[jd].set(adapt.step_size, mode="drop"),
                         inv_mm=bufs["inv_mm"].at[jd].set(adapt.inverse_mass_matrix, mode="drop"))
-            fresh = jax.vmap(load_slot)(jnp.where(done, next_job + jnp.cumsum(done) - 1, n_jobs))
+            cand = next_job + jnp.cumsum(done) - 1
+            fresh = jax.vmap(load_slot)(jnp.where(done & (cand < live), cand, n_jobs))
             slots = jax.tree_util.tree_map(
                 lambda a, b: jnp.where(done.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), fresh, slots)
             return slots, next_job + jnp.sum(done), bufs, it + k
 
         first = jnp.arange(n_slots)
-        slots = jax.vmap(load_slot)(jnp.where(first < n_jobs, first, n_jobs))
-        carry = (slots, jnp.asarray(min(n_slots, n_jobs), jnp.result_type(int)), bufs, jnp.zeros((), jnp.int32))
+        slots = jax.vmap(load_slot)(jnp.where(first < live, first, n_jobs))
+        carry = (slots, jnp.minimum(n_slots, live), bufs, jnp.zeros((), jnp.int32))
         _, _, bufs, n_iter = jax.lax.while_loop(lambda c: jnp.any(c[0].job < n_jobs), outer, carry)
 
         d = bufs["draws"]
@@ -216,13 +220,14 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     key and start only: not on ``n_slots``, ``block`` or the other stars of the call. A call
     with many more jobs than slots wastes least (the idle tail is at most one job per slot).
     pad_to: pad the batch to this many stars by repeating the last (as ``run_nuts_batch``: one
-    compiled program for a catalogue's short last chunk; here the padding stars do run).
+    compiled program for a catalogue's short last chunk, or for catalogues of different sizes);
+    the padding stars' chains are never started, so padding costs no iterations.
     devices: spread the stars over this many local devices (default: all; :mod:`dds_infer.devices`),
     each with its own queue of ``n_slots / devices`` slots (rounded up); the batch is padded to a
     multiple of it. ``BatchResult.iterations`` then has one entry per device.
     n_slots: default :func:`default_slots` (64 per device).
     on_finished: called as ``on_finished(n)`` each time n chains finish during the call (progress
-    within a call; padding stars' chains included); the draws do not depend on it.
+    within a call); the draws do not depend on it.
     """
     settings = NutsSettings(num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth, bool(dense_mass),
                             init_mass, warmup_max_tree_depth)
@@ -234,7 +239,7 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
                                       int(block), devices, on_finished is not None)
     size = padded_size(n if pad_to is None else int(pad_to), n_dev)
     stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
-    call = partial(fn, stars_p, split_static(tuple(static_args))[1], init_p, keys_p)
+    call = partial(fn, stars_p, split_static(tuple(static_args))[1], init_p, keys_p, jnp.arange(size) < n)
     if on_finished is None:
         out, n_iter = call()
     else:
@@ -251,7 +256,7 @@ def default_slots(devices: int | None = None) -> int:
 
 def sharded_queue_program(model: Callable, static_args: tuple, settings: NutsSettings, n_slots: int, has_init: bool,
                           block: int = DEFAULT_BLOCK, devices: int | None = None, progress: bool = False):
-    """(``run(stars, arrays, init, keys) -> (out, iterations (devices,))``, devices): the queue
+    """(``run(stars, arrays, init, keys, active) -> (out, iterations (devices,))``, devices): the queue
     program of :func:`queue_program` with ``n_slots / devices`` slots (rounded up) per device,
     mapped over the devices (:func:`dds_infer.devices.shard_stars`; the batch must be a multiple
     of ``devices``). What :func:`run_nuts_queue` runs; public so that benchmarks can compile it
@@ -265,8 +270,9 @@ def sharded_queue_program(model: Callable, static_args: tuple, settings: NutsSet
 
 @lru_cache(maxsize=16)
 def _over_devices(fn, n_dev: int):
-    """``fn`` with its loop count given a leading axis (one entry per device), mapped over n_dev."""
-    def run(stars, arrays, init, keys):
-        out, n_iter = fn(stars, arrays, init, keys)
+    """``fn`` with its loop count given a leading axis (one entry per device), mapped over n_dev
+    (each device samples the active stars of its share: padding sits at the batch's end)."""
+    def run(stars, arrays, init, keys, active):
+        out, n_iter = fn(stars, arrays, init, keys, active)
         return out, n_iter[None]
-    return jax.jit(run) if n_dev == 1 else shard_stars(run, n_dev, (True, False, True, True))
+    return jax.jit(run) if n_dev == 1 else shard_stars(run, n_dev, (True, False, True, True, True))

@@ -102,12 +102,13 @@ def infer(catalog, emulator, out_dir, *, prior=None, config: InferenceConfig | N
     check_not_corrected_twice(catalog, config.zero_point_mas)
     if method == "grid":
         from .gridpath import GridSettings, grid_batch_fn
-        from .runner import default_batch_size
+        from .runner import default_batch_size, program_size
 
         batch_size = default_batch_size("grid") if batch_size is None else batch_size
-        # every chunk padded to one size (one compilation), but never past the catalogue
+        # every chunk padded to one size (one compilation); a catalogue smaller than a chunk to the
+        # next power of two (runner.program_size), so that catalogues of other sizes share programs
         fn = grid_batch_fn(emulator, prior, config, grid_settings or GridSettings(),
-                           pad_to=min(batch_size, catalog.n_stars))
+                           pad_to=program_size(min(batch_size, catalog.n_stars), batch_size))
         return infer_catalog(catalog, emulator, prior, config, out_dir, batch_size=batch_size, seed=seed,
                              star_data_fn=star_data_from_catalog, model=star_model, batch_fn=fn,
                              progress=progress, overwrite=overwrite, **runner_kw)

@@ -2,8 +2,11 @@
 
 The catalogue is processed in chunks of at most ``batch_size`` stars (one engine batch each): for
 NUTS the fewest such chunks, of equal size (:func:`chunk_size`; the last one, shorter by fewer
-stars than there are chunks, padded so that it reuses the compiled program). Padding stars are
-sampled too, so a 1,100-star catalogue runs as 2 × 550 stars, not 1,024 + 76 padded to 1,024.
+stars than there are chunks, padded so that it reuses the compiled program). The batch engine
+samples its padding stars too, so a 1,100-star catalogue runs as 2 × 550 stars, not 1,024 + 76
+padded to 1,024, and a small catalogue is never padded past its size. The queue engine never
+starts its padding stars' chains, so its chunks are padded to :func:`program_size` (a power of
+two): catalogues of any size then share a few compiled programs.
 Each finished chunk is written atomically to ``out_dir/chunks/chunk_NNNNN.nc``, its summary
 rows beside it; at the end :func:`dds_infer.run_outputs.assemble_run` writes the run's summary
 (and, if small enough, all draws in one file) without holding every chunk in memory;
@@ -147,6 +150,18 @@ def default_batch_size(method: str = "nuts", engine: str = DEFAULT_ENGINE) -> in
     return DEFAULT_CHUNK if engine == "queue" else 64
 
 
+def program_size(n: int, cap: int) -> int:
+    """Stars a chunk of ``n`` is padded to where padding is (nearly) free, the queue engine and the
+    grid path: the next power of two, at least 8, at most ``cap`` (the batch size). Catalogues of
+    different sizes then share a few compiled programs (kept on disk between runs by
+    :func:`dds_infer.devices.use_compilation_cache`) instead of compiling one per size: a dust-map
+    pipeline's sky regions each have their own."""
+    size = 8
+    while size < n:
+        size *= 2
+    return max(1, min(size, int(cap)))
+
+
 def chunk_size(n: int, batch_size: int) -> int:
     """Stars per NUTS chunk for ``n`` stars and at most ``batch_size`` per chunk: ceil(n / k) for the
     fewest chunks k = ceil(n / batch_size), so that no chunk is mostly padding (``n`` if smaller)."""
@@ -260,10 +275,12 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     if engine == "queue":
         from .nuts_queue import default_slots, run_nuts_queue
 
-        slots = min(default_slots(n_dev), chunk * int(num_chains)) if n_slots is None else int(n_slots)
+        pad = program_size(min(chunk, n), batch_size)  # its padding stars are never started
+        slots = min(default_slots(n_dev), pad * int(num_chains)) if n_slots is None else int(n_slots)
         sampler = partial(run_nuts_queue, n_slots=slots)
     else:
         sampler = run_nuts_batch
+        pad = min(chunk, n)  # (lockstep: padding stars are sampled, so never past the catalogue)
     chash, desc = run_config_hash(model, emulator, prior, config, settings)
     manifest = {"config_hash": chash, "catalog": catalog_fingerprint(catalog), "description": desc}
     _check_manifest(out_dir, manifest, overwrite)
@@ -302,7 +319,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         res = sampler(model, stars, (emulator, prior, config), init, nuts_keys,
                       num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                       target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
-                      init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=min(chunk, n),
+                      init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=pad,
                       devices=n_dev, **live)
         modes = None
         if combine_fn is not None:

@@ -203,6 +203,17 @@ def test_runner_pads_only_the_last_chunk_and_never_past_the_catalogue(setup, tmp
     assert seen == [(5, 5)]
 
 
+def test_program_sizes_are_few_powers_of_two_within_the_batch_size():
+    from dds_infer.runner import program_size
+
+    for cap in (1024, 100, 5):
+        sizes = {program_size(n, cap) for n in range(1, cap + 1)}
+        assert all(program_size(n, cap) >= n for n in range(1, cap + 1)) and max(sizes) == cap
+        assert all(s == cap or (s >= 8 and s & (s - 1) == 0) for s in sizes)
+        assert all(program_size(n, cap) < 2 * n or program_size(n, cap) == min(8, cap) for n in range(1, cap + 1))
+    assert len({program_size(n, 1024) for n in range(1, 1025)}) == 8  # 8, 16, ..., 1024
+
+
 def test_chunks_are_the_fewest_and_nearly_equal():
     from dds_infer.runner import chunk_size
 

@@ -262,7 +262,8 @@ def test_cli_grid_json_and_dustmap(emu, sbc_stars, tmp_path, capsys, monkeypatch
                  "--n-draws", "300", "--no-progress", "--combine", "never", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_stars"] == 5 and res["method"] == "grid" and res["frac_rhat_lt_1_01"] is None
-    assert pads == [5]  # the default chunk is 1,024 stars: padded to the catalogue, not past it
+    # the default chunk is 1,024 stars: a 5-star catalogue is padded to the next power of two, not to 1,024
+    assert pads == [8]
     # the draws stay in the chunks (as for a catalogue too large to combine); dustmap reads them there
     assert res["combined"] is False and res["out"]["posterior"] is None and not (out / "posterior.nc").exists()
     assert res["median_ess"] > 0 and res["catalog_err_floor"] is None  # simulated: σ_floor is in the noise

@@ -43,6 +43,13 @@ def test_schedule_does_not_change_any_draw():
         np.testing.assert_array_equal(a[1:3], np.asarray(sub.samples[k]))
     np.testing.assert_array_equal(np.asarray(ref.num_steps), np.asarray(other.num_steps))
     np.testing.assert_array_equal(np.asarray(ref.step_size), np.asarray(other.step_size))
+    # padding stars' chains are never started: padded to 16 instead of 5, the same draws in the same
+    # number of iterations on every device (the runner pads its chunks to a power of two for free)
+    wide = run_nuts_queue(gauss_model, jax.tree_util.tree_map(lambda a: a[1:3], stars), SCALE, None, keys[1:3],
+                          n_slots=8, block=8, pad_to=16, **run)
+    np.testing.assert_array_equal(np.asarray(wide.iterations), np.asarray(sub.iterations))
+    for k in ("x", "y", "w"):
+        np.testing.assert_array_equal(np.asarray(wide.samples[k]), np.asarray(sub.samples[k]))
     # chains differ from each other and from another seed
     a = np.asarray(ref.samples["y"])
     assert not np.array_equal(a[:, 0], a[:, 1])
