@@ -39,7 +39,8 @@ def reporting_to(sink: Callable[[int], None]):
 
 def chains_to_stars(bar, shown: list, n_rows: int, num_chains: int) -> Callable[[int], None]:
     """A sink that shows finished chains as stars on the tqdm ``bar``: chains // num_chains, at most
-    ``n_rows`` (a chunk's padding stars' chains count too); ``shown[0]`` tracks what was added."""
+    ``n_rows`` (the queue engine never starts padding stars' chains; the cap is a guard);
+    ``shown[0]`` tracks what was added."""
     chains = [0]
 
     def on_finished(n: int) -> None:
