@@ -2,11 +2,12 @@
 
 The catalogue is processed in chunks of at most ``batch_size`` stars (one engine batch each): for
 NUTS the fewest such chunks, of equal size (:func:`chunk_size`; the last one, shorter by fewer
-stars than there are chunks, padded so that it reuses the compiled program). The batch engine
-samples its padding stars too, so a 1,100-star catalogue runs as 2 × 550 stars, not 1,024 + 76
-padded to 1,024, and a small catalogue is never padded past its size. The queue engine never
-starts its padding stars' chains, so its chunks are padded to :func:`program_size` (a power of
-two): catalogues of any size then share a few compiled programs.
+stars than there are chunks, padded so that it reuses the compiled program). Padding stars cost
+(the batch engine samples them; the queue engine does not start them, but they would leave one
+device with more than its share), so a 1,100-star catalogue runs as 2 × 550 stars, not 1,024 + 76
+padded to 1,024, and a small catalogue is never padded past its size. The grid path, whose
+padding stars cost ~1 ms each, pads a small catalogue to :func:`program_size` (a power of two),
+so catalogues of other sizes share its compiled program.
 Each finished chunk is written atomically to ``out_dir/chunks/chunk_NNNNN.nc``, its summary
 rows beside it; at the end :func:`dds_infer.run_outputs.assemble_run` writes the run's summary
 (and, if small enough, all draws in one file) without holding every chunk in memory;
@@ -151,11 +152,11 @@ def default_batch_size(method: str = "nuts", engine: str = DEFAULT_ENGINE) -> in
 
 
 def program_size(n: int, cap: int) -> int:
-    """Stars a chunk of ``n`` is padded to where padding is (nearly) free, the queue engine and the
-    grid path: the next power of two, at least 8, at most ``cap`` (the batch size). Catalogues of
+    """Stars a small catalogue's chunk of ``n`` is padded to on the grid path, where padding is
+    nearly free: the next power of two, at least 8, at most ``cap`` (the batch size). Catalogues of
     different sizes then share a few compiled programs (kept on disk between runs by
-    :func:`dds_infer.devices.use_compilation_cache`) instead of compiling one per size: a dust-map
-    pipeline's sky regions each have their own."""
+    :func:`dds_infer.devices.use_compilation_cache`) instead of compiling one per size (~17-45 s
+    each): a dust-map pipeline's sky regions each have their own."""
     size = 8
     while size < n:
         size *= 2
@@ -275,12 +276,15 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     if engine == "queue":
         from .nuts_queue import default_slots, run_nuts_queue
 
-        pad = program_size(min(chunk, n), batch_size)  # its padding stars are never started
-        slots = min(default_slots(n_dev), pad * int(num_chains)) if n_slots is None else int(n_slots)
+        slots = min(default_slots(n_dev), chunk * int(num_chains)) if n_slots is None else int(n_slots)
         sampler = partial(run_nuts_queue, n_slots=slots)
     else:
         sampler = run_nuts_batch
-        pad = min(chunk, n)  # (lockstep: padding stars are sampled, so never past the catalogue)
+    # never past the catalogue: the batch engine samples its padding stars; the queue engine does
+    # not start them, but padding sits at the batch's end, so it would all fall on the last device
+    # and leave the first with more than its share (300 stars padded to 512 on 2 devices: 256 + 44
+    # real stars, 32% longer than 150 + 150)
+    pad = min(chunk, n)
     chash, desc = run_config_hash(model, emulator, prior, config, settings)
     manifest = {"config_hash": chash, "catalog": catalog_fingerprint(catalog), "description": desc}
     _check_manifest(out_dir, manifest, overwrite)
