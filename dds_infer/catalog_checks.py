@@ -204,9 +204,9 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
         problems.append(f"[ids] shape {np.shape(ids)}, expected ({n},)")
         ids = None
     if ids is not None and n > 1:  # outputs (posteriors, summaries, dust maps) are keyed by id
-        _, first, counts = np.unique(np.asarray(ids), return_index=True, return_counts=True)
+        _, inverse, counts = np.unique(np.asarray(ids), return_inverse=True, return_counts=True)
         if (counts > 1).any():
-            dup = np.isin(np.asarray(ids), np.asarray(ids)[first[counts > 1]])
+            dup = counts[inverse] > 1
             problems.append(f"[id] {int((counts > 1).sum())} id(s) given to more than one row (outputs are keyed "
                             f"by id: make them unique, or leave the id column out to use row numbers): "
                             f"{_rows(dup, ids)}")

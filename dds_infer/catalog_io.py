@@ -278,11 +278,6 @@ def _check_map(cmap: Mapping, colnames, bands: BandSet, require_labels: bool) ->
     return problems, mags, errs
 
 
-def _ids_of(table: Table, column_map: Mapping):
-    """The id column's values for row messages (None without one)."""
-    return None if column_map.get("id") is None else np.asarray(table[column_map["id"]])
-
-
 def _check_photometry_names(colnames, bands: BandSet) -> None:
     """With the default column names, a ``mag_<x>`` / ``mag_err_<x>`` column whose x is not a band's
     name is a typo, an alias or a band the model lacks: raise naming it (aliases: the column name to
@@ -295,8 +290,9 @@ def _check_photometry_names(colnames, bands: BandSet) -> None:
             continue
         x = c[len(prefix):]
         if _known(bands, x):
-            problems.append(f"[{c}] {x!r} is an alias of band {bands.names[bands.index(x)]!r}: name the column "
-                            f"{prefix}{bands.names[bands.index(x)]} or pass a column_map")
+            band = bands.names[bands.index(x)]
+            problems.append(f"[{c}] {x!r} is an alias of band {band!r}: name the column {prefix}{band} or pass "
+                            "a column_map")
         else:
             problems.append(f"[{c}] looks like photometry but {x!r} is no band of this model's band set "
                             f"({', '.join(bands.names)}): rename it, drop it, or pass a column_map that "
@@ -365,6 +361,10 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
         mag[:, i] = _values(table, c, f"mag {bands.names[i]}", problems)
     for i, c in errs.items():
         mag_err[:, i] = _values(table, c, f"mag_err {bands.names[i]}", problems)
+    ids = None  # (also for the row messages below)
+    if column_map.get("id") is not None:
+        ids = np.asarray(table[column_map["id"]])
+        ids = ids.astype(str) if ids.dtype.kind == "S" else ids
     plx_unit = _parallax_unit(parallax_unit)
     plx = plx_err = np.full(n, np.nan)
     if column_map.get("parallax") is not None:
@@ -378,7 +378,7 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
                 err = col(f"{k}_err", u.K if k == "teff" else None)
                 neg = err < 0  # (squared below: the sign would be lost)
                 if neg.any():
-                    problems.append(f"[{k}_err] negative label error: {_rows(neg, _ids_of(table, column_map))}")
+                    problems.append(f"[{k}_err] negative label error: {_rows(neg, ids)}")
                 cov[:, j, j] = err ** 2
         cov_map = column_map.get("cov") or {}
         given = {_cov_pair(pk) for pk in cov_map}
@@ -395,9 +395,8 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
         kw.update(l=col("l", u.deg), b=col("b", u.deg))
     elif column_map.get("ra") is not None:
         kw.update(_radec_to_lb(col("ra", u.deg), col("dec", u.deg)))
-    if column_map.get("id") is not None:
-        ids = np.asarray(table[column_map["id"]])
-        kw["ids"] = ids.astype(str) if ids.dtype.kind == "S" else ids
+    if ids is not None:
+        kw["ids"] = ids
     if problems:
         raise CatalogError(f"column problems ({len(problems)}):\n  - " + "\n  - ".join(problems), problems)
     meta = {"source": source, "format": format, "column_map": _plain(column_map),

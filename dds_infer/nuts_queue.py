@@ -220,8 +220,8 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     key and start only: not on ``n_slots``, ``block`` or the other stars of the call. A call
     with many more jobs than slots wastes least (the idle tail is at most one job per slot).
     pad_to: pad the batch to this many stars by repeating the last (as ``run_nuts_batch``: one
-    compiled program for a catalogue's short last chunk, or for catalogues of different sizes);
-    the padding stars' chains are never started, so padding costs no iterations.
+    compiled program for a catalogue's short last chunk); the padding stars' chains are never
+    started, so padding costs no iterations (but it all falls on the last device).
     devices: spread the stars over this many local devices (default: all; :mod:`dds_infer.devices`),
     each with its own queue of ``n_slots / devices`` slots (rounded up); the batch is padded to a
     multiple of it. ``BatchResult.iterations`` then has one entry per device.

@@ -280,11 +280,6 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         sampler = partial(run_nuts_queue, n_slots=slots)
     else:
         sampler = run_nuts_batch
-    # never past the catalogue: the batch engine samples its padding stars; the queue engine does
-    # not start them, but padding sits at the batch's end, so it would all fall on the last device
-    # and leave the first with more than its share (300 stars padded to 512 on 2 devices: 256 + 44
-    # real stars, 32% longer than 150 + 150)
-    pad = min(chunk, n)
     chash, desc = run_config_hash(model, emulator, prior, config, settings)
     manifest = {"config_hash": chash, "catalog": catalog_fingerprint(catalog), "description": desc}
     _check_manifest(out_dir, manifest, overwrite)
@@ -323,7 +318,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         res = sampler(model, stars, (emulator, prior, config), init, nuts_keys,
                       num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                       target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
-                      init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=pad,
+                      init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth,
+                      pad_to=min(chunk, n),  # never past the catalogue (see the module docstring)
                       devices=n_dev, **live)
         modes = None
         if combine_fn is not None:
