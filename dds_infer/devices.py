@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 __all__ = ["available_cores", "use_cpu_cores", "use_compilation_cache", "n_devices", "shard_stars", "padded_size",
-           "shard_leading", "unshard", "first_rows"]
+           "shard_leading", "unshard", "first_rows", "balanced_layout", "rows_at"]
 
 AXIS = "stars"
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -149,6 +149,36 @@ def unshard(tree, n: int | None = None):
 
     cut = slice(None) if n is None else slice(0, int(n))
     return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[cut]), tree)
+
+
+def balanced_layout(n: int, size: int, devices: int):
+    """Where ``n`` stars sit in a batch padded to ``size`` (a multiple of ``devices``) so that every
+    device's share holds as many of them as possible, each share's stars first and then its
+    padding. Returns (``src`` (size,) int: the star at each position, padding repeating its share's
+    last star; ``active`` (size,) bool: a real star). With padding at the batch's end instead, a
+    300-star batch padded to 512 on 2 devices puts 256 stars on one device and 44 on the other.
+    Without padding beyond :func:`padded_size` (n), on 1 or 2 devices, it is that layout: the stars
+    in order, one padding star last if n is odd."""
+    if size % devices or not 1 <= n <= size:
+        raise ValueError(f"cannot lay out {n} stars in {size} positions on {devices} devices")
+    share = size // devices
+    counts = [n // devices + (d < n % devices) for d in range(devices)]
+    starts = np.cumsum([0] + counts[:-1])
+    j = np.arange(share)
+    src = np.concatenate([s + np.minimum(j, max(c, 1) - 1) for s, c in zip(starts, counts)])
+    active = np.concatenate([j < c for c in counts])
+    return np.minimum(src, n - 1), active
+
+
+def rows_at(tree, positions, devices: int):
+    """The rows ``positions`` (ascending) of every leaf of an engine's output: :func:`first_rows`
+    when they are the first rows, else a copy through the host (as :func:`unshard`)."""
+    positions = np.asarray(positions)
+    if np.array_equal(positions, np.arange(len(positions))):
+        return first_rows(tree, len(positions), devices)
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[positions]), tree)
 
 
 def first_rows(tree, n: int, devices: int):

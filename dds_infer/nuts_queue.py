@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.scipy.special import ndtri
 from numpyro.infer.hmc import hmc
@@ -50,8 +51,8 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import ParamInfo, constrain_fn, initialize_model, potential_energy
 
 from . import progress as _progress
-from .devices import first_rows, n_devices, padded_size, shard_stars
-from .engine import BatchResult, NutsSettings, split_static, check_batch, laplace_inverse_mass, pad_batch
+from .devices import balanced_layout, first_rows, n_devices, padded_size, rows_at, shard_stars
+from .engine import BatchResult, NutsSettings, split_static, check_batch, laplace_inverse_mass
 from .nuts_leaf import N_UNIFORMS, _leaf, _start_draw, _uniforms, make_slot, slot_packing, unpack
 
 __all__ = ["run_nuts_queue", "queue_program", "sharded_queue_program", "default_slots", "DEFAULT_SLOTS_PER_DEVICE",
@@ -219,9 +220,10 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     iteration; random numbers come ``block`` iterations at a time. A star's draws depend on its
     key and start only: not on ``n_slots``, ``block`` or the other stars of the call. A call
     with many more jobs than slots wastes least (the idle tail is at most one job per slot).
-    pad_to: pad the batch to this many stars by repeating the last (as ``run_nuts_batch``: one
-    compiled program for a catalogue's short last chunk); the padding stars' chains are never
-    started, so padding costs no iterations (but it all falls on the last device).
+    pad_to: pad the batch to this many stars (one compiled program for a catalogue's short last
+    chunk, or for catalogues of several sizes); the padding stars' chains are never started, so
+    padding costs no iterations, and it is spread over the devices so that each samples an equal
+    share of the real stars (:func:`dds_infer.devices.balanced_layout`).
     devices: spread the stars over this many local devices (default: all; :mod:`dds_infer.devices`),
     each with its own queue of ``n_slots / devices`` slots (rounded up); the batch is padded to a
     multiple of it. ``BatchResult.iterations`` then has one entry per device.
@@ -238,14 +240,17 @@ def run_nuts_queue(model: Callable, stars: Any, static_args: tuple, init_params:
     fn, n_dev = sharded_queue_program(model, static_args, settings, int(n_slots), init_params is not None,
                                       int(block), devices, on_finished is not None)
     size = padded_size(n if pad_to is None else int(pad_to), n_dev)
-    stars_p, keys_p, init_p = pad_batch((stars, keys, init_params), size)
-    call = partial(fn, stars_p, split_static(tuple(static_args))[1], init_p, keys_p, jnp.arange(size) < n)
+    if n > size:
+        raise ValueError(f"batch of {n} stars exceeds the batch size {size}")
+    src, active = balanced_layout(n, size, n_dev)  # each device's share: its stars, then padding
+    stars_p, keys_p, init_p = jax.tree_util.tree_map(lambda a: a[src], (stars, keys, init_params))
+    call = partial(fn, stars_p, split_static(tuple(static_args))[1], init_p, keys_p, jnp.asarray(active))
     if on_finished is None:
         out, n_iter = call()
     else:
         with _progress.reporting_to(on_finished):  # until the (asynchronous) computation has finished
             out, n_iter = jax.block_until_ready(call())
-    out, n_iter = first_rows(out, n, n_dev), first_rows(n_iter, n_dev, n_dev)
+    out, n_iter = rows_at(out, np.flatnonzero(active), n_dev), first_rows(n_iter, n_dev, n_dev)
     return BatchResult(**out, iterations=n_iter)
 
 

@@ -3,11 +3,12 @@
 The catalogue is processed in chunks of at most ``batch_size`` stars (one engine batch each): for
 NUTS the fewest such chunks, of equal size (:func:`chunk_size`; the last one, shorter by fewer
 stars than there are chunks, padded so that it reuses the compiled program). Padding stars cost
-(the batch engine samples them; the queue engine does not start them, but they would leave one
-device with more than its share), so a 1,100-star catalogue runs as 2 × 550 stars, not 1,024 + 76
-padded to 1,024, and a small catalogue is never padded past its size. The grid path, whose
-padding stars cost ~1 ms each, pads a small catalogue to :func:`program_size` (a power of two),
-so catalogues of other sizes share its compiled program.
+(the batch engine samples them; the queue engine does not start their chains, but sets them up
+and maps their empty draws), so a 1,100-star catalogue runs as 2 × 550 stars, not 1,024 + 76
+padded to 1,024. A catalogue of one chunk is padded to :func:`program_size` (a power of two) by
+the queue engine (the default) and the grid path, so that catalogues of other sizes (a dust-map
+pipeline's sky regions) share their compiled programs; the batch engine never pads past the
+catalogue.
 Each finished chunk is written atomically to ``out_dir/chunks/chunk_NNNNN.nc``, its summary
 rows beside it; at the end :func:`dds_infer.run_outputs.assemble_run` writes the run's summary
 (and, if small enough, all draws in one file) without holding every chunk in memory;
@@ -35,7 +36,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .devices import n_devices
-from .engine import run_nuts_batch, star_keys
+from .engine import pad_batch, run_nuts_batch, star_keys
 from .inference import direct_log_density
 from .posterior import Posterior
 from .progress import chains_to_stars
@@ -152,8 +153,8 @@ def default_batch_size(method: str = "nuts", engine: str = DEFAULT_ENGINE) -> in
 
 
 def program_size(n: int, cap: int) -> int:
-    """Stars a small catalogue's chunk of ``n`` is padded to on the grid path, where padding is
-    nearly free: the next power of two, at least 8, at most ``cap`` (the batch size). Catalogues of
+    """Stars a small catalogue's chunk of ``n`` is padded to by the grid path and the queue engine,
+    where padding is nearly free: the next power of two, at least 8, at most ``cap`` (the batch size). Catalogues of
     different sizes then share a few compiled programs (kept on disk between runs by
     :func:`dds_infer.devices.use_compilation_cache`) instead of compiling one per size (~17-45 s
     each): a dust-map pipeline's sky regions each have their own."""
@@ -273,10 +274,14 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     if batch_fn is None and chunk != min(batch_size, n):  # (absent where the chunks are as before the
         settings["chunk"] = chunk  # balancing: earlier runs' fingerprints stay valid)
     n_dev = n_devices(devices)
+    # stars per compiled program: the queue engine never starts its padding stars' chains and
+    # spreads the padding over the devices, so a small catalogue is padded to program_size and
+    # shares its programs with catalogues of other sizes; the batch engine samples padding stars
+    size = program_size(chunk, batch_size) if engine == "queue" and batch_fn is None and chunk == n else min(chunk, n)
     if engine == "queue":
         from .nuts_queue import default_slots, run_nuts_queue
 
-        slots = min(default_slots(n_dev), chunk * int(num_chains)) if n_slots is None else int(n_slots)
+        slots = min(default_slots(n_dev), size * int(num_chains)) if n_slots is None else int(n_slots)
         sampler = partial(run_nuts_queue, n_slots=slots)
     else:
         sampler = run_nuts_batch
@@ -311,7 +316,9 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
             continue
         split = jax.vmap(jax.random.split)(keys)  # (B, 2): initialiser key, sampler key
         init_keys, nuts_keys = split[:, 0], split[:, 1]
-        init = None if init_fn is None else init_fn(stars, init_keys)
+        init = None
+        if init_fn is not None:  # on the padded batch too (one compiled program per size)
+            init = jax.tree_util.tree_map(lambda a: a[:len(rows)], init_fn(*pad_batch((stars, init_keys), size)))
         shown = [0]  # stars of this chunk already on the progress bar (the queue engine reports chains)
         live = ({"on_finished": chains_to_stars(bar, shown, len(rows), num_chains)}
                 if bar is not None and engine == "queue" else {})
@@ -319,7 +326,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                       num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                       target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
                       init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth,
-                      pad_to=min(chunk, n),  # never past the catalogue (see the module docstring)
+                      pad_to=size,
                       devices=n_dev, **live)
         modes = None
         if combine_fn is not None:

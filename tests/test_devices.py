@@ -12,7 +12,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from dds_infer.devices import n_devices, padded_size, use_cpu_cores
+from dds_infer.devices import balanced_layout, n_devices, padded_size, use_cpu_cores
 from dds_infer.engine import run_nuts_batch, star_keys
 from dds_infer.nuts_queue import run_nuts_queue
 
@@ -63,6 +63,39 @@ def test_a_share_runs_alone_and_reproducibly(engine):
         it = np.asarray(a.iterations)
         steps = np.asarray(a.num_steps).sum(-1)
         assert it.shape == (2,) and steps[:3].max() <= it[0] and steps[3:].max() <= it[1]
+
+
+def test_balanced_layout_gives_every_device_an_equal_share_of_the_stars():
+    for d in (1, 2, 3):
+        for n in range(1, 40):
+            for size in {padded_size(n, d), padded_size(2 * n, d), padded_size(n + 7, d)}:
+                src, active = balanced_layout(n, size, d)
+                counts = active.reshape(d, -1).sum(1)
+                assert counts.sum() == n and counts.max() - counts.min() <= 1, (n, size, d)
+                np.testing.assert_array_equal(src[active], np.arange(n))  # every star once, in order
+                assert src.min() >= 0 and src.max() < n
+                for share in active.reshape(d, -1):  # each share: its stars first, then padding
+                    assert not np.any(share[1:] & ~share[:-1])
+            if d <= 2:  # unpadded: the stars in order (the engines' layout before padding was spread)
+                src, active = balanced_layout(n, padded_size(n, d), d)
+                np.testing.assert_array_equal(src, np.minimum(np.arange(padded_size(n, d)), n - 1))
+    with pytest.raises(ValueError, match="cannot lay out"):
+        balanced_layout(9, 8, 2)
+
+
+def test_queue_padding_is_spread_over_the_devices():
+    """5 stars padded to 16 on 2 devices: stars 0-2 on the first, 3-4 on the second, as without
+    padding (not all 5 on the first), and the same draws: padding stars' chains never start."""
+    keys = star_keys(3, np.arange(5))
+    stars = _stars([0, 1, 2, 3, 4], [1, 2, 3, 4, 5])
+    a = run_nuts_queue(exp_model, stars, (), None, keys, n_slots=4, **RUN)
+    b = run_nuts_queue(exp_model, stars, (), None, keys, n_slots=4, pad_to=16, **RUN)
+    it, steps = np.asarray(b.iterations), np.asarray(b.num_steps).sum(-1)
+    assert it.shape == (2,) and steps[:3].max() <= it[0] and steps[3:].max() <= it[1]
+    np.testing.assert_array_equal(it, np.asarray(a.iterations))
+    for k in ("x", "y"):
+        assert np.asarray(b.samples[k]).shape == (5, 2, 200)
+        np.testing.assert_array_equal(np.asarray(a.samples[k]), np.asarray(b.samples[k]))
 
 
 @pytest.mark.slow

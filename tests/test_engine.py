@@ -203,6 +203,36 @@ def test_runner_pads_only_the_last_chunk_and_never_past_the_catalogue(setup, tmp
     assert seen == [(5, 5)]
 
 
+def test_queue_engine_pads_a_small_catalogue_to_a_shared_program_size(setup, tmp_path, monkeypatch):
+    """The queue engine does not start padding stars' chains, so a catalogue of one chunk is padded
+    to runner.program_size (catalogues of 9-16 stars share one program), its chain starts computed
+    on the padded batch too (their program is shared as well); a larger catalogue's chunks are not
+    padded past the chunk size."""
+    import dds_infer.nuts_queue as nq
+
+    emu, cat, _, _ = setup  # 10 stars
+    seen, inits = [], []
+
+    class Seen(Exception):
+        pass
+
+    def record_only(model, stars, static_args, init, keys, *, pad_to=None, n_slots=None, **kw):
+        seen.append((len(stars.mag), pad_to, n_slots, None if init is None else init.shape[0]))
+        raise Seen
+
+    def init_fn(stars, keys):
+        inits.append(len(stars.mag))
+        return np.zeros((len(stars.mag), C))
+
+    monkeypatch.setattr(nq, "run_nuts_queue", record_only)
+    kw = dict(num_chains=C, num_warmup=W, num_samples=S, seed=0, model=star_model, init_fn=init_fn,
+              star_data_fn=star_data_from_catalog, progress=False, engine="queue")
+    for bs, expect in ((64, (10, 16, 16 * C, 10)), (4, (4, 4, 4 * C, 4))):
+        with pytest.raises(Seen):
+            infer_catalog(cat, emu, None, InferenceConfig(), tmp_path / str(bs), batch_size=bs, **kw)
+        assert seen.pop() == expect and inits.pop() == expect[1]
+
+
 def test_program_sizes_are_few_powers_of_two_within_the_batch_size():
     from dds_infer.runner import program_size
 
