@@ -24,6 +24,9 @@ TARGET_ACCEPT = 0.95  # NUTS target acceptance of the pipeline (see infer's docs
 WARMUP_MAX_TREE_DEPTH = 4  # NUTS tree-depth cap during warmup (idem)
 
 
+INIT_BLOCK = 8  # stars whose grid modes are found together (vmapped) in mode_init_fn's loop on a CPU
+
+
 def mode_init_fn(emulator, prior, config: InferenceConfig, n_chains: int, theta_grid=None):
     """``init_fn(stars, keys) -> {site: (B, C, ...)}`` unconstrained chain starts of
     :func:`~dds_infer.inference.star_model` under ``config.parameterization``, one chain per
@@ -37,7 +40,12 @@ def mode_init_fn(emulator, prior, config: InferenceConfig, n_chains: int, theta_
             start = initial_params(star_modes(star, emulator, prior, config, grid), n_chains, key)
             return unconstrained_init(start, star, emulator, config)
 
-        return jax.vmap(one)(stars, keys)
+        if jax.default_backend() != "cpu":  # (a GPU wants the whole batch at once)
+            return jax.vmap(one)(stars, keys)
+        # on a CPU, blocks of 8 stars in a loop: one star's grid has ~8,000 θ nodes, and a whole
+        # chunk's intermediates at once overflow the caches (1,024 mock stars: 8.9 s vmapped at
+        # once, 2.2 s in blocks of 8; 300 stars 0.98 → 0.64 s)
+        return jax.lax.map(lambda a: one(*a), (stars, keys), batch_size=INIT_BLOCK)
 
     init.__qualname__ = f"mode_init_fn(n_chains={n_chains})"
     return init
