@@ -10,15 +10,18 @@ Called by ``python bench/infer_bench.py --method grid``. On the same stars:
   that NUTS itself did not flag.
 * mock: --n-mock stars drawn from the prior (half-normal E, scale 0.3) with the shipped model as
   truth (as bench/sbc.py): the same agreement, and the 68% / 95% coverage of both methods.
-* speed: the grid path on all 10,000 shared stars (chunks of --grid-batch), compute only
-  (``grid_stars_per_s``, compilation and the shared coarse grid excluded and reported as
-  ``grid_setup_seconds``), plus the peak-RSS growth and the NetCDF size per 10^4 stars.
+* speed: the grid path on all 10,000 shared stars (chunks of --grid-batch, padded and spread over
+  the devices as ``dds-infer infer --method grid`` does: ``gridpath.grid_batch_on_devices``),
+  compute only (``grid_stars_per_s``, compilation and the shared coarse grid excluded and
+  reported as ``grid_setup_seconds``), plus the peak-RSS growth and the NetCDF size per 10^4
+  stars. Until 2026-12-03 it timed ``grid_batch`` on one device (XLA threading over both cores).
 
 NUTS results are cached in --work-dir (the runner resumes), so a rerun only redoes the grid.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -92,8 +95,9 @@ def run(args, emu_real, anchor) -> dict:
 
     from dds_infer import load_bundle
     from dds_infer.catalog_io import read_green2020_h5
-    from dds_infer.engine import star_keys
-    from dds_infer.gridpath import GridSettings, grid_batch, make_cell_grid
+    from dds_infer.devices import padded_size
+    from dds_infer.engine import pad_batch, star_keys
+    from dds_infer.gridpath import GridSettings, grid_batch_on_devices, make_cell_grid
     from dds_infer.inference import InferenceConfig, star_data_from_catalog
     from dds_infer.pipeline import infer
     from dds_infer.priors import default_prior
@@ -114,6 +118,8 @@ def run(args, emu_real, anchor) -> dict:
     t0 = time.perf_counter()
     nuts_r = infer(real, emu_real, work / "nuts_real", prior=prior_r, config=config, **nuts_kw)
     out["nuts_seconds_real"] = time.perf_counter() - t0
+    for d in ("grid_real", "grid_mock"):  # the grid runs are always redone (only NUTS is cached)
+        shutil.rmtree(work / d, ignore_errors=True)
     grid_r = infer(real, emu_real, work / "grid_real", prior=prior_r, config=config, method="grid",
                    batch_size=1024, seed=0, progress=False, overwrite=True, combine="always")
     ag_r = agreement(nuts_r, grid_r)
@@ -143,20 +149,33 @@ def run(args, emu_real, anchor) -> dict:
     stars = star_data_from_catalog(full)
     keys = star_keys(0, np.arange(n))
     B = args.grid_batch
-    take = lambda a, b: jax.tree_util.tree_map(lambda x: x[a:b], stars)  # noqa: E731
-    t0 = time.perf_counter()
-    grid = make_cell_grid(emu_real, settings.threshold, settings.stride)
-    jax.block_until_ready(grid_batch(take(0, B), keys[:B], grid, emu_real, prior_r, config, settings))
-    setup = time.perf_counter() - t0
     n_full = (n // B) * B  # whole batches only (no recompilation for a ragged tail)
-    with _RSSPeak() as rss:  # the working memory of the batches above what setup left resident
+    grid = None
+
+    def timed(star_block):
+        """(setup s, compute s, padded batch, RSS peak) of the grid path over n_full stars, as
+        dds-infer runs it: each device its share of a batch, padded as grid_batch_fn pads it."""
+        nonlocal grid
+        run, multiple = grid_batch_on_devices(config, settings, star_block=star_block)
+        size = padded_size(B, multiple)
+        take = lambda a, b: pad_batch(jax.tree_util.tree_map(lambda x: x[a:b], (stars, keys)), size)  # noqa: E731
         t0 = time.perf_counter()
-        for a in range(0, n_full, B):
-            jax.block_until_ready(grid_batch(take(a, a + B), keys[a:a + B], grid, emu_real, prior_r, config,
-                                             settings))
-        sec = time.perf_counter() - t0
+        if grid is None:
+            grid = make_cell_grid(emu_real, settings.threshold, settings.stride)
+        jax.block_until_ready(run(*take(0, B), grid, emu_real, prior_r))
+        setup = time.perf_counter() - t0
+        with _RSSPeak() as rss:  # the working memory of the batches above what setup left resident
+            t0 = time.perf_counter()
+            for a in range(0, n_full, B):
+                jax.block_until_ready(run(*take(a, a + B), grid, emu_real, prior_r))
+            return setup, time.perf_counter() - t0, size, rss
+
+    setup, sec, size, rss = timed("auto")
+    whole = timed(None)[1] if args.grid_vs_whole_batch else None  # the same, each share vmapped at once
+    if whole is not None:
+        out.update({"grid_stars_per_s_whole_batch": n_full / whole, "grid_block_speedup": whole / sec})
     nc = Path(work / "grid_real" / "posterior.nc").stat().st_size
-    out.update({"grid_stars_per_s": n_full / sec, "grid_speed_stars": n_full, "grid_batch": B,
+    out.update({"grid_stars_per_s": n_full / sec, "grid_speed_stars": n_full, "grid_batch": B, "grid_padded_batch": size,
                 "grid_setup_seconds": setup, "grid_peak_rss_growth_mb": rss.peak - rss.base,
                 "grid_rss_mb_before_speed_run": rss.base,
                 "grid_netcdf_mb_per_1e4_stars": nc / args.n_stars * 1e4 / 1e6,

@@ -364,6 +364,9 @@ def main(argv=None) -> int:
     p.add_argument("--n-mock", type=int, default=300, help="--method grid: mock stars drawn from the prior")
     p.add_argument("--mock-model", default=str(REPO / "models" / "mock13-v1"))
     p.add_argument("--grid-batch", type=int, default=1000, help="--method grid: stars per grid batch (speed)")
+    p.add_argument("--grid-vs-whole-batch", action="store_true",
+                   help="--method grid: also time each device's share vmapped at once instead of in blocks "
+                        "(grid_stars_per_s_whole_batch, grid_block_speedup)")
     p.add_argument("--work-dir", default=None, help="--method grid: keep (and resume) the NUTS runs here")
     p.add_argument("--json", action="store_true")
     p.add_argument("--baseline-only", action="store_true",

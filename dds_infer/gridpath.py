@@ -56,8 +56,8 @@ from .modes import ThetaGrid, make_theta_grid
 from .priors import Prior, log_hr_prior
 from .theta_mass import coarse_log_mass, mu_prior_tables, reddening_integral, theta_log_mass, truncated_std_normal
 
-__all__ = ["GridSettings", "CellGrid", "make_cell_grid", "star_grid_posterior", "grid_batch", "grid_posterior",
-           "grid_batch_fn", "count_modes", "neighbour_max"]
+__all__ = ["GridSettings", "CellGrid", "make_cell_grid", "star_grid_posterior", "grid_batch", "grid_batch_on_devices",
+           "grid_posterior", "grid_batch_fn", "count_modes", "neighbour_max"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -299,13 +299,47 @@ def star_grid_posterior(star, key, grid: CellGrid, emulator, prior: Prior, confi
                 log_evidence=log_evidence, n_modes=n_modes)
 
 
-@partial(jax.jit, static_argnames=("config", "settings"))
+# stars evaluated together (vmapped) in each step of grid_batch's loop over the batch, on a CPU with
+# one JAX device per core: a star's grid intermediates are ~100 kB, so 16 stars' fit the caches that a
+# whole chunk's do not. 1,000 real stars padded to 1,024 on 2 devices: 0.72 s vmapped at once, 0.51 s
+# in blocks of 16 (mock stars: 0.86 / 0.55 s; blocks of 32: 0.56, 64: 0.66). On ONE CPU device the
+# blocks lose (0.81 → 0.88 s: XLA spreads a whole batch's large operations over the cores, a small
+# block's not), and on a GPU the whole batch at once is the point; there the batch is vmapped whole.
+STAR_BLOCK = 16
+
+
+@partial(jax.jit, static_argnames=("config", "settings", "star_block"))
 def grid_batch(stars, keys, grid: CellGrid, emulator, prior: Prior, config: InferenceConfig,
-               settings: GridSettings = GridSettings()):
-    """:func:`star_grid_posterior` vmapped over a batch of stars (leading axis of ``stars`` and ``keys``)."""
+               settings: GridSettings = GridSettings(), star_block: int | None = None):
+    """:func:`star_grid_posterior` over a batch of stars (leading axis of ``stars`` and ``keys``):
+    vmapped over the whole batch, or over blocks of ``star_block`` stars in a loop over the batch
+    (``jax.lax.map``; a batch that is not a multiple of it compiles a second, shorter block too)."""
     log_hr_nodes = log_hr_prior(grid.nodes.theta, prior)  # shared by all stars
     fn = lambda st, k: star_grid_posterior(st, k, grid, emulator, prior, config, settings, log_hr_nodes)  # noqa: E731
-    return jax.vmap(fn)(stars, keys)
+    if star_block is None:
+        return jax.vmap(fn)(stars, keys)
+    return jax.lax.map(lambda a: fn(*a), (stars, keys), batch_size=int(star_block))
+
+
+def grid_batch_on_devices(config: InferenceConfig, settings: GridSettings = GridSettings(),
+                          devices: int | None = None, star_block: int | None | str = "auto"):
+    """(``run(stars, keys, grid, emulator, prior)``, ``multiple``): :func:`grid_batch` with each of
+    ``devices`` local devices (default all, :mod:`dds_infer.devices`) computing its share of the
+    stars, in blocks of ``star_block`` stars ("auto": :data:`STAR_BLOCK` on a CPU with several
+    devices, else the whole share at once; None: the whole share). The batch must be a multiple of
+    ``multiple`` (devices × block); what :func:`grid_batch_fn` runs and ``bench/grid_compare.py``
+    times."""
+    from .devices import n_devices, shard_stars
+
+    n_dev = n_devices(devices)
+    if star_block == "auto":
+        star_block = STAR_BLOCK if n_dev > 1 and jax.default_backend() == "cpu" else None
+    block = None if star_block is None else int(star_block)
+    if n_dev == 1:
+        return partial(grid_batch, config=config, settings=settings, star_block=block), block or 1
+    run = shard_stars(lambda st, k, g, e, p: grid_batch(st, k, g, e, p, config, settings, block), n_dev,
+                      (True, True, False, False, False))
+    return run, n_dev * (block or 1)
 
 
 def grid_posterior(out: dict, star_id, emulator, settings: GridSettings, attrs=None):
@@ -335,8 +369,8 @@ def grid_batch_fn(emulator, prior: Prior, config: InferenceConfig, settings: Gri
     """``batch_fn(stars, star_id, keys) -> Posterior`` for :func:`dds_infer.runner.infer_catalog`:
     the coarse grid is built once; batches are padded to ``pad_to`` stars (one compilation), and
     to a multiple of ``devices`` (default: all local devices, :mod:`dds_infer.devices`), over
-    which the stars are spread."""
-    from .devices import n_devices, padded_size, shard_stars
+    which the stars are spread, times the stars of one block (:func:`grid_batch_on_devices`)."""
+    from .devices import padded_size
     from .engine import pad_batch
 
     if not all(isinstance(k, str) for k in (prior.distance_kind, prior.feh_kind, prior.theta_kind,
@@ -344,15 +378,11 @@ def grid_batch_fn(emulator, prior: Prior, config: InferenceConfig, settings: Gri
         raise NotImplementedError("the grid path supports the built-in prior kinds only; "
                                   "use method='nuts' for user-callable priors")
     grid = make_cell_grid(emulator, settings.threshold, settings.stride)
-    n_dev = n_devices(devices)
-    run = partial(grid_batch, config=config, settings=settings)
-    if n_dev > 1:  # each device its share of the stars (the grid, emulator and prior on every device)
-        run = shard_stars(lambda st, k, g, e, p: grid_batch(st, k, g, e, p, config, settings), n_dev,
-                          (True, True, False, False, False))
+    run, multiple = grid_batch_on_devices(config, settings, devices)  # the grid, emulator, prior on every device
 
     def batch_fn(stars, star_id, keys):
         n = len(star_id)
-        size = padded_size(max(n, pad_to or n), n_dev)
+        size = padded_size(max(n, pad_to or n), multiple)
         out = run(pad_batch(stars, size), pad_batch(keys, size), grid, emulator, prior)
         out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], out)
         return grid_posterior(out, star_id, emulator, settings)
