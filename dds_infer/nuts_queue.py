@@ -276,7 +276,8 @@ def sharded_queue_program(model: Callable, static_args: tuple, settings: NutsSet
 @lru_cache(maxsize=16)
 def _over_devices(fn, n_dev: int):
     """``fn`` with its loop count given a leading axis (one entry per device), mapped over n_dev
-    (each device samples the active stars of its share: padding sits at the batch's end)."""
+    (each device samples the active stars of its share, which come first in it:
+    :func:`dds_infer.devices.balanced_layout`)."""
     def run(stars, arrays, init, keys, active):
         out, n_iter = fn(stars, arrays, init, keys, active)
         return out, n_iter[None]

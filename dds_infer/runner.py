@@ -154,8 +154,8 @@ def default_batch_size(method: str = "nuts", engine: str = DEFAULT_ENGINE) -> in
 
 def program_size(n: int, cap: int) -> int:
     """Stars a small catalogue's chunk of ``n`` is padded to by the grid path and the queue engine,
-    where padding is nearly free: the next power of two, at least 8, at most ``cap`` (the batch size). Catalogues of
-    different sizes then share a few compiled programs (kept on disk between runs by
+    where padding is nearly free: the next power of two, at least 8, at most ``cap`` (the batch
+    size). Catalogues of different sizes then share a few compiled programs (kept on disk between runs by
     :func:`dds_infer.devices.use_compilation_cache`) instead of compiling one per size (~17-45 s
     each): a dust-map pipeline's sky regions each have their own."""
     size = 8
