@@ -286,9 +286,9 @@ def _check_photometry_names(colnames, bands: BandSet) -> None:
     problems = []
     for c in colnames:
         prefix = "mag_err_" if c.startswith("mag_err_") else "mag_" if c.startswith("mag_") else None
-        if prefix is None or c[len(prefix):] in names:
+        x = None if prefix is None else c[len(prefix):]
+        if x is None or x in names:
             continue
-        x = c[len(prefix):]
         if _known(bands, x):
             band = bands.names[bands.index(x)]
             problems.append(f"[{c}] {x!r} is an alias of band {band!r}: name the column {prefix}{band} or pass "

@@ -140,14 +140,15 @@ shard_stars = lru_cache(maxsize=32)(shard_leading)
 shard_stars.__doc__ = """:func:`shard_leading`, cached on (fn, devices, sharded): the engines' long-lived programs."""
 
 
-def unshard(tree, n: int | None = None):
+def unshard(tree, n=None):
     """Every leaf of ``tree`` (outputs of a :func:`shard_stars` program) copied into one array on
-    the default device, optionally cut to its first ``n`` rows. The copy goes through the host
-    (``np.asarray``), so no XLA program runs on the multi-device arrays: in one CI run, slicing
-    such an output op by op (``a[:n]``) aborted the process inside XLA's CPU runtime."""
+    the default device, optionally cut to its first ``n`` rows (an int) or to the rows at ``n`` (an
+    index array). The copy goes through the host (``np.asarray``), so no XLA program runs on the
+    multi-device arrays: in one CI run, slicing such an output op by op (``a[:n]``) aborted the
+    process inside XLA's CPU runtime."""
     import jax.numpy as jnp
 
-    cut = slice(None) if n is None else slice(0, int(n))
+    cut = slice(None) if n is None else slice(0, int(n)) if np.ndim(n) == 0 else np.asarray(n)
     return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[cut]), tree)
 
 
@@ -172,13 +173,11 @@ def balanced_layout(n: int, size: int, devices: int):
 
 def rows_at(tree, positions, devices: int):
     """The rows ``positions`` (ascending) of every leaf of an engine's output: :func:`first_rows`
-    when they are the first rows, else a copy through the host (as :func:`unshard`)."""
+    when they are the first rows, else a copy through the host (:func:`unshard`)."""
     positions = np.asarray(positions)
     if np.array_equal(positions, np.arange(len(positions))):
         return first_rows(tree, len(positions), devices)
-    import jax.numpy as jnp
-
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[positions]), tree)
+    return unshard(tree, positions)
 
 
 def first_rows(tree, n: int, devices: int):

@@ -277,7 +277,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     # stars per compiled program: the queue engine never starts its padding stars' chains and
     # spreads the padding over the devices, so a small catalogue is padded to program_size and
     # shares its programs with catalogues of other sizes; the batch engine samples padding stars
-    size = program_size(chunk, batch_size) if engine == "queue" and batch_fn is None and chunk == n else min(chunk, n)
+    pads_free = engine == "queue" and batch_fn is None and chunk == n
+    size = program_size(chunk, batch_size) if pads_free else min(chunk, n)
     if engine == "queue":
         from .nuts_queue import default_slots, run_nuts_queue
 
@@ -325,8 +326,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         res = sampler(model, stars, (emulator, prior, config), init, nuts_keys,
                       num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                       target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
-                      init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth,
-                      pad_to=size,
+                      init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=size,
                       devices=n_dev, **live)
         modes = None
         if combine_fn is not None:
