@@ -31,8 +31,8 @@ import numpy as np
 from .atomic import atomic_path
 from .posterior import Posterior, concat
 
-__all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "assemble_run", "open_run",
-           "should_combine", "write_chunk_summary", "chunk_summary_path"]
+__all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "ChunkWriter", "assemble_run", "open_run",
+           "should_combine", "write_chunk", "write_chunk_summary", "chunk_summary_path"]
 
 COMBINE_MAX_DRAWS = 2 * 10**7  # star x chain x draw: 10,000 stars at 4 x 500 draws
 COMBINE_CHOICES = ("auto", "always", "never")
@@ -79,6 +79,57 @@ def write_chunk_summary(post: Posterior, chunk_path) -> Path:
     with atomic_path(out) as tmp:
         pq.write_table(_summary_table(post, {}), tmp)
     return out
+
+
+def write_chunk(post: Posterior, chunk_path) -> Path:
+    """Write a finished chunk: its draws (``chunk_path``, atomic), then its summary rows beside it."""
+    return write_chunk_summary(post, post.save(chunk_path))
+
+
+class ChunkWriter:
+    """Writes finished chunks (:func:`write_chunk`) on one background thread, so that the next
+    chunk's sampling overlaps this one's compression and disk writes (HDF5's zlib holds the GIL,
+    but XLA releases it while it computes). At most one chunk waits to be written: :meth:`submit`
+    first waits for the previous one, so memory stays at two chunks. A failed write raises at the
+    next :meth:`submit` or at :meth:`close`; leaving the ``with`` block waits for the pending
+    write either way (each file is atomic, so an interrupted run resumes from whole chunks).
+    ``background=False`` writes in the calling thread."""
+
+    def __init__(self, background: bool = True):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="dds-chunk-writer") if background else None
+        self._pending = None
+
+    def submit(self, post: Posterior, chunk_path) -> None:
+        self.wait()
+        if self._pool is None:
+            write_chunk(post, chunk_path)
+        else:
+            self._pending = self._pool.submit(write_chunk, post, chunk_path)
+
+    def wait(self) -> None:
+        """Block until the pending write (if any) is on disk; re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "ChunkWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the original error wins; the pending chunk still lands whole (or not at all)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def _chunk_summary(path: Path, summary_kw: dict):

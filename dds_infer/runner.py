@@ -10,7 +10,8 @@ the queue engine (the default) and the grid path, so that catalogues of other si
 pipeline's sky regions) share their compiled programs; the batch engine never pads past the
 catalogue.
 Each finished chunk is written atomically to ``out_dir/chunks/chunk_NNNNN.nc``, its summary
-rows beside it; at the end :func:`dds_infer.run_outputs.assemble_run` writes the run's summary
+rows beside it, on a background thread while the next chunk is computed
+(:class:`dds_infer.run_outputs.ChunkWriter`; a failed write stops the run); at the end :func:`dds_infer.run_outputs.assemble_run` writes the run's summary
 (and, if small enough, all draws in one file) without holding every chunk in memory;
 ``out_dir/manifest.json`` records the run configuration hash and the catalogue fingerprint. A
 rerun with the same manifest skips finished chunks; a different one refuses to mix results
@@ -40,7 +41,7 @@ from .engine import pad_batch, run_nuts_batch, star_keys
 from .inference import direct_log_density
 from .posterior import Posterior
 from .progress import chains_to_stars
-from .run_outputs import COMBINE_CHOICES, RUN_OUTPUTS, ChunkedPosterior, assemble_run, write_chunk_summary
+from .run_outputs import COMBINE_CHOICES, RUN_OUTPUTS, ChunkedPosterior, ChunkWriter, assemble_run
 
 __all__ = ["infer_catalog", "catalog_fingerprint", "run_config_hash", "ManifestMismatchError", "ENGINES",
            "DEFAULT_ENGINE", "default_batch_size", "chunk_size"]
@@ -302,43 +303,44 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
 
         bar = tqdm(total=n, initial=n - sum(min(chunk, n - k * chunk) for k in todo),
                    unit="star", desc="NUTS" if batch_fn is None else "grid")
-    for done, k in enumerate(todo):
-        if stop_after_chunks is not None and done >= stop_after_chunks:
-            break
-        rows = np.arange(k * chunk, min((k + 1) * chunk, n))
-        stars = star_data_fn(catalog.subset(rows))  # per chunk: memory bounded by the chunk size
-        keys = star_keys(seed, rows)
-        if batch_fn is not None:
-            post = _with_fit_statistics(batch_fn(stars, ids[rows], keys), emulator, stars, config)
-            post.attrs.update({"config_hash": chash, "rows": [int(rows[0]), int(rows[-1]) + 1]})
-            write_chunk_summary(post, post.save(chunk_path(k)))
+    with ChunkWriter() as writer:  # chunk k is written while chunk k + 1 is sampled
+        for done, k in enumerate(todo):
+            if stop_after_chunks is not None and done >= stop_after_chunks:
+                break
+            rows = np.arange(k * chunk, min((k + 1) * chunk, n))
+            stars = star_data_fn(catalog.subset(rows))  # per chunk: memory bounded by the chunk size
+            keys = star_keys(seed, rows)
+            if batch_fn is not None:
+                post = _with_fit_statistics(batch_fn(stars, ids[rows], keys), emulator, stars, config)
+                post.attrs.update({"config_hash": chash, "rows": [int(rows[0]), int(rows[-1]) + 1]})
+                writer.submit(post, chunk_path(k))
+                if bar is not None:
+                    bar.update(len(rows))
+                continue
+            split = jax.vmap(jax.random.split)(keys)  # (B, 2): initialiser key, sampler key
+            init_keys, nuts_keys = split[:, 0], split[:, 1]
+            init = None
+            if init_fn is not None:  # on the padded batch too (one compiled program per size)
+                init = jax.tree_util.tree_map(lambda a: a[:len(rows)], init_fn(*pad_batch((stars, init_keys), size)))
+            shown = [0]  # stars of this chunk already on the progress bar (the queue engine reports chains)
+            live = ({"on_finished": chains_to_stars(bar, shown, len(rows), num_chains)}
+                    if bar is not None and engine == "queue" else {})
+            res = sampler(model, stars, (emulator, prior, config), init, nuts_keys,
+                          num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                          target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
+                          init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=size,
+                          devices=n_dev, **live)
+            modes = None
+            if combine_fn is not None:
+                samples = {key: np.asarray(v) for key, v in res.samples.items()}
+                logp = direct_log_density(-np.asarray(res.potential_energy), samples)  # of (x, μ, log E)
+                modes = [combine_fn({key: v[i] for key, v in samples.items()}, logp[i]) for i in range(len(rows))]
+            post = Posterior.from_batch(res, ids[rows], emulator, modes, attrs={"config_hash": chash, "rows": [
+                int(rows[0]), int(rows[-1]) + 1], "devices": n_dev})
+            post = _with_fit_statistics(post, emulator, stars, config)
+            writer.submit(post, chunk_path(k))
             if bar is not None:
-                bar.update(len(rows))
-            continue
-        split = jax.vmap(jax.random.split)(keys)  # (B, 2): initialiser key, sampler key
-        init_keys, nuts_keys = split[:, 0], split[:, 1]
-        init = None
-        if init_fn is not None:  # on the padded batch too (one compiled program per size)
-            init = jax.tree_util.tree_map(lambda a: a[:len(rows)], init_fn(*pad_batch((stars, init_keys), size)))
-        shown = [0]  # stars of this chunk already on the progress bar (the queue engine reports chains)
-        live = ({"on_finished": chains_to_stars(bar, shown, len(rows), num_chains)}
-                if bar is not None and engine == "queue" else {})
-        res = sampler(model, stars, (emulator, prior, config), init, nuts_keys,
-                      num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                      target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
-                      init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=size,
-                      devices=n_dev, **live)
-        modes = None
-        if combine_fn is not None:
-            samples = {key: np.asarray(v) for key, v in res.samples.items()}
-            logp = direct_log_density(-np.asarray(res.potential_energy), samples)  # of (x, μ, log E)
-            modes = [combine_fn({key: v[i] for key, v in samples.items()}, logp[i]) for i in range(len(rows))]
-        post = Posterior.from_batch(res, ids[rows], emulator, modes, attrs={"config_hash": chash, "rows": [
-            int(rows[0]), int(rows[-1]) + 1], "devices": n_dev})
-        post = _with_fit_statistics(post, emulator, stars, config)
-        write_chunk_summary(post, post.save(chunk_path(k)))
-        if bar is not None:
-            bar.update(len(rows) - shown[0])
+                bar.update(len(rows) - shown[0])
     if bar is not None:
         bar.close()
     missing = [k for k in range(n_chunks) if not chunk_path(k).exists()]

@@ -245,6 +245,35 @@ def test_runner_resume_and_posterior_roundtrip(emu, sbc_stars, tmp_path):
     assert back.attrs["method"] == "grid"
 
 
+
+def test_a_failed_chunk_write_stops_the_run_and_a_rerun_resumes(emu, sbc_stars, tmp_path, monkeypatch):
+    """Chunks are written on a background thread while the next is computed: a write that fails
+    (here the second chunk's) stops the run with its error, and a rerun redoes only that chunk
+    and what follows, with the draws of an uninterrupted run."""
+    from dds_infer import run_outputs
+    from dds_infer.pipeline import infer
+
+    cat, _, prior, config = sbc_stars
+    cat = cat.subset(np.arange(10))
+    kw = dict(prior=prior, config=config, batch_size=4, seed=2, progress=False, method="grid", grid_settings=FAST)
+    real_write = run_outputs.write_chunk
+
+    def failing_write(post, path):
+        if Path(path).name == "chunk_00001.nc":
+            raise OSError("disk full (simulated)")
+        return real_write(post, path)
+
+    monkeypatch.setattr(run_outputs, "write_chunk", failing_write)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match="disk full"):
+        infer(cat, emu, out, **kw)
+    assert (out / "chunks" / "chunk_00000.nc").exists() and not (out / "chunks" / "chunk_00001.nc").exists()
+    monkeypatch.setattr(run_outputs, "write_chunk", real_write)
+    post = infer(cat, emu, out, **kw)
+    assert list(post.star_id) == list(cat.star_ids())
+    full = infer(cat, emu, tmp_path / "again", **kw)
+    np.testing.assert_array_equal(post.samples["E"], full.samples["E"])
+
 def test_cli_grid_json_and_dustmap(emu, sbc_stars, tmp_path, capsys, monkeypatch):
     from dds_infer.catalog_io import catalog_to_table, write_astropy_table
     from dds_infer.cli import main

@@ -156,3 +156,65 @@ def test_quantiles_of_a_star_do_not_depend_on_the_other_stars():
     np.testing.assert_array_equal(together[:, 0], alone[:, 0])
     np.testing.assert_array_equal(alone[:, 0], np.quantile(x[0].ravel(), (0.16, 0.5, 0.84)))
     assert not np.allclose(together[:, 1], np.quantile(x[1].ravel(), (0.16, 0.5, 0.84)))
+
+
+def test_chunk_writer_writes_on_its_own_thread_one_chunk_at_a_time(monkeypatch, tmp_path):
+    """ChunkWriter writes each chunk (draws and summary rows) on a background thread, never more
+    than one at a time (submit waits for the pending one: memory stays at two chunks), and close
+    leaves every submitted chunk on disk."""
+    import threading
+    import time
+
+    post = _posterior(n=3, seed=1)
+    real_write, log, busy = run_outputs.write_chunk, [], []
+
+    def slow_write(p, path):
+        busy.append(path)
+        assert len(busy) == 1, "two chunks written at once"
+        time.sleep(0.05)
+        log.append((threading.current_thread().name, Path(path).name))
+        out = real_write(p, path)
+        busy.remove(path)
+        return out
+
+    monkeypatch.setattr(run_outputs, "write_chunk", slow_write)
+    paths = [tmp_path / f"chunk_{k:05d}.nc" for k in range(3)]
+    with run_outputs.ChunkWriter() as writer:
+        for p in paths:
+            writer.submit(post, p)
+    assert [name for _, name in log] == [p.name for p in paths]  # in order, all of them
+    assert all(t.startswith("dds-chunk-writer") for t, _ in log)
+    for p in paths:
+        back = Posterior.load(p)
+        np.testing.assert_array_equal(back.samples["mu"], post.samples["mu"])
+        assert run_outputs.chunk_summary_path(p).exists()
+    log.clear()
+    with run_outputs.ChunkWriter(background=False) as writer:  # the same, in the calling thread
+        writer.submit(post, tmp_path / "inline.nc")
+    assert log == [(threading.current_thread().name, "inline.nc")]
+
+
+def test_a_failed_background_write_is_raised_not_lost(monkeypatch, tmp_path):
+    post = _posterior(n=2, seed=2)
+    real_write = run_outputs.write_chunk
+
+    def failing_write(p, path):
+        if Path(path).name == "bad.nc":
+            raise OSError("disk full (simulated)")
+        return real_write(p, path)
+
+    monkeypatch.setattr(run_outputs, "write_chunk", failing_write)
+    writer = run_outputs.ChunkWriter()
+    writer.submit(post, tmp_path / "bad.nc")
+    with pytest.raises(OSError, match="disk full"):  # at the next submit ...
+        writer.submit(post, tmp_path / "good.nc")
+    writer.submit(post, tmp_path / "bad.nc")
+    with pytest.raises(OSError, match="disk full"):  # ... or at close
+        writer.close()
+    assert not (tmp_path / "bad.nc").exists()
+    # an error in the caller's block wins, and the pending chunk still lands whole
+    with pytest.raises(KeyError, match="caller"):
+        with run_outputs.ChunkWriter() as w:
+            w.submit(post, tmp_path / "late.nc")
+            raise KeyError("caller")
+    np.testing.assert_array_equal(Posterior.load(tmp_path / "late.nc").samples["E"], post.samples["E"])
