@@ -250,20 +250,19 @@ def test_a_failed_chunk_write_stops_the_run_and_a_rerun_resumes(emu, sbc_stars, 
     """Chunks are written on a background thread while the next is computed: a write that fails
     (here the second chunk's) stops the run with its error, and a rerun redoes only that chunk
     and what follows, with the draws of an uninterrupted run."""
+    import sys
+
     from dds_infer import run_outputs
     from dds_infer.pipeline import infer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_run_outputs import write_failing_for
 
     cat, _, prior, config = sbc_stars
     cat = cat.subset(np.arange(10))
     kw = dict(prior=prior, config=config, batch_size=4, seed=2, progress=False, method="grid", grid_settings=FAST)
     real_write = run_outputs.write_chunk
-
-    def failing_write(post, path):
-        if Path(path).name == "chunk_00001.nc":
-            raise OSError("disk full (simulated)")
-        return real_write(post, path)
-
-    monkeypatch.setattr(run_outputs, "write_chunk", failing_write)
+    monkeypatch.setattr(run_outputs, "write_chunk", write_failing_for("chunk_00001.nc"))
     out = tmp_path / "run"
     with pytest.raises(OSError, match="disk full"):
         infer(cat, emu, out, **kw)

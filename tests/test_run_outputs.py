@@ -194,16 +194,20 @@ def test_chunk_writer_writes_on_its_own_thread_one_chunk_at_a_time(monkeypatch, 
     assert log == [(threading.current_thread().name, "inline.nc")]
 
 
-def test_a_failed_background_write_is_raised_not_lost(monkeypatch, tmp_path):
-    post = _posterior(n=2, seed=2)
+def write_failing_for(name: str):
+    """run_outputs.write_chunk, except that writing the chunk file ``name`` raises OSError."""
     real_write = run_outputs.write_chunk
 
-    def failing_write(p, path):
-        if Path(path).name == "bad.nc":
+    def write(post, path):
+        if Path(path).name == name:
             raise OSError("disk full (simulated)")
-        return real_write(p, path)
+        return real_write(post, path)
+    return write
 
-    monkeypatch.setattr(run_outputs, "write_chunk", failing_write)
+
+def test_a_failed_background_write_is_raised_not_lost(monkeypatch, tmp_path):
+    post = _posterior(n=2, seed=2)
+    monkeypatch.setattr(run_outputs, "write_chunk", write_failing_for("bad.nc"))
     writer = run_outputs.ChunkWriter()
     writer.submit(post, tmp_path / "bad.nc")
     with pytest.raises(OSError, match="disk full"):  # at the next submit ...
