@@ -215,7 +215,7 @@ def _parts(posterior):
 
 
 def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = ImageGrid(),
-                  n_samples=None, attrs=None, dtype="float32", compression="gzip") -> Path:
+                  n_samples=None, attrs=None, dtype="float32", compression="gzip", on_stars=None) -> Path:
     """Write per-star images, samples and diagnostics of ``posterior`` grouped by HEALPix pixel.
 
     posterior: a :class:`~dds_infer.posterior.Posterior`, or a run's
@@ -224,6 +224,8 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
     l_deg, b_deg: (N,) Galactic coordinates of the posterior's stars. n_samples: keep this many
     draws per star, evenly spaced over the pooled chains (deterministic); None or more than
     available = all. ``dtype`` applies to pdf and samples. Layout: module docstring. Atomic.
+    on_stars(n): called after each piece of the posterior is written with its number of stars
+    (e.g. a progress bar's ``update``).
     """
     import astropy.units as u
     from astropy_healpix import healpix_to_lonlat
@@ -315,6 +317,8 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                     for c, v in diag.items():
                         g[c][dst] = v[r]
                 start = stop
+                if on_stars is not None:
+                    on_stars(part.n_stars)
             if start != posterior.n_stars:
                 raise ValueError(f"the posterior's pieces hold {start} stars, its star_id {posterior.n_stars}")
     return path

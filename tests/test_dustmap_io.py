@@ -203,7 +203,9 @@ def test_cli_end_to_end(tmp_path, capsys):
                "--nside", "2", "--E-step", "0.05", "--smooth-mu", "0", "--n-samples", "20",
                "--summary", str(tmp_path / "s.parquet"), "--json"])
     assert rc == 0
-    rep = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    rep = json.loads(cap.out)  # the progress bar goes to stderr, the JSON alone to stdout
+    assert "dust-map images" in cap.err and "6/6" in cap.err
     assert set(rep) == {"n_stars", "n_pixels", "nside", "out", "seconds", "mean_coverage"}
     pix = healpix_index(l, b, 2)
     assert rep["n_stars"] == 6 and rep["nside"] == 2 and rep["n_pixels"] == len(np.unique(pix))
@@ -219,8 +221,11 @@ def test_cli_end_to_end(tmp_path, capsys):
     # a posterior file directly, positions given as ra/dec through --columns
     rd_path, cmap = _catalog(ids, np.r_[50.0, l[::-1]], np.r_[0.0, b[::-1]], tmp_path / "radec.ecsv", radec=True)
     rc = main(["dustmap", "--posterior", str(run_dir / "posterior.nc"), "--catalog", str(rd_path),
-               "--columns", str(cmap), "--out", str(tmp_path / "m2.h5"), "--nside", "2", "--E-step", "0.05"])
-    assert rc == 0 and f"stars: 6 in {len(np.unique(pix))} pixels (nside 2)" in capsys.readouterr().out
+               "--columns", str(cmap), "--out", str(tmp_path / "m2.h5"), "--nside", "2", "--E-step", "0.05",
+               "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0 and f"stars: 6 in {len(np.unique(pix))} pixels (nside 2)" in cap.out
+    assert "dust-map images" not in cap.err
     assert list_pixels(tmp_path / "m2.h5").tolist() == np.unique(pix).tolist()
     # ids missing from the catalogue, catalogue without positions: one clear error line
     cat2, _ = _catalog(ids[:4], np.r_[50.0, l[::-1]][:4], np.r_[0.0, b[::-1]][:4], tmp_path / "c2.parquet")

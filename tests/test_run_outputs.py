@@ -130,7 +130,9 @@ def test_dustmap_from_the_chunks_equals_dustmap_from_the_whole_posterior(runs, t
     _, chunked, full, _ = runs
     rng = np.random.default_rng(3)
     l, b = rng.uniform(0, 360, 10), rng.uniform(-60, 60, 10)
-    a = write_dustmap(tmp_path / "a.h5", chunked, l, b, nside=1, n_samples=50)
+    written = []  # progress: the stars of each chunk as it is written
+    a = write_dustmap(tmp_path / "a.h5", chunked, l, b, nside=1, n_samples=50, on_stars=written.append)
+    assert written == [4, 4, 2]
     w = write_dustmap(tmp_path / "b.h5", full, l, b, nside=1, n_samples=50)
     with h5py.File(a) as fa, h5py.File(w) as fb:
         groups = [k for k in fb if k.startswith("pixel_1_")]

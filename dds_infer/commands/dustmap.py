@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--smooth-mu", type=float, default=None, help="Gaussian sigma in mu pixels (default 1)")
     p.add_argument("--smooth-E", type=float, default=None, help="Gaussian sigma in E pixels (default 1)")
     p.add_argument("--summary", default=None, help="also write a Parquet summary with l, b and healpix")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=run)
 
@@ -75,8 +76,18 @@ def run(args) -> int:
     l, b = _positions(cat, post.star_id)
     grid = ImageGrid(**{k: getattr(args, k) for k in ("mu_step", "E_step", "smooth_mu", "smooth_E")
                         if getattr(args, k) is not None})
-    out = write_dustmap(args.out, post, l, b, nside=args.nside, grid=grid, n_samples=args.n_samples,
-                        attrs={"posterior_source": str(src), "catalog_source": str(args.catalog)})
+    bar = None
+    if not args.no_progress:  # a run folder is read and binned chunk by chunk: minutes at 10^5+ stars
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(post.n_stars), unit="star", desc="dust-map images")
+    try:
+        out = write_dustmap(args.out, post, l, b, nside=args.nside, grid=grid, n_samples=args.n_samples,
+                            attrs={"posterior_source": str(src), "catalog_source": str(args.catalog)},
+                            on_stars=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
     if args.summary:
         write_summary_table(args.summary, post, l, b, nside=args.nside)
     cov = stored_coverage(out)
