@@ -12,9 +12,9 @@ Images (:func:`pdf_images`): the weighted 2-D histogram of each star's (μ, E) d
 over the grid (all zero if no draw falls inside). Draws outside the grid (or NaN) are not
 dropped silently: :func:`image_coverage` is their complement, stored per star.
 
-HDF5 layout written by :func:`write_dustmap` (format "dds_infer.dustmap", version 1)::
+HDF5 layout written by :func:`write_dustmap` (format "dds_infer.dustmap", version 2)::
 
-  /                       attrs: format, format_version=1, nside, nest=True, frame="galactic",
+  /                       attrs: format, format_version=2, nside, nest=True, frame="galactic",
                           mu_min, mu_max, mu_step, E_min, E_max, E_step, smooth_mu, smooth_E
                           (pixels), smoothing (description), dds_infer_version,
                           posterior_attrs (JSON), diagnostic_columns (JSON list), user attrs
@@ -27,9 +27,15 @@ HDF5 layout written by :func:`write_dustmap` (format "dds_infer.dustmap", versio
       coverage (n,)       weighted fraction of draws inside the grid
       samples (n, S, 5)   draws of teff, logg, feh, mu, E (attr columns), chains pooled
       sample_weights (n, S) chain weight of each draw, normalised to sum 1 per star
-      <column> (n,)       one per diagnostic of Posterior.summary(): every numeric column not
-                          ending in _median/_q16/_q84 (flag, r_hat_max, ess_bulk_min,
-                          n_divergent, n_modes, ...) plus mu/E median, q16, q84
+      diagnostics (n,)    table (compound dataset), one field per diagnostic of
+                          Posterior.summary(): every numeric column not ending in
+                          _median/_q16/_q84 (flag, r_hat_max, ess_bulk_min, n_divergent,
+                          n_modes, ...) plus mu/E median, q16, q84
+
+Version 1 (dds_infer before 2026-12-04) kept each diagnostic as its own dataset ``<column> (n,)``
+in the pixel group; :func:`read_pixel` and :func:`read_dustmap` read both. One table instead of
+~40 datasets per pixel makes writing ~4x faster when a catalogue's chunks scatter over the sky
+(each chunk then touches ~1,000 pixels, and every dataset write costs ~0.1 ms of HDF5 overhead).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ __all__ = ["ImageGrid", "pdf_images", "image_coverage", "healpix_index", "write_
            "read_pixel", "read_dustmap", "stored_coverage", "write_summary_table", "SAMPLE_COLUMNS", "FORMAT",
            "FORMAT_VERSION"]
 
-FORMAT, FORMAT_VERSION = "dds_infer.dustmap", 1
+FORMAT, FORMAT_VERSION = "dds_infer.dustmap", 2
 SAMPLE_COLUMNS = ("teff", "logg", "feh", "mu", "E")
 _STAR_DATASETS = ("star_id", "l", "b", "pdf", "coverage", "samples", "sample_weights")
 _QUANTILE_SUFFIXES = ("_median", "_q16", "_q84")
@@ -134,17 +140,37 @@ def image_coverage(mu, E, weights=None, grid: ImageGrid = ImageGrid()) -> np.nda
     return np.where(flat >= 0, w, 0.0).sum(axis=1)
 
 
+def _smoothing_radius(sigma: float, truncate: float = 4.0) -> int:
+    """Pixels a Gaussian of ``sigma`` pixels reaches in ``scipy.ndimage.gaussian_filter`` (its
+    default truncate 4; 0 for sigma 0, which gaussian_filter skips)."""
+    return int(truncate * sigma + 0.5) if sigma > 0 else 0
+
+
 def _images64(mu, E, weights, grid) -> np.ndarray:
+    """Float64 images of :func:`pdf_images`. Each star's histogram is built and smoothed inside the
+    box its draws occupy, widened by the smoothing kernel's reach: with mode="constant" that is
+    exactly the smoothed full image (zero outside the box), at a small fraction of the cost (a
+    star's draws cover ~1% of the default 120 x 500 grid)."""
     flat, w = _bins(mu, E, weights, grid)
-    n = flat.shape[0]
-    size = grid.shape[0] * grid.shape[1]
-    ok = flat >= 0
-    idx = (flat + size * np.arange(n)[:, None])[ok]  # star offset: one bincount for all stars
-    img = np.bincount(idx, weights=w[ok], minlength=n * size).astype(np.float64, copy=False).reshape(n, *grid.shape)
-    if grid.smooth_mu > 0 or grid.smooth_E > 0:
-        img = gaussian_filter(img, sigma=(0.0, grid.smooth_mu, grid.smooth_E), mode="constant")
-    tot = img.sum(axis=(1, 2), keepdims=True)
-    return np.divide(img, tot, out=np.zeros_like(img), where=tot > 0)
+    n_mu, n_E = grid.shape
+    out = np.zeros((flat.shape[0], n_mu, n_E))
+    r_mu, r_E = _smoothing_radius(grid.smooth_mu), _smoothing_radius(grid.smooth_E)
+    smooth = grid.smooth_mu > 0 or grid.smooth_E > 0
+    for k in range(flat.shape[0]):
+        ok = flat[k] >= 0
+        if not ok.any():
+            continue
+        i, j = np.divmod(flat[k][ok], n_E)
+        i0, i1 = max(int(i.min()) - r_mu, 0), min(int(i.max()) + r_mu + 1, n_mu)
+        j0, j1 = max(int(j.min()) - r_E, 0), min(int(j.max()) + r_E + 1, n_E)
+        box = np.bincount((i - i0) * (j1 - j0) + (j - j0), weights=w[k][ok],
+                          minlength=(i1 - i0) * (j1 - j0)).reshape(i1 - i0, j1 - j0)
+        if smooth:
+            box = gaussian_filter(box, sigma=(grid.smooth_mu, grid.smooth_E), mode="constant")
+        tot = box.sum()
+        if tot > 0:
+            out[k, i0:i1, j0:j1] = box / tot
+    return out
 
 
 def pdf_images(mu, E, weights=None, grid: ImageGrid = ImageGrid()) -> np.ndarray:
@@ -284,6 +310,7 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                     keep = (np.arange(total) if n_samples is None or int(n_samples) >= total
                             else (np.arange(int(n_samples)) * total) // int(n_samples))
                     f.attrs["diagnostic_columns"] = json.dumps(list(diag))
+                    diag_dtype = np.dtype([(c, v.dtype) for c, v in diag.items()])
                     for p, n in zip(pixels, counts):
                         g = groups[int(p)]
                         g.create_dataset("coverage", (n,), dtype=np.float64)
@@ -292,10 +319,16 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                                          ).attrs["columns"] = list(SAMPLE_COLUMNS)
                         g.create_dataset("sample_weights", (n, keep.size), dtype=np.float64,
                                          chunks=(1, keep.size), compression=compression)
-                        for c, v in diag.items():
-                            g.create_dataset(c, (n,), dtype=v.dtype)
+                        g.create_dataset("diagnostics", (n,), dtype=diag_dtype)
                 elif w_all.shape[1] != total:
                     raise ValueError(f"posterior pieces differ in draws per star ({w_all.shape[1]} vs {total})")
+                elif set(diag) != set(diag_dtype.names):
+                    raise ValueError(f"posterior pieces differ in diagnostic columns ({sorted(diag)} vs "
+                                     f"{sorted(diag_dtype.names)})")
+                table = np.empty(part.n_stars, dtype=diag_dtype)  # this part's rows of the pixels' tables
+                for c in diag_dtype.names:
+                    table[c] = diag[c]
+                coverage = image_coverage(flat["mu"][0], flat["E"][0], w_all, grid)
                 stop = start + part.n_stars
                 p_part = pix[start:stop]
                 o = np.argsort(p_part, kind="stable")
@@ -304,18 +337,18 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                     r = o[a:a + m]  # ascending: this part's rows in pixel p
                     dst = slice(int(slot[start + r[0]]), int(slot[start + r[-1]]) + 1)  # contiguous
                     g = groups[int(p)]
+                    pdf = g["pdf"]
                     for k in range(0, r.size, _CHUNK):
                         rr = r[k:k + _CHUNK]
                         at = slot[start + rr[0]]
-                        g["pdf"][at:at + rr.size] = _images64(flat["mu"][0][rr], flat["E"][0][rr], w_all[rr],
-                                                               grid).astype(dtype)
-                    g["coverage"][dst] = image_coverage(flat["mu"][0][r], flat["E"][0][r], w_all[r], grid)
+                        pdf[at:at + rr.size] = _images64(flat["mu"][0][rr], flat["E"][0][rr], w_all[rr],
+                                                         grid).astype(dtype)
+                    g["coverage"][dst] = coverage[r]
                     g["samples"][dst] = np.stack([flat[c][0][r][:, keep] for c in SAMPLE_COLUMNS],
                                                  axis=-1).astype(dtype)
                     sw = np.ascontiguousarray(w_all[r][:, keep])  # C order: sums independent of layout
                     g["sample_weights"][dst] = sw / sw.sum(axis=1, keepdims=True)
-                    for c, v in diag.items():
-                        g[c][dst] = v[r]
+                    g["diagnostics"][dst] = table[r]
                 start = stop
                 if on_stars is not None:
                     on_stars(part.n_stars)
@@ -327,6 +360,10 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
 def _check_format(f, path):
     if f.attrs.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file (format attr {f.attrs.get('format')!r})")
+    version = int(f.attrs.get("format_version", 0))
+    if not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"{path} has {FORMAT} format_version {version}; this dds_infer reads 1 to "
+                         f"{FORMAT_VERSION} (upgrade dds_infer)")
 
 
 def list_pixels(path) -> np.ndarray:
@@ -345,7 +382,12 @@ def _read_group(f, pixel) -> dict:
     out = {"star_id": np.array(g["star_id"].asstr()[()], dtype=str), "mu_centers": f["mu_centers"][()],
            "E_centers": f["E_centers"][()], "nside": nside, "pixel": int(g.attrs["pixel"])}
     out.update({k: g[k][()] for k in _STAR_DATASETS[1:]})
-    out.update({c: g[c][()] for c in json.loads(f.attrs["diagnostic_columns"])})
+    columns = json.loads(f.attrs["diagnostic_columns"])
+    if "diagnostics" in g:  # format version 2: one table
+        table = g["diagnostics"][()]
+        out.update({c: table[c] for c in columns})
+    else:  # version 1: a dataset per column
+        out.update({c: g[c][()] for c in columns})
     return out
 
 

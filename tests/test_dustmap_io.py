@@ -64,7 +64,7 @@ def test_round_trip_every_array(tmp_path):
     attrs, pixels = read_dustmap(path)
     assert len(np.unique(pix)) >= 3
     assert sorted(pixels) == sorted(np.unique(pix).tolist()) == list_pixels(path).tolist()
-    assert attrs["format"] == "dds_infer.dustmap" and attrs["format_version"] == 1 and attrs["nest"]
+    assert attrs["format"] == "dds_infer.dustmap" and attrs["format_version"] == 2 and attrs["nest"]
     assert attrs["nside"] == NSIDE and attrs["mu_step"] == 0.25 and attrs["smooth_E"] == 0.5
     assert attrs["survey"] == "toy" and json.loads(attrs["posterior_attrs"]) == post.attrs
     seen = []
@@ -95,6 +95,64 @@ def test_round_trip_every_array(tmp_path):
     rows = np.flatnonzero(pix == p0)
     np.testing.assert_array_equal(thin["samples"][..., 3], mu[rows][:, ::4])
     np.testing.assert_allclose(thin["sample_weights"].sum(axis=1), 1.0)
+
+
+def test_version_1_files_still_read_and_future_versions_are_refused(tmp_path):
+    """Format version 1 kept each diagnostic as its own dataset; version 2 keeps them in one
+    table per pixel. A version-1 file (made here from a version-2 one) reads back the same."""
+    import h5py
+
+    post, (l, b) = _posterior(n=8), _sky(n=8)
+    path = write_dustmap(tmp_path / "v2.h5", post, l, b, nside=NSIDE, grid=ImageGrid(E_step=0.05))
+    attrs2, pixels2 = read_dustmap(path)
+    v1 = tmp_path / "v1.h5"
+    v1.write_bytes(path.read_bytes())
+    with h5py.File(v1, "r+") as f:
+        f.attrs["format_version"] = 1
+        for name in [k for k in f if k.startswith("pixel_") and k != "pixel_index"]:
+            table = f[name]["diagnostics"][()]
+            del f[name]["diagnostics"]
+            for c in table.dtype.names:
+                f[name][c] = table[c]
+    attrs1, pixels1 = read_dustmap(v1)
+    assert attrs1["format_version"] == 1 and sorted(pixels1) == sorted(pixels2)
+    for p, d in pixels2.items():
+        assert set(pixels1[p]) == set(d) and {"flag", "r_hat_max", "mu_q84"} <= set(d)
+        for k, v in d.items():
+            np.testing.assert_array_equal(pixels1[p][k], v, err_msg=k)
+    with h5py.File(v1, "r+") as f:
+        f.attrs["format_version"] = 3
+    with pytest.raises(ValueError, match="format_version 3.*upgrade"):
+        read_pixel(v1, next(iter(pixels2)))
+
+
+def test_images_equal_the_smoothed_full_grid():
+    """pdf_images builds and smooths each star's histogram inside the box its draws occupy; that
+    equals smoothing the whole grid (mode="constant"), also for stars at the grid's edges, with
+    draws outside it, bimodal, or with one axis unsmoothed."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(5)
+    n, s = 12, 400
+    mu = rng.normal(rng.uniform(4.5, 18.5, (n, 1)), 0.3, (n, s))
+    E = np.abs(rng.normal(rng.uniform(0.0, 1.0, (n, 1)), 0.05, (n, s)))
+    mu[0] = rng.normal(4.05, 0.2, s)  # across the μ edge: some draws outside
+    E[1] = rng.uniform(0.0, 0.02, s)  # at E = 0
+    mu[2, : s // 2] += 6.0  # two modes far apart
+    E[3, :100] = np.nan  # NaN draws: outside
+    w = rng.uniform(0.5, 1.5, (n, s))
+    for grid in (ImageGrid(), ImageGrid(smooth_mu=0.0, smooth_E=2.5), ImageGrid(smooth_mu=0.0, smooth_E=0.0),
+                 ImageGrid(mu_step=0.25, E_step=0.02, smooth_mu=1.5, smooth_E=0.5)):
+        n_mu, n_E = grid.shape
+        full = np.zeros((n, n_mu, n_E))
+        for k in range(n):
+            ok = np.isfinite(mu[k]) & np.isfinite(E[k])
+            h, _, _ = np.histogram2d(mu[k][ok], E[k][ok], bins=(grid.mu_edges, grid.E_edges), weights=w[k][ok])
+            full[k] = gaussian_filter(h, sigma=(grid.smooth_mu, grid.smooth_E), mode="constant")
+            full[k] /= full[k].sum()
+        got = pdf_images(mu, E, w, grid)
+        np.testing.assert_allclose(got, full.astype(np.float32), rtol=1e-5, atol=1e-9)
+        assert got.dtype == np.float32 and got.shape == (n, n_mu, n_E)
 
 
 def test_future_summary_column_is_carried(tmp_path, monkeypatch):
