@@ -290,6 +290,7 @@ def test_cli_grid_json_and_dustmap(emu, sbc_stars, tmp_path, capsys, monkeypatch
                  "--n-draws", "300", "--no-progress", "--combine", "never", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_stars"] == 5 and res["method"] == "grid" and res["frac_rhat_lt_1_01"] is None
+    assert all(res[k] is None for k in ("engine", "parameterization", "target_accept", "init_mass"))  # NUTS-only
     # the default chunk is 1,024 stars: a 5-star catalogue is padded to the next power of two, not to 1,024
     assert pads == [8]
     # the draws stay in the chunks (as for a catalogue too large to combine); dustmap reads them there

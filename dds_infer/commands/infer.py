@@ -123,8 +123,10 @@ def run(args) -> int:
         "median_ess": float(np.nanmedian(summ["ess_bulk_min"])),
         "n_flagged": int((summ["flag"] != 0).sum()), "flag_counts": flag_counts(summ["flag"]),
         "method": args.method,
-        "sigma_floor": args.sigma_floor, "parameterization": args.parameterization,
-        "target_accept": args.target_accept, "engine": args.engine if args.method == "nuts" else None,
+        "sigma_floor": args.sigma_floor,  # NUTS-only settings are None for the grid path
+        "parameterization": args.parameterization if args.method == "nuts" else None,
+        "target_accept": args.target_accept if args.method == "nuts" else None,
+        "engine": args.engine if args.method == "nuts" else None,
         "devices": n_devices(),
         "init_mass": args.init_mass if args.method == "nuts" else None,
         "warmup_max_tree_depth": (None if args.method != "nuts" else WARMUP_MAX_TREE_DEPTH
