@@ -196,6 +196,25 @@ def _with_fit_statistics(post: Posterior, emulator, stars, config) -> Posterior:
     return post
 
 
+def _sample_chunk(sample: Callable, stars, keys, star_id, emulator, init_fn, combine_fn, size: int, n_dev: int,
+                  live: dict) -> Posterior:
+    """One chunk's NUTS posterior: chain starts from ``init_fn`` (on the batch padded to ``size``,
+    one compiled program per size), ``sample(stars, init, keys, **live)`` over ``n_dev`` devices,
+    then each star's chain modes combined by ``combine_fn`` (if given)."""
+    split = jax.vmap(jax.random.split)(keys)  # (B, 2): initialiser key, sampler key
+    init_keys, nuts_keys = split[:, 0], split[:, 1]
+    init = None
+    if init_fn is not None:
+        init = jax.tree_util.tree_map(lambda a: a[:len(star_id)], init_fn(*pad_batch((stars, init_keys), size)))
+    res = sample(stars, init, nuts_keys, **live)
+    modes = None
+    if combine_fn is not None:
+        samples = {key: np.asarray(v) for key, v in res.samples.items()}
+        logp = direct_log_density(-np.asarray(res.potential_energy), samples)  # of (x, μ, log E)
+        modes = [combine_fn({key: v[i] for key, v in samples.items()}, logp[i]) for i in range(len(star_id))]
+    return Posterior.from_batch(res, star_id, emulator, modes, attrs={"devices": n_dev})
+
+
 def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int | None = None, num_chains: int = 4,
                   num_warmup: int = 500, num_samples: int = 500, seed: int = 0,
                   model: Callable | None = None, star_data_fn: Callable | None = None,
@@ -287,6 +306,13 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         sampler = partial(run_nuts_queue, n_slots=slots)
     else:
         sampler = run_nuts_batch
+    nuts_kw = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                   target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
+                   init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=size, devices=n_dev)
+
+    def sample(stars, init, keys, **live):
+        return sampler(model, stars, (emulator, prior, config), init, keys, **nuts_kw, **live)
+
     chash, desc = run_config_hash(model, emulator, prior, config, settings)
     manifest = {"config_hash": chash, "catalog": catalog_fingerprint(catalog), "description": desc}
     _check_manifest(out_dir, manifest, overwrite)
@@ -310,34 +336,15 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
             rows = np.arange(k * chunk, min((k + 1) * chunk, n))
             stars = star_data_fn(catalog.subset(rows))  # per chunk: memory bounded by the chunk size
             keys = star_keys(seed, rows)
-            if batch_fn is not None:
-                post = _with_fit_statistics(batch_fn(stars, ids[rows], keys), emulator, stars, config)
-                post.attrs.update({"config_hash": chash, "rows": [int(rows[0]), int(rows[-1]) + 1]})
-                writer.submit(post, chunk_path(k))
-                if bar is not None:
-                    bar.update(len(rows))
-                continue
-            split = jax.vmap(jax.random.split)(keys)  # (B, 2): initialiser key, sampler key
-            init_keys, nuts_keys = split[:, 0], split[:, 1]
-            init = None
-            if init_fn is not None:  # on the padded batch too (one compiled program per size)
-                init = jax.tree_util.tree_map(lambda a: a[:len(rows)], init_fn(*pad_batch((stars, init_keys), size)))
             shown = [0]  # stars of this chunk already on the progress bar (the queue engine reports chains)
-            live = ({"on_finished": chains_to_stars(bar, shown, len(rows), num_chains)}
-                    if bar is not None and engine == "queue" else {})
-            res = sampler(model, stars, (emulator, prior, config), init, nuts_keys,
-                          num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                          target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
-                          init_mass=init_mass, warmup_max_tree_depth=warmup_max_tree_depth, pad_to=size,
-                          devices=n_dev, **live)
-            modes = None
-            if combine_fn is not None:
-                samples = {key: np.asarray(v) for key, v in res.samples.items()}
-                logp = direct_log_density(-np.asarray(res.potential_energy), samples)  # of (x, μ, log E)
-                modes = [combine_fn({key: v[i] for key, v in samples.items()}, logp[i]) for i in range(len(rows))]
-            post = Posterior.from_batch(res, ids[rows], emulator, modes, attrs={"config_hash": chash, "rows": [
-                int(rows[0]), int(rows[-1]) + 1], "devices": n_dev})
+            if batch_fn is not None:
+                post = batch_fn(stars, ids[rows], keys)
+            else:
+                live = ({"on_finished": chains_to_stars(bar, shown, len(rows), num_chains)}
+                        if bar is not None and engine == "queue" else {})
+                post = _sample_chunk(sample, stars, keys, ids[rows], emulator, init_fn, combine_fn, size, n_dev, live)
             post = _with_fit_statistics(post, emulator, stars, config)
+            post.attrs.update({"config_hash": chash, "rows": [int(rows[0]), int(rows[-1]) + 1]})
             writer.submit(post, chunk_path(k))
             if bar is not None:
                 bar.update(len(rows) - shown[0])
