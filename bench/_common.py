@@ -58,3 +58,23 @@ def add_sampler_args(parser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                         help="NUTS engine (dds_infer.runner.ENGINES): queue (default, as dds-infer infer) or batch "
                         "(lockstep)")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (``ru_maxrss``; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_worker(script: str, *argv: str) -> dict:
+    """Run ``script`` (a bench file) with ``argv`` in a fresh Python process, from the bench folder,
+    and return the JSON object its last stdout line holds: one step measured in its own process,
+    so its peak memory is its own."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, script, *map(str, argv)], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import report
+from _common import peak_rss_mb, report, run_worker
 
 STEPS = ("assemble_stream", "assemble_combined", "dustmap_stream", "dustmap_whole")
 
@@ -73,10 +71,6 @@ def make_run(work: Path, n_stars: int, chunk: int, chains: int, draws: int) -> l
     return paths
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
 def worker(step: str, work: Path, n_stars: int) -> dict:
     """One step in this process: seconds and peak RSS (MB), and the RSS after the imports."""
     from dds_infer.dustmap_io import write_dustmap
@@ -85,7 +79,7 @@ def worker(step: str, work: Path, n_stars: int) -> dict:
     paths = sorted((work / "chunks").glob("chunk_*.nc"))
     rng = np.random.default_rng(0)
     l, b = rng.uniform(0, 360, n_stars), rng.uniform(-60, 60, n_stars)
-    base = _rss_mb()
+    base = peak_rss_mb()
     t0 = time.perf_counter()
     if step.startswith("assemble"):
         out = work / step
@@ -95,7 +89,7 @@ def worker(step: str, work: Path, n_stars: int) -> dict:
         run = open_run(work / "assemble_stream")
         post = run if step == "dustmap_stream" else run.load()
         write_dustmap(work / f"{step}.h5", post, l, b, nside=8, n_samples=100)
-    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": _rss_mb(), "rss_mb_after_imports": base}
+    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "rss_mb_after_imports": base}
 
 
 def main(argv=None) -> int:
@@ -123,9 +117,7 @@ def main(argv=None) -> int:
                "chunk_files_mb": sum(q.stat().st_size for q in paths) / 2**20,
                "make_seconds": time.perf_counter() - t0}
     for step in STEPS:
-        out = subprocess.run([sys.executable, __file__, "--_worker", step, str(work), "--n-stars", str(args.n_stars)],
-                             check=True, capture_output=True, text=True, cwd=Path(__file__).parent)
-        res = json.loads(out.stdout.strip().splitlines()[-1])
+        res = run_worker(__file__, "--_worker", step, work, "--n-stars", args.n_stars)
         figures.update({f"{step}_{k}": v for k, v in res.items()})
     for kind, whole in (("assemble", "combined"), ("dustmap", "whole")):
         # memory grown by the step itself, in memory against streamed

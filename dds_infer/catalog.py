@@ -140,13 +140,15 @@ class StarCatalog:
     def subset(self, idx) -> "StarCatalog":
         """Rows ``idx`` (index array or boolean mask) as a new catalogue. Per-star arrays kept in
         ``meta`` (the keys listed in ``meta["per_star_keys"]``, e.g. the Green2020 file's
-        ``r_source``) are subset too."""
+        ``r_source``) are subset too. A shard's file-row range (``meta["rows"]``, ``"first_row"``,
+        :mod:`dds_infer.catalog_rows`) is not kept: a subset is not a range of the file's rows."""
         idx = np.asarray(idx)
         take = (lambda a: None if a is None else a[idx])
         per_star = {k: np.asarray(self.meta[k])[idx] for k in self.meta.get("per_star_keys", ()) if k in self.meta}
+        kept = {k: v for k, v in self.meta.items() if k not in ("rows", "first_row")}
         return replace(
             self,
-            meta={**self.meta, **per_star},
+            meta={**kept, **per_star},
             mag=self.mag[idx],
             mag_err=self.mag_err[idx],
             parallax=self.parallax[idx],

@@ -78,12 +78,14 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def _rows(mask: np.ndarray, ids: np.ndarray | None) -> str:
-    """'<k> of <N> rows: rows [..] (ids [..])' for a boolean row mask."""
+def _rows(mask: np.ndarray, ids: np.ndarray | None, first_row: int = 0) -> str:
+    """'<k> of <N> rows: rows [..] (ids [..])' for a boolean row mask. ``first_row``: the file row
+    of the catalogue's first star (a shard, :mod:`dds_infer.catalog_rows`), so rows name file rows."""
     idx = np.flatnonzero(mask)
     more = ", ..." if idx.size > MAX_ROWS_SHOWN else ""
     fmt = lambda xs: "[" + ", ".join(map(repr, xs)) + more + "]"  # noqa: E731
-    s = f"{idx.size} of {mask.size} rows: rows {fmt(idx[:MAX_ROWS_SHOWN].tolist())}"
+    of = f"{mask.size} rows" if not first_row else f"{mask.size} rows (file rows {first_row}:{first_row + mask.size})"
+    s = f"{idx.size} of {of}: rows {fmt((idx[:MAX_ROWS_SHOWN] + int(first_row)).tolist())}"
     if ids is not None and len(ids) == mask.size:
         s += f" (ids {fmt([_py(i) for i in ids[idx[:MAX_ROWS_SHOWN]]])})"
     return s
@@ -108,7 +110,7 @@ def _check_shape(problems, name, a, shape, required=True) -> bool:
     return True
 
 
-def _check_parallax(problems, plx, err, ids):
+def _check_parallax(problems, plx, err, ids, first=0):
     """Errors on parallax_err, plus the arcsec-vs-mas heuristic.
 
     Heuristic: over rows with finite parallax and finite positive error, if
@@ -121,10 +123,10 @@ def _check_parallax(problems, plx, err, ids):
     has = np.isfinite(plx)
     bad = has & ~(np.isfinite(err) & (err > 0))
     if bad.any():
-        problems.append(f"[parallax_err] NaN/inf or <= 0 where parallax is finite: {_rows(bad, ids)}")
+        problems.append(f"[parallax_err] NaN/inf or <= 0 where parallax is finite: {_rows(bad, ids, first)}")
     ok = has & np.isfinite(err) & (err > 0)
     if np.isinf(plx).any():
-        problems.append(f"[parallax] infinite: {_rows(np.isinf(plx), ids)}")
+        problems.append(f"[parallax] infinite: {_rows(np.isinf(plx), ids, first)}")
     if ok.any() and (np.median(np.abs(plx[ok])) < ARCSEC_MEDIAN_PLX
                      and np.median(err[ok]) < ARCSEC_MEDIAN_ERR):
         problems.append(
@@ -133,7 +135,7 @@ def _check_parallax(problems, plx, err, ids):
             "multiply by 1000 or pass parallax_unit='arcsec'")
 
 
-def _check_labels(problems, warnings, cat, n, require, ids) -> int | None:
+def _check_labels(problems, warnings, cat, n, require, ids, first=0) -> int | None:
     theta, cov = cat.theta, cat.theta_cov
     if theta is None:
         if require:
@@ -146,10 +148,10 @@ def _check_labels(problems, warnings, cat, n, require, ids) -> int | None:
     if require:
         for j, name in enumerate(LABEL_NAMES):
             if (~finite[:, j]).any():
-                problems.append(f"[{name}] non-finite label (labels required): {_rows(~finite[:, j], ids)}")
+                problems.append(f"[{name}] non-finite label (labels required): {_rows(~finite[:, j], ids, first)}")
     teff = theta[:, 0]
     if (finite[:, 0] & (teff <= 0)).any():
-        problems.append(f"[teff] <= 0 K: {_rows(finite[:, 0] & (teff <= 0), ids)}")
+        problems.append(f"[teff] <= 0 K: {_rows(finite[:, 0] & (teff <= 0), ids, first)}")
     elif finite[:, 0].any() and np.median(teff[finite[:, 0]]) < 100:
         problems.append("[teff] median Teff < 100: looks like log10(Teff) or kK; expected Kelvin")
     labelled = finite.all(axis=1)
@@ -157,7 +159,7 @@ def _check_labels(problems, warnings, cat, n, require, ids) -> int | None:
         check = labelled if not require else np.ones(n, bool)
         cfin = np.isfinite(cov).all(axis=(1, 2))
         if (check & ~cfin).any():
-            problems.append(f"[theta_cov] NaN/inf covariance for labelled star: {_rows(check & ~cfin, ids)}")
+            problems.append(f"[theta_cov] NaN/inf covariance for labelled star: {_rows(check & ~cfin, ids, first)}")
         sel = check & cfin
         if sel.any():
             c = cov[sel]
@@ -166,12 +168,12 @@ def _check_labels(problems, warnings, cat, n, require, ids) -> int | None:
             bad = np.zeros(n, bool)
             bad[np.flatnonzero(sel)[asym.any(axis=(1, 2))]] = True
             if bad.any():
-                problems.append(f"[theta_cov] not symmetric: {_rows(bad, ids)}")
+                problems.append(f"[theta_cov] not symmetric: {_rows(bad, ids, first)}")
             eig = np.linalg.eigvalsh(0.5 * (c + np.swapaxes(c, 1, 2)))
             npd = np.zeros(n, bool)
             npd[np.flatnonzero(sel)[eig.min(axis=1) <= 0]] = True
             if npd.any():
-                problems.append(f"[theta_cov] not positive definite: {_rows(npd, ids)}")
+                problems.append(f"[theta_cov] not positive definite: {_rows(npd, ids, first)}")
     n_unl = int((~labelled).sum())
     if n_unl:
         warnings.append(f"{n_unl} stars have incomplete labels (teff/logg/feh not all finite)")
@@ -200,6 +202,7 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
     n = int(np.shape(mag)[0]) if np.ndim(mag) >= 1 else 0
     nb = len(bands)
     ids = catalog.ids
+    first = int((catalog.meta or {}).get("first_row", 0) or 0)  # a shard's rows are named as file rows
     if ids is not None and np.shape(ids) != (n,):
         problems.append(f"[ids] shape {np.shape(ids)}, expected ({n},)")
         ids = None
@@ -209,7 +212,7 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
             dup = counts[inverse] > 1
             problems.append(f"[id] {int((counts > 1).sum())} id(s) given to more than one row (outputs are keyed "
                             f"by id: make them unique, or leave the id column out to use row numbers): "
-                            f"{_rows(dup, ids)}")
+                            f"{_rows(dup, ids, first)}")
     phot_ok = _check_shape(problems, "mag", mag, (n, nb))
     phot_ok &= _check_shape(problems, "mag_err", err, (n, nb))
     n_obs, n_mis, n_ewm = {}, {}, {}
@@ -221,17 +224,17 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
             m, e = mag[:, j], err[:, j]
             bad = fm[:, j] & ~fe[:, j]
             if bad.any():
-                problems.append(f"[{name}] NaN/inf error where the magnitude is finite: {_rows(bad, ids)}")
+                problems.append(f"[{name}] NaN/inf error where the magnitude is finite: {_rows(bad, ids, first)}")
             bad = fm[:, j] & fe[:, j] & (e <= 0)
             if bad.any():
-                problems.append(f"[{name}] error <= 0 on observed band: {_rows(bad, ids)}")
+                problems.append(f"[{name}] error <= 0 on observed band: {_rows(bad, ids, first)}")
             bad = np.isinf(m)
             if bad.any():
-                problems.append(f"[{name}] infinite magnitude: {_rows(bad, ids)}")
+                problems.append(f"[{name}] infinite magnitude: {_rows(bad, ids, first)}")
             bad = fm[:, j] & ((m < MAG_RANGE[0]) | (m > MAG_RANGE[1]))
             if bad.any():
                 problems.append(f"[{name}] magnitude outside {list(MAG_RANGE)} "
-                                f"(sentinel for missing? use NaN): {_rows(bad, ids)}")
+                                f"(sentinel for missing? use NaN): {_rows(bad, ids, first)}")
             n_obs[name] = int((fm[:, j] & fe[:, j]).sum())
             n_mis[name] = n - n_obs[name]
             n_ewm[name] = int((~fm[:, j] & fe[:, j]).sum())
@@ -240,7 +243,7 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
         no_phot = ~(fm & fe).any(axis=1)
         n_no_phot = int(no_phot.sum())
         if n_no_phot:
-            msg = f"{n_no_phot} stars have no observed band (kept): {_rows(no_phot, ids)}"
+            msg = f"{n_no_phot} stars have no observed band (kept): {_rows(no_phot, ids, first)}"
             warnings.append(msg)
             _warnings.warn(msg, UserWarning, stacklevel=2)
         one = (fm & fe).sum(axis=1) == 1
@@ -248,15 +251,15 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
         if n_one:
             msg = (f"{n_one} star{' has' if n_one == 1 else 's have'} a single observed band, so no colour: "
                    "Teff, logg, [Fe/H] and E come from the priors, the magnitude and the parallax alone "
-                   f"(kept): {_rows(one, ids)}")
+                   f"(kept): {_rows(one, ids, first)}")
             warnings.append(msg)
             _warnings.warn(msg, UserWarning, stacklevel=2)
     n_no_plx = n
     if (_check_shape(problems, "parallax", catalog.parallax, (n,))
             & _check_shape(problems, "parallax_err", catalog.parallax_err, (n,))):
-        _check_parallax(problems, catalog.parallax, catalog.parallax_err, ids)
+        _check_parallax(problems, catalog.parallax, catalog.parallax_err, ids, first)
         n_no_plx = int((~np.isfinite(catalog.parallax)).sum())
-    n_unl = _check_labels(problems, warnings, catalog, n, require_labels, ids)
+    n_unl = _check_labels(problems, warnings, catalog, n, require_labels, ids, first)
     n_no_red = None
     E, Ee = catalog.E_prior, catalog.E_prior_err
     if E is None and require_reddening_prior:
@@ -265,13 +268,13 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
                             & _check_shape(problems, "E_prior_err", Ee, (n,))):
         fE = np.isfinite(E)
         if require_reddening_prior and (~fE).any():
-            problems.append(f"[E_prior] non-finite (reddening prior required): {_rows(~fE, ids)}")
+            problems.append(f"[E_prior] non-finite (reddening prior required): {_rows(~fE, ids, first)}")
         bad = fE & ~np.isfinite(Ee)
         if bad.any():
-            problems.append(f"[E_prior_err] NaN/inf where E_prior is finite: {_rows(bad, ids)}")
+            problems.append(f"[E_prior_err] NaN/inf where E_prior is finite: {_rows(bad, ids, first)}")
         bad = np.isfinite(Ee) & (Ee < 0)
         if bad.any():
-            problems.append(f"[E_prior_err] negative: {_rows(bad, ids)}")
+            problems.append(f"[E_prior_err] negative: {_rows(bad, ids, first)}")
         n_no_red = int((~fE).sum())
     n_no_pos = None
     if (catalog.l is None) != (catalog.b is None):
@@ -281,10 +284,10 @@ def validate(catalog: StarCatalog, *, require_labels: bool = False,
         l, b = catalog.l, catalog.b
         bad = np.isfinite(l) & ((l < -180) | (l > 360)) | np.isinf(l)
         if bad.any():
-            problems.append(f"[l] outside [-180, 360] deg: {_rows(bad, ids)}")
+            problems.append(f"[l] outside [-180, 360] deg: {_rows(bad, ids, first)}")
         bad = np.isfinite(b) & (np.abs(b) > 90) | np.isinf(b)
         if bad.any():
-            problems.append(f"[b] outside [-90, 90] deg: {_rows(bad, ids)}")
+            problems.append(f"[b] outside [-90, 90] deg: {_rows(bad, ids, first)}")
         n_no_pos = int((~(np.isfinite(l) & np.isfinite(b))).sum())
     if problems:
         raise CatalogError(

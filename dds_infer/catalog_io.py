@@ -27,6 +27,7 @@ from astropy.table import Table
 
 from .catalog import LABEL_NAMES, CatalogError, StarCatalog
 from .catalog_checks import _rows
+from .catalog_rows import check_rows, global_ids, read_table_rows
 from .catalog_write import catalog_to_table, write_astropy_table, write_table  # noqa: F401
 from .column_map import COLUMN_MAP_KEYS, _check_map, _check_photometry_names, _cov_pair, default_column_map
 from .passbands import GREEN2020, BandSet
@@ -68,7 +69,7 @@ GREEN2020_ERR_FLOOR = 0.02  # mag, included in the Green et al. (2021) release's
 
 
 def read_green2020_h5(path, *, require_labels: bool = True,
-                      require_reddening_prior: bool = True) -> StarCatalog:
+                      require_reddening_prior: bool = True, rows=None) -> StarCatalog:
     """Read the Green et al. (2021) test-data HDF5 (dataset ``data``).
 
     theta/theta_cov = atm_param/atm_param_cov, E_prior/E_prior_err = r/r_err,
@@ -76,18 +77,22 @@ def read_green2020_h5(path, *, require_labels: bool = True,
     (str arrays) and ``r_fit``/``r_var`` when present, and ``mag_err_floor`` = 0.02 mag:
     the release's errors already include that floor in quadrature (every band's smallest
     error is ≥ 0.0200; checked here), so inference does not add it again
-    (:func:`dds_infer.inference.photometric_variance`).
+    (:func:`dds_infer.inference.photometric_variance`). ``rows=(start, stop)``: only those rows
+    (ids stay the file rows), as :func:`read_table`.
     """
     path = Path(path)
     with h5py.File(path, "r") as f:
-        d = f["data"][:]
+        start, stop = (0, len(f["data"])) if rows is None else check_rows(rows, len(f["data"]), repr(str(path)))
+        d = f["data"][start:stop]
         meta: dict[str, Any] = {"source": str(path), "format": "green2020_h5"}
+        if rows is not None:
+            meta.update(rows=[start, stop], first_row=start)
         for k in ("atm_source", "r_source"):
             if k in d.dtype.names:
                 meta[k] = d[k].astype(str)
         for k in ("r_fit", "r_var"):
             if k in f:
-                meta[k] = np.asarray(f[k][:], dtype=np.float64)
+                meta[k] = np.asarray(f[k][start:stop], dtype=np.float64)
         meta["per_star_keys"] = [k for k in ("atm_source", "r_source", "r_fit", "r_var") if k in meta]
     err = np.asarray(d["mag_err"], dtype=np.float64)
     if np.all(np.where(np.isfinite(err), err, 1.0) >= GREEN2020_ERR_FLOOR - 5e-5):
@@ -95,25 +100,56 @@ def read_green2020_h5(path, *, require_labels: bool = True,
     return StarCatalog.from_arrays(
         d["mag"], d["mag_err"], d["parallax"], d["parallax_err"], GREEN2020,
         theta=d["atm_param"], theta_cov=d["atm_param_cov"], E_prior=d["r"],
-        E_prior_err=d["r_err"], ids=np.arange(len(d)), meta=meta,
+        E_prior_err=d["r_err"], ids=np.arange(start, stop), meta=meta,
         require_labels=require_labels, require_reddening_prior=require_reddening_prior)
 
 
-def _load(source, fmt, read_kwargs) -> tuple[Table, str]:
-    """The table and a name for it in messages; a table with no rows is refused."""
-    table, name = _read_any(source, fmt, read_kwargs)
+def _load(source, fmt, read_kwargs, rows=None) -> tuple[Table, str, tuple | None]:
+    """The table, a name for it in messages, and the file rows (start, stop) it holds when
+    ``rows`` = (start, stop|None) asked for a shard (:mod:`dds_infer.catalog_rows`), else None;
+    a table with no rows is refused."""
+    if rows is not None:
+        table, name, span = _read_shard(source, fmt, read_kwargs, rows)
+    else:
+        (table, name), span = _read_any(source, fmt, read_kwargs), None
     if len(table) == 0:
         raise CatalogError(f"{name} has no rows (columns: {', '.join(table.colnames[:30])}"
                            f"{', ...' if len(table.colnames) > 30 else ''})")
-    return table, name
+    return table, name, span
 
 
-def _read_any(source, fmt, read_kwargs) -> tuple[Table, str]:
+def _in_memory(source) -> tuple[Table, str] | None:
     if isinstance(source, Table):
         return source, "<astropy Table>"
     pd = sys.modules.get("pandas")  # a DataFrame implies pandas is imported
     if pd is not None and isinstance(source, pd.DataFrame):
         return Table.from_pandas(source), "<pandas DataFrame>"
+    return None
+
+
+def _read_shard(source, fmt, read_kwargs, rows) -> tuple[Table, str, tuple]:
+    mem = _in_memory(source)
+    if mem is not None:
+        start, stop = check_rows(rows, len(mem[0]), mem[1])
+        return mem[0][start:stop], mem[1], (start, stop)
+    path = Path(source)
+    if not path.exists():
+        raise CatalogError(f"table file not found: {str(path)!r}")
+    form = _format_for(path, fmt)
+    try:
+        table, start, stop = read_table_rows(path, form, rows, read_kwargs)
+    except CatalogError:
+        raise
+    except Exception as exc:
+        raise CatalogError(f"{str(path)!r} could not be read as a {form} table: {type(exc).__name__}: {exc}"
+                           ) from exc
+    return table, f"{str(path)!r} rows {start}:{stop}", (start, stop)
+
+
+def _read_any(source, fmt, read_kwargs) -> tuple[Table, str]:
+    mem = _in_memory(source)
+    if mem is not None:
+        return mem
     path = Path(source)
     if not path.exists():
         raise CatalogError(f"table file not found: {str(path)!r}")
@@ -172,7 +208,7 @@ def _parallax_unit(parallax_unit) -> u.UnitBase:
 
 def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet = GREEN2020, *,
                format: str | None = None, require_labels: bool = False,
-               require_reddening_prior: bool = False, parallax_unit="mas",
+               require_reddening_prior: bool = False, parallax_unit="mas", rows=None,
                **read_kwargs) -> StarCatalog:
     """Read a table into a validated :class:`StarCatalog`.
 
@@ -190,8 +226,12 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
     converted to mas; unitless ones are taken in ``parallax_unit`` ("mas",
     "arcsec"/"as" or any astropy angle unit). ``read_kwargs`` go to
     ``Table.read`` (e.g. ``hdu=``, ``path=``).
+    ``rows=(start, stop)`` reads only those file rows (stop None: to the end), a shard of a
+    catalogue too large for memory (:mod:`dds_infer.catalog_rows`): without an id column the stars'
+    ids are their file rows, ``meta["rows"]``/``meta["first_row"]`` record the range, and problems
+    name file rows.
     """
-    table, source = _load(path_or_table, format, read_kwargs)
+    table, source, span = _load(path_or_table, format, read_kwargs, rows)
     if column_map is None:
         column_map = default_column_map(bands, table.colnames)
         _check_photometry_names(table.colnames, bands)
@@ -217,6 +257,7 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
     if column_map.get("id") is not None:
         ids = np.asarray(table[column_map["id"]])
         ids = ids.astype(str) if ids.dtype.kind == "S" else ids
+    first = 0 if span is None else span[0]
     plx_unit = _parallax_unit(parallax_unit)
     plx = plx_err = np.full(n, np.nan)
     if column_map.get("parallax") is not None:
@@ -230,7 +271,7 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
                 err = col(f"{k}_err", u.K if k == "teff" else None)
                 neg = err < 0  # (squared below: the sign would be lost)
                 if neg.any():
-                    problems.append(f"[{k}_err] negative label error: {_rows(neg, ids)}")
+                    problems.append(f"[{k}_err] negative label error: {_rows(neg, ids, first)}")
                 cov[:, j, j] = err ** 2
         cov_map = column_map.get("cov") or {}
         given = {_cov_pair(pk) for pk in cov_map}
@@ -247,12 +288,16 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
         kw.update(l=col("l", u.deg), b=col("b", u.deg))
     elif column_map.get("ra") is not None:
         kw.update(_radec_to_lb(col("ra", u.deg), col("dec", u.deg)))
+    if ids is None and span is not None:
+        ids = global_ids(*span)  # (unique across the file's shards)
     if ids is not None:
         kw["ids"] = ids
     if problems:
         raise CatalogError(f"column problems ({len(problems)}):\n  - " + "\n  - ".join(problems), problems)
     meta = {"source": source, "format": format, "column_map": _plain(column_map),
             "parallax_unit": str(plx_unit)}
+    if span is not None:
+        meta.update(rows=[int(span[0]), int(span[1])], first_row=int(span[0]))
     if table.meta.get("MAGFLOOR") is not None and len(table.meta["MAGFLOOR"]) == len(bands):
         meta["mag_err_floor"] = np.asarray(table.meta["MAGFLOOR"], dtype=np.float64)
     return StarCatalog.from_arrays(mag, mag_err, plx, plx_err, bands, meta=meta,
@@ -260,11 +305,13 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
                                    require_reddening_prior=require_reddening_prior, **kw)
 
 
-def read_columns(path_or_table, names, *, format: str | None = None, **read_kwargs) -> dict[str, np.ndarray]:
+def read_columns(path_or_table, names, *, format: str | None = None, rows=None,
+                 **read_kwargs) -> dict[str, np.ndarray]:
     """Extra float columns of a table by name (e.g. the Gaia inputs of
-    :func:`dds_infer.parallax_zp.lindegren2021_zero_point`), masked -> NaN, row order kept.
+    :func:`dds_infer.parallax_zp.lindegren2021_zero_point`), masked -> NaN, row order kept;
+    ``rows=(start, stop)``: only those file rows, as :func:`read_table`.
     Raises :class:`CatalogError` naming every missing or non-numeric column."""
-    table, source = _load(path_or_table, format, read_kwargs)
+    table, source, _ = _load(path_or_table, format, read_kwargs, rows)
     missing = [c for c in names if c not in table.colnames]
     if missing:
         raise CatalogError(f"{source}: missing column(s) {missing} (has: {', '.join(table.colnames[:30])}"

@@ -17,7 +17,8 @@ A run (:func:`dds_infer.runner.infer_catalog`) writes its draws chunk by chunk t
 
 :class:`ChunkedPosterior` reads such a run back: star ids and the summary table from the
 Parquet file, the draws one chunk at a time (:meth:`ChunkedPosterior.chunks`), as
-:func:`dds_infer.dustmap_io.write_dustmap` does. :func:`open_run` opens an output folder.
+:func:`dds_infer.dustmap_io.write_dustmap` does. :func:`open_run` opens an output folder, and
+:func:`join_runs` several (the shards of one catalogue, ``dds-infer infer --shard K/N``) as one.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import numpy as np
 from .atomic import atomic_path
 from .posterior import Posterior, concat
 
-__all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "ChunkWriter", "assemble_run", "open_run",
-           "should_combine", "write_chunk", "write_chunk_summary", "chunk_summary_path"]
+__all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "ChunkWriter", "JoinedPosterior", "assemble_run",
+           "join_runs", "open_run", "should_combine", "write_chunk", "write_chunk_summary", "chunk_summary_path"]
 
 COMBINE_MAX_DRAWS = 2 * 10**7  # star x chain x draw: 10,000 stars at 4 x 500 draws
 COMBINE_CHOICES = ("auto", "always", "never")
@@ -287,3 +288,57 @@ def open_run(out_dir) -> "Posterior | ChunkedPosterior":
         raise ValueError(f"{out_dir / SUMMARY} has {ids.shape[0]} rows, {OUTPUTS} records {rec['n_stars']} stars")
     return ChunkedPosterior(paths=paths, star_id=ids, attrs=rec.get("attrs", {}), summary_path=out_dir / SUMMARY,
                             summary_kw=rec.get("summary_kw", {}))
+
+
+@dataclass
+class JoinedPosterior:
+    """Several runs' posteriors (e.g. the shards of a catalogue) read as one, in the given order:
+    the interface of :class:`ChunkedPosterior` (``n_stars``, ``star_id``, ``attrs``, ``parts()``,
+    ``summary()``), one chunk in memory at a time. ``attrs["runs"]``: each run's source and attrs."""
+
+    posteriors: list
+    star_id: np.ndarray
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n_stars(self) -> int:
+        return int(self.star_id.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_stars
+
+    def parts(self):
+        """(Posterior, summary rows) pieces of every run in turn."""
+        for post in self.posteriors:
+            if hasattr(post, "parts"):
+                yield from post.parts()
+            else:
+                yield post, post.summary()
+
+    def summary(self, **summary_kw):
+        import pandas as pd
+
+        return pd.concat([p.summary(**summary_kw) for p in self.posteriors], ignore_index=True)
+
+
+def join_runs(posteriors, sources) -> "JoinedPosterior":
+    """Join the posteriors of several runs (:class:`Posterior` or :class:`ChunkedPosterior`, named by
+    ``sources`` in messages) into one :class:`JoinedPosterior`. A star in more than one run (shards
+    that overlap, or one run given twice) is an error naming it and its runs: a dust map must not
+    count a star twice."""
+    posteriors, sources = list(posteriors), [str(s) for s in sources]
+    if len(posteriors) != len(sources) or not posteriors:
+        raise ValueError("join_runs needs one source name per posterior, and at least one posterior")
+    ids = [np.asarray(p.star_id) for p in posteriors]
+    key = np.concatenate([i.astype(str) for i in ids])
+    uniq, counts = np.unique(key, return_counts=True)
+    if (counts > 1).any():
+        run_of = np.repeat(np.arange(len(ids)), [i.shape[0] for i in ids])
+        dup = uniq[counts > 1]
+        where = {str(s): [sources[r] for r in np.unique(run_of[key == s])] for s in dup[:5]}
+        raise ValueError(f"{dup.size} star id(s) appear in more than one posterior (overlapping shards?): "
+                         + "; ".join(f"{s!r} in {w}" for s, w in where.items()))
+    attrs = {"runs": [{"source": s, "attrs": dict(getattr(p, "attrs", {}) or {})}
+                      for s, p in zip(sources, posteriors)]}
+    return JoinedPosterior(posteriors=posteriors, star_id=np.concatenate(ids) if len({i.dtype.kind for i in ids}) == 1
+                           else key.astype(object), attrs=attrs)

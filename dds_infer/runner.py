@@ -70,7 +70,17 @@ def catalog_fingerprint(catalog) -> dict:
     _hash_arrays(h, [catalog.mag, catalog.mag_err, catalog.parallax, catalog.parallax_err])
     if catalog.mag_err_floor is not None:
         _hash_arrays(h, [catalog.mag_err_floor])
-    return {"n_stars": int(catalog.n_stars), "sha256": h.hexdigest()}
+    out = {"n_stars": int(catalog.n_stars), "sha256": h.hexdigest()}
+    rows = catalog_rows(catalog)
+    if rows is not None:  # a shard (absent otherwise: earlier runs' manifests stay valid)
+        out["rows"] = rows
+    return out
+
+
+def catalog_rows(catalog) -> list | None:
+    """[start, stop) file rows of a shard read with ``rows=`` (:mod:`dds_infer.catalog_rows`), else None."""
+    rows = (catalog.meta or {}).get("rows")
+    return None if rows is None else [int(rows[0]), int(rows[1])]
 
 
 def _describe(obj):
@@ -322,6 +332,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
 
     n_chunks = -(-n // chunk)
     ids = catalog.star_ids()
+    first_row = int((catalog.meta or {}).get("first_row", 0) or 0)  # a shard's stars keep their file row's keys
     todo = [k for k in range(n_chunks) if not chunk_path(k).exists()]
     bar = None
     if progress:
@@ -335,7 +346,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                 break
             rows = np.arange(k * chunk, min((k + 1) * chunk, n))
             stars = star_data_fn(catalog.subset(rows))  # per chunk: memory bounded by the chunk size
-            keys = star_keys(seed, rows)
+            keys = star_keys(seed, rows + first_row)
             shown = [0]  # stars of this chunk already on the progress bar (the queue engine reports chains)
             if batch_fn is not None:
                 post = batch_fn(stars, ids[rows], keys)
@@ -353,5 +364,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     missing = [k for k in range(n_chunks) if not chunk_path(k).exists()]
     if missing:  # only after stop_after_chunks
         return None
-    return assemble_run(out_dir, [chunk_path(k) for k in range(n_chunks)],
-                        attrs={"config_hash": chash, "n_chunks": n_chunks}, combine=combine)
+    attrs = {"config_hash": chash, "n_chunks": n_chunks}
+    if catalog_rows(catalog) is not None:
+        attrs["catalog_rows"] = catalog_rows(catalog)
+    return assemble_run(out_dir, [chunk_path(k) for k in range(n_chunks)], attrs=attrs, combine=combine)

@@ -264,7 +264,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     cap = capsys.readouterr()
     rep = json.loads(cap.out)  # the progress bar goes to stderr, the JSON alone to stdout
     assert "dust-map images" in cap.err and "6/6" in cap.err
-    assert set(rep) == {"n_stars", "n_pixels", "nside", "out", "seconds", "mean_coverage"}
+    assert set(rep) == {"n_stars", "n_pixels", "nside", "out", "seconds", "mean_coverage", "n_posteriors",
+                        "config_hashes"}
+    assert rep["n_posteriors"] == 1 and rep["config_hashes"] == [str(post.attrs.get("config_hash"))]
     pix = healpix_index(l, b, 2)
     assert rep["n_stars"] == 6 and rep["nside"] == 2 and rep["n_pixels"] == len(np.unique(pix))
     attrs, pixels = read_dustmap(out)

@@ -97,11 +97,16 @@ def test_cli_zp_dr3_l21_equals_inference_on_corrected_parallaxes(tmp_path, capsy
     assert not np.allclose(a["parallax"], np.asarray(table["parallax"]))
     np.testing.assert_array_equal(a["parallax_err"], b["parallax_err"])
     np.testing.assert_array_equal(a["mag"], b["mag"])
+    # a shard (infer --rows) corrects its own rows with their own Gaia columns
+    assert main(["infer", "--catalog", str(raw), "--out", str(tmp_path / "s"), "--zp", "dr3-l21", "--rows", "3:8",
+                 *common]) == 0
+    assert json.loads(capsys.readouterr().out)["parallax_zero_point"]["n_fallback"] == 3
+    np.testing.assert_allclose(recorded[2]["catalog"].parallax, a["parallax"][3:8], rtol=0, atol=1e-12)
     # without the Gaia columns: a clear error naming them, before any inference
     bare = write_astropy_table(catalog_to_table(mock.catalog), tmp_path / "bare.parquet")
     assert main(["infer", "--catalog", str(bare), "--out", str(tmp_path / "c"), "--zp", "dr3-l21", *common]) != 0
     assert "nu_eff_used_in_astrometry" in capsys.readouterr().err
-    assert len(recorded) == 2
+    assert len(recorded) == 3
 
 
 def test_read_columns_names_missing_columns(tmp_path):

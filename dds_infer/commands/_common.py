@@ -37,6 +37,39 @@ def read_catalog(path, column_map=None, **kw) -> StarCatalog:
     return read_table(path, column_map, **kw)
 
 
+def catalog_n_rows(path, column_map=None) -> int:
+    """Rows of a catalogue file (Green2020 HDF5 or a table), from metadata where the format has it."""
+    from ..catalog_io import _format_for
+    from ..catalog_rows import count_rows
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"catalogue {path} not found")
+    if column_map is None and is_green2020_h5(path):
+        with h5py.File(path, "r") as f:
+            return int(len(f["data"]))
+    return count_rows(path, _format_for(path, None))
+
+
+def row_range(args) -> tuple | None:
+    """``--rows START:STOP`` or ``--shard K/N`` of ``args`` as (start, stop|None); None: all rows."""
+    from ..catalog_rows import parse_rows, parse_shard, shard_rows
+
+    rows, shard = getattr(args, "rows", None), getattr(args, "shard", None)
+    if rows is not None and shard is not None:
+        raise ValueError("give --rows or --shard, not both")
+    if rows is not None:
+        return parse_rows(rows)
+    if shard is not None:
+        k, n_shards = parse_shard(shard)
+        start, stop = shard_rows(k, n_shards, catalog_n_rows(args.catalog, args.columns))
+        if stop <= start:
+            raise ValueError(f"--shard {shard}: the catalogue's {catalog_n_rows(args.catalog, args.columns)} rows "
+                             f"leave shard {k} of {n_shards} empty (use fewer shards)")
+        return start, stop
+    return None
+
+
 def read_model(path) -> Emulator:
     path = Path(path)
     if not path.exists():

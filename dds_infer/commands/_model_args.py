@@ -61,10 +61,11 @@ def build_model_inputs(args) -> ModelInputs:
     from ..inference import InferenceConfig
     from ..priors import default_prior
     from ..selection import resolve_selection_limit
-    from ._common import parse_selection_limit, read_catalog, read_model
+    from ._common import parse_selection_limit, read_catalog, read_model, row_range
 
     emu = read_model(args.model)
-    cat = read_catalog(args.catalog, args.columns, require_labels=False)
+    rows = row_range(args)  # a shard of a catalogue too large for memory (infer --rows/--shard)
+    cat = read_catalog(args.catalog, args.columns, require_labels=False, **({} if rows is None else {"rows": rows}))
     if args.catalog_err_floor is not None:
         cat.meta["mag_err_floor"] = float(args.catalog_err_floor)
     zp, zp_report = zero_point(args, cat)
@@ -98,5 +99,5 @@ def zero_point(args, cat):
 
     if is_green2020_h5(Path(args.catalog)):
         raise ValueError("--zp dr3-l21 needs Gaia (E)DR3 columns; the Green2020 HDF5 has DR2 parallaxes (use --zp dr2)")
-    cols = read_columns(args.catalog, L21_COLUMNS)
+    cols = read_columns(args.catalog, L21_COLUMNS, **({} if cat.meta.get("rows") is None else {"rows": cat.meta["rows"]}))
     return lindegren2021_zero_point(*(cols[c] for c in L21_COLUMNS))

@@ -13,10 +13,12 @@ def register(sub) -> None:
         "group per nested HEALPix pixel (Galactic frame). Sky positions come from the catalogue "
         "(l, b, or ra, dec through --columns).",
     )
-    p.add_argument("--posterior", required=True,
+    p.add_argument("--posterior", required=True, nargs="+",
                    help="posterior NetCDF file, or a 'dds-infer infer' output directory (read chunk by chunk, so any "
-                   "catalogue size fits in memory)")
-    p.add_argument("--catalog", required=True, help="the catalogue the posterior was computed for")
+                   "catalogue size fits in memory); several: the shards of one catalogue (infer --shard K/N), "
+                   "written into one file in the order given (a star in two of them is an error)")
+    p.add_argument("--catalog", required=True,
+                   help="the catalogue the posterior was computed for (of a shard's run, only its rows are read)")
     p.add_argument("--columns", default=None, help="JSON file with the column map for generic tables")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--nside", type=int, default=32, help="HEALPix nside (power of two, nested ordering)")
@@ -35,26 +37,34 @@ def register(sub) -> None:
 def _positions(cat, star_id):
     """(l, b) of the posterior's stars, matched to the catalogue by id (compared as strings)."""
     import numpy as np
+    import pandas as pd
 
     if cat.l is None or cat.b is None:
         raise ValueError("the catalogue has no sky positions: it needs l, b columns (or ra, dec mapped "
                          "through --columns)")
-    ids = [str(s) for s in cat.star_ids()]
-    row = {}
-    dup = set()
-    for i, s in enumerate(ids):
-        if s in row:
-            dup.add(s)
-        row[s] = i
-    want = [str(s) for s in star_id]
-    missing = [s for s in want if s not in row]
-    if missing:
-        raise ValueError(f"{len(missing)} posterior star_id(s) not in the catalogue: {missing[:10]}")
-    amb = sorted(dup & set(want))
-    if amb:
-        raise ValueError(f"star_id(s) {amb[:10]} appear more than once in the catalogue")
-    rows = np.array([row[s] for s in want], dtype=np.int64)
+    ids = pd.Index(np.asarray(cat.star_ids()).astype(str))
+    want = np.asarray(star_id).astype(str)
+    if not ids.is_unique:  # (validation refuses such catalogues; ids can collide only as strings)
+        raise ValueError(f"star_id(s) {sorted(set(ids[ids.duplicated()]))[:10]} appear more than once in the catalogue")
+    rows = ids.get_indexer(want)
+    missing = want[rows < 0]
+    if missing.size:
+        raise ValueError(f"{missing.size} posterior star_id(s) not in the catalogue: {missing[:10].tolist()}")
     return cat.l[rows], cat.b[rows]
+
+
+def _source_positions(args, post, whole):
+    """(l, b) of one posterior's stars: from the catalogue rows its run recorded (a shard), else from
+    the whole catalogue (``whole``: a one-item cache, read at most once)."""
+    from ._common import read_catalog
+
+    rows = (getattr(post, "attrs", None) or {}).get("catalog_rows")
+    if rows is not None:
+        return _positions(read_catalog(args.catalog, args.columns, require_labels=False, rows=tuple(rows)),
+                          post.star_id)
+    if not whole:
+        whole.append(read_catalog(args.catalog, args.columns, require_labels=False))
+    return _positions(whole[0], post.star_id)
 
 
 def run(args) -> int:
@@ -66,14 +76,15 @@ def run(args) -> int:
     from ..cli import emit_json
     from ..dustmap_io import ImageGrid, list_pixels, stored_coverage, write_dustmap, write_summary_table
     from ..posterior import Posterior
-    from ..run_outputs import open_run
-    from ._common import read_catalog
+    from ..run_outputs import join_runs, open_run
 
     t0 = time.perf_counter()
-    src = Path(args.posterior)
-    post = open_run(src) if src.is_dir() else Posterior.load(src)  # a folder: read chunk by chunk
-    cat = read_catalog(args.catalog, args.columns, require_labels=False)
-    l, b = _positions(cat, post.star_id)
+    sources = [Path(p) for p in args.posterior]
+    posts = [open_run(src) if src.is_dir() else Posterior.load(src) for src in sources]  # a folder: chunk by chunk
+    whole = []
+    lb = [_source_positions(args, p, whole) for p in posts]
+    l, b = np.concatenate([x[0] for x in lb]), np.concatenate([x[1] for x in lb])
+    post = posts[0] if len(posts) == 1 else join_runs(posts, sources)
     grid = ImageGrid(**{k: getattr(args, k) for k in ("mu_step", "E_step", "smooth_mu", "smooth_E")
                         if getattr(args, k) is not None})
     bar = None
@@ -83,7 +94,7 @@ def run(args) -> int:
         bar = tqdm(total=int(post.n_stars), unit="star", desc="dust-map images")
     try:
         out = write_dustmap(args.out, post, l, b, nside=args.nside, grid=grid, n_samples=args.n_samples,
-                            attrs={"posterior_source": str(src), "catalog_source": str(args.catalog)},
+                            attrs={"posterior_source": ", ".join(map(str, sources)), "catalog_source": str(args.catalog)},
                             on_stars=None if bar is None else bar.update)
     finally:
         if bar is not None:
@@ -92,11 +103,17 @@ def run(args) -> int:
         write_summary_table(args.summary, post, l, b, nside=args.nside)
     cov = stored_coverage(out)
     figures = {"n_stars": int(post.n_stars), "n_pixels": int(len(list_pixels(out))), "nside": int(args.nside),
+               "n_posteriors": len(posts),
+               # runs of different settings (config_hash: model, prior, likelihood, sampler) in one file
+               "config_hashes": sorted({str((getattr(p, "attrs", None) or {}).get("config_hash")) for p in posts}),
                "out": str(out), "seconds": time.perf_counter() - t0, "mean_coverage": float(np.mean(cov))}
     if args.json:
         emit_json(figures)
         return 0
     print(f"stars: {figures['n_stars']} in {figures['n_pixels']} pixels (nside {figures['nside']}), "
           f"mean coverage {figures['mean_coverage']:.3f}, {figures['seconds']:.1f} s")
+    if len(figures["config_hashes"]) > 1:
+        print(f"warning: the {len(posts)} posteriors come from {len(figures['config_hashes'])} different run "
+              "settings (config_hash); a dust map usually wants one")
     print(f"dust-map input: {out}" + (f"\nsummary: {args.summary}" if args.summary else ""))
     return 0

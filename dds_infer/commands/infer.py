@@ -62,6 +62,14 @@ def register(sub) -> None:
                    "in memory (at most 2e7 star-draws, 10,000 stars at 4 x 500); otherwise they stay in "
                    "<out>/chunks, which 'dds-infer dustmap --posterior <out>' and "
                    "dds_infer.run_outputs.open_run read chunk by chunk")
+    p.add_argument("--rows", default=None, metavar="START:STOP",
+                   help="infer only these rows of the catalogue file (0-based, STOP excluded; 'START:' to the end): "
+                   "a shard of a catalogue too large for memory, read on its own (Parquet by row group, FITS "
+                   "memory-mapped). Star ids stay file rows (without an id column) and draws equal an unsharded "
+                   "run's; give each shard its own --out, then 'dds-infer dustmap --posterior OUT1 OUT2 ...'")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="infer shard K (0-based) of N near-equal contiguous row ranges of the catalogue, e.g. a job "
+                   "array's task id: --shard $SLURM_ARRAY_TASK_ID/100 (as --rows)")
     p.add_argument("--overwrite", action="store_true", help="discard results of a different run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -137,6 +145,7 @@ def run(args) -> int:
         # per band: median posterior mean residual of the flag-0 stars (dds_infer.band_offsets)
         "band_residuals": band_residual_report(summ, emu.bands.names),
         "combined": combined,
+        "catalog_rows": cat.meta.get("rows"),  # the shard's file rows [start, stop), or None (all)
         # the input's missing-data counts and warnings (catalog_checks.validate): every star is kept
         "catalog_checks": cat.meta.get("validation"),
         "out": {"posterior": str(out / "posterior.nc") if combined else None,
@@ -145,8 +154,9 @@ def run(args) -> int:
     if args.json:
         emit_json(figures)
         return 0
-    print(f"stars: {figures['n_stars']} in {seconds:.1f} s ({figures['stars_per_s']:.2f} stars/s "
-          f"on {figures['devices']} device(s))")
+    rows = figures["catalog_rows"]
+    print(f"stars: {figures['n_stars']}" + ("" if rows is None else f" (catalogue rows {rows[0]}:{rows[1]})")
+          + f" in {seconds:.1f} s ({figures['stars_per_s']:.2f} stars/s on {figures['devices']} device(s))")
     if args.method == "nuts":
         print(f"r_hat < 1.01: {figures['frac_rhat_lt_1_01']:.3f}, median bulk ESS: {figures['median_ess']:.0f}, "
               f"flagged: {figures['n_flagged']}")
