@@ -153,3 +153,23 @@ def test_sharded_grid_run_and_its_dust_map_equal_the_whole_catalogues(emu, table
     assert main(["dustmap", "--posterior", *[str(tmp_path / p) for p in ("a", "c1", "b")], "--catalog", str(path),
                  "--out", str(tmp_path / "y.h5"), "--no-progress"]) == 0
     assert "the 3 posteriors come from 2 different run settings" in capsys.readouterr().out
+
+
+def test_a_shard_of_the_green2020_file(anchor_dir):
+    """The real test-data HDF5 (dds-infer infer --rows on it): a shard's stars, labels, per-star
+    metadata and ids are the whole file's rows."""
+    from dds_infer.commands._common import catalog_n_rows, read_catalog
+
+    path = anchor_dir / "green2020_test_data_small.h5"
+    whole = read_catalog(path)
+    assert catalog_n_rows(path) == whole.n_stars
+    shard = read_catalog(path, rows=(4321, 4400))
+    sub = whole.subset(np.arange(4321, 4400))
+    np.testing.assert_array_equal(shard.star_ids(), np.arange(4321, 4400))
+    for k in ("mag", "mag_err", "parallax", "parallax_err", "theta", "theta_cov", "E_prior", "E_prior_err"):
+        np.testing.assert_array_equal(getattr(shard, k), getattr(sub, k), err_msg=k)
+    for k in whole.meta.get("per_star_keys", ()):
+        np.testing.assert_array_equal(shard.meta[k], sub.meta[k], err_msg=k)
+    assert shard.meta["rows"] == [4321, 4400] and "rows" not in sub.meta
+    with pytest.raises(CatalogError, match=f"not within the {whole.n_stars} rows"):
+        read_catalog(path, rows=(0, whole.n_stars + 1))
