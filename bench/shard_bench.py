@@ -10,7 +10,9 @@ infer`` reads, including validation) runs in its own process, whose peak residen
 (``ru_maxrss``) is reported with the process's memory after its imports:
 
 * ``whole``: every row;
-* ``shard``: shard ``--shard-index`` of ``--n-shards`` (default the middle one of 10).
+* ``shard``: shard ``--shard-index`` of ``--n-shards`` (default the middle one of 10);
+* ``positions``: every row's id and (l, b) alone (:func:`dds_infer.sky_positions.read_positions`,
+  what ``dds-infer dustmap`` reads of a catalogue).
 
     python bench/shard_bench.py --json [--n-rows 1000000 --n-shards 10 --row-group-size 262144 --work-dir DIR]
 """
@@ -62,6 +64,12 @@ def worker(step: str, path: Path, shard: str) -> dict:
 
     base = peak_rss_mb()
     t0 = time.perf_counter()
+    if step == "positions":
+        from dds_infer.sky_positions import read_positions
+
+        pos = read_positions(path, {"id": "source_id", "l": "l", "b": "b"})
+        return {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "rss_mb_after_imports": base,
+                "n_stars": int(pos.ids.shape[0])}
     rows = None
     if step == "shard":
         k, n_shards = parse_shard(shard)
@@ -101,13 +109,15 @@ def main(argv=None) -> int:
     figures = {"n_rows": args.n_rows, "n_shards": args.n_shards, "shard_index": k,
                "row_groups": pq.ParquetFile(path).metadata.num_row_groups,
                "file_mb": path.stat().st_size / 2**20, "make_seconds": time.perf_counter() - t0}
-    for step in ("whole", "shard"):
+    for step in ("whole", "shard", "positions"):
         res = run_worker(__file__, "--_worker", step, path, f"{k}/{args.n_shards}")
         figures.update({f"{step}_{key}": v for key, v in res.items()})
     grow = {s: figures[f"{s}_peak_rss_mb"] - figures[f"{s}_rss_mb_after_imports"] for s in ("whole", "shard")}
     figures["whole_kb_per_star"] = grow["whole"] * 1024 / figures["whole_n_stars"]
     figures["shard_kb_per_star"] = grow["shard"] * 1024 / figures["shard_n_stars"]
     figures["memory_growth_ratio"] = grow["whole"] / max(grow["shard"], 1.0)
+    figures["positions_kb_per_star"] = ((figures["positions_peak_rss_mb"] - figures["positions_rss_mb_after_imports"])
+                                        * 1024 / figures["positions_n_stars"])
     if tmp is not None:
         tmp.cleanup()
     report(figures, args.json)

@@ -98,8 +98,11 @@ def _parquet_rows(path: Path, start: int, stop: int, read_kwargs: dict) -> Table
     md = pf.metadata
     bounds = np.concatenate([[0], np.cumsum([md.row_group(g).num_rows for g in range(md.num_row_groups)])])
     groups = [g for g in range(md.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
+    names = read_kwargs.get("include_names")  # decode only these columns (astropy's reader selects them too)
+    schema = pf.schema_arrow if names is None else pa.schema(
+        [pf.schema_arrow.field(c) for c in names], metadata=pf.schema_arrow.metadata)
     pieces, at = [], int(bounds[groups[0]])
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH, row_groups=groups):
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH, row_groups=groups, columns=names):
         lo, hi = max(start - at, 0), min(stop - at, batch.num_rows)
         if hi > lo:
             pieces.append(batch.slice(lo, hi - lo))
@@ -107,7 +110,7 @@ def _parquet_rows(path: Path, start: int, stop: int, read_kwargs: dict) -> Table
         if at >= stop:
             break
     buf = io.BytesIO()  # astropy rebuilds units and meta from the schema metadata kept here
-    pq.write_table(pa.Table.from_batches(pieces, schema=pf.schema_arrow), buf, compression="none")
+    pq.write_table(pa.Table.from_batches(pieces, schema=schema), buf, compression="none")
     del pieces  # (only the buffer and the table read from it stay)
     buf.seek(0)
     return Table.read(buf, format="parquet", **read_kwargs)
@@ -121,7 +124,7 @@ def read_table_rows(path, form: str, rows, read_kwargs: dict) -> tuple[Table, in
     if form == "parquet":
         return _parquet_rows(path, start, stop, read_kwargs), start, stop
     if form == "fits":
-        t = Table.read(path, format="fits", memmap=True, **read_kwargs)
+        t = Table.read(path, format="fits", **{"memmap": True, **read_kwargs})
         return Table(t[start:stop], copy=True), start, stop  # (copied out of the memory map)
     return Table.read(path, format=form, **read_kwargs)[start:stop], start, stop
 

@@ -34,36 +34,43 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _positions(cat, star_id):
-    """(l, b) of the posterior's stars, matched to the catalogue by id (compared as strings)."""
+def _positions(pos, star_id):
+    """(l, b) of the posterior's stars, matched by id (compared as strings) to the catalogue's
+    :class:`~dds_infer.sky_positions.SkyPositions`."""
     import numpy as np
-    import pandas as pd
 
-    if cat.l is None or cat.b is None:
-        raise ValueError("the catalogue has no sky positions: it needs l, b columns (or ra, dec mapped "
-                         "through --columns)")
-    ids = pd.Index(np.asarray(cat.star_ids()).astype(str))
-    want = np.asarray(star_id).astype(str)
-    if not ids.is_unique:  # (validation refuses such catalogues; ids can collide only as strings)
-        raise ValueError(f"star_id(s) {sorted(set(ids[ids.duplicated()]))[:10]} appear more than once in the catalogue")
-    rows = ids.get_indexer(want)
-    missing = want[rows < 0]
-    if missing.size:
-        raise ValueError(f"{missing.size} posterior star_id(s) not in the catalogue: {missing[:10].tolist()}")
-    return cat.l[rows], cat.b[rows]
+    from ..sky_positions import match_rows
+
+    rows = match_rows(pos.ids, star_id)
+    if (rows < 0).any():
+        missing = np.asarray(star_id)[rows < 0]
+        raise ValueError(f"{missing.size} posterior star_id(s) not in the catalogue"
+                         + ("" if pos.rows is None else f" rows {pos.rows[0]}:{pos.rows[1]}")
+                         + f": {[str(s) for s in missing[:10]]}")
+    return pos.l[rows], pos.b[rows]
 
 
 def _source_positions(args, post, whole):
     """(l, b) of one posterior's stars: from the catalogue rows its run recorded (a shard), else from
-    the whole catalogue (``whole``: a one-item cache, read at most once)."""
-    from ._common import read_catalog
+    the whole catalogue (``whole``: a one-item cache, read at most once). Only the id and position
+    columns are read (:func:`dds_infer.sky_positions.read_positions`)."""
+    import json
+    from pathlib import Path
 
+    from ..catalog import CatalogError
+    from ..sky_positions import read_positions
+    from ._common import is_green2020_h5
+
+    path = Path(args.catalog)
+    if path.exists() and args.columns is None and is_green2020_h5(path):
+        raise CatalogError("the catalogue has no sky positions (the Green2020 test-data file has none): give a table "
+                           "with l, b columns (or ra, dec mapped through --columns)")
+    cmap = None if args.columns is None else json.loads(Path(args.columns).read_text())
     rows = (getattr(post, "attrs", None) or {}).get("catalog_rows")
     if rows is not None:
-        return _positions(read_catalog(args.catalog, args.columns, require_labels=False, rows=tuple(rows)),
-                          post.star_id)
+        return _positions(read_positions(path, cmap, rows=tuple(rows)), post.star_id)
     if not whole:
-        whole.append(read_catalog(args.catalog, args.columns, require_labels=False))
+        whole.append(read_positions(path, cmap))
     return _positions(whole[0], post.star_id)
 
 
