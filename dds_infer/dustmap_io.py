@@ -37,6 +37,9 @@ pixel group; :func:`read_pixel` and :func:`read_dustmap` read both. One table in
 datasets per pixel matters when a catalogue's chunks scatter over the sky: each chunk then touches
 ~1,000 pixels, and every dataset created or written costs ~0.1 ms of HDF5 overhead (with the
 boxed images below, 20,480 all-sky stars: 171.7 -> 80.8 s; bench/RESULTS.md, session 28).
+The gzip chunks (one per star and dataset) are compressed on one thread per core
+(:class:`dds_infer.h5_chunks.RowChunkWriter`; the same bytes: 82.4 -> 72.2 s there, 32.1 ->
+22.2 s at nside 2; session 29).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_path
+from .h5_chunks import RowChunkWriter
 from .dust_images import ImageGrid, _bins, _coverage, _images64, image_coverage, pdf_images  # noqa: F401 (re-exported)
 
 __all__ = ["ImageGrid", "pdf_images", "image_coverage", "healpix_index", "write_dustmap", "list_pixels",
@@ -121,7 +125,8 @@ def _parts(posterior):
 
 
 def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = ImageGrid(),
-                  n_samples=None, attrs=None, dtype="float32", compression="gzip", on_stars=None) -> Path:
+                  n_samples=None, attrs=None, dtype="float32", compression="gzip", on_stars=None,
+                  threads: int | None = None) -> Path:
     """Write per-star images, samples and diagnostics of ``posterior`` grouped by HEALPix pixel.
 
     posterior: a :class:`~dds_infer.posterior.Posterior`, or a run's
@@ -131,7 +136,8 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
     draws per star, evenly spaced over the pooled chains (deterministic); None or more than
     available = all. ``dtype`` applies to pdf and samples. Layout: module docstring. Atomic.
     on_stars(n): called after each piece of the posterior is written with its number of stars
-    (e.g. a progress bar's ``update``).
+    (e.g. a progress bar's ``update``). threads: gzip compression threads (default one per core;
+    :class:`dds_infer.h5_chunks.RowChunkWriter`; the file is the same for any number).
     """
     import astropy.units as u
     from astropy_healpix import healpix_to_lonlat
@@ -165,7 +171,7 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
         raise ValueError(f"attrs {clash} clash with reserved root attributes")
     path = Path(path)
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w") as f, RowChunkWriter(threads) as put_rows:
             f.attrs.update({k: _jsonable(v) for k, v in {**root, **attrs}.items()})
             f["mu_centers"], f["E_centers"] = grid.mu_centers, grid.E_centers
             table = np.zeros(len(pixels), dtype=[("pixel", "<i8"), ("n_stars", "<i8")])
@@ -221,13 +227,12 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                     pdf = g["pdf"]
                     for k in range(0, r.size, _CHUNK):
                         rr = r[k:k + _CHUNK]
-                        at = slot[start + rr[0]]
-                        pdf[at:at + rr.size] = _images64(pixel_of[rr], w_norm[rr], grid).astype(dtype)
+                        put_rows.put(pdf, int(slot[start + rr[0]]), _images64(pixel_of[rr], w_norm[rr], grid))
                     g["coverage"][dst] = coverage[r]
-                    g["samples"][dst] = np.stack([flat[c][0][r][:, keep] for c in SAMPLE_COLUMNS],
-                                                 axis=-1).astype(dtype)
+                    put_rows.put(g["samples"], dst.start, np.stack([flat[c][0][r][:, keep] for c in SAMPLE_COLUMNS],
+                                                                   axis=-1))
                     sw = np.ascontiguousarray(w_all[r][:, keep])  # C order: sums independent of layout
-                    g["sample_weights"][dst] = sw / sw.sum(axis=1, keepdims=True)
+                    put_rows.put(g["sample_weights"], dst.start, sw / sw.sum(axis=1, keepdims=True))
                     g["diagnostics"][dst] = table[r]
                 start = stop
                 if on_stars is not None:

@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--smooth-mu", type=float, default=None, help="Gaussian sigma in mu pixels (default 1)")
     p.add_argument("--smooth-E", type=float, default=None, help="Gaussian sigma in E pixels (default 1)")
     p.add_argument("--summary", default=None, help="also write a Parquet summary with l, b and healpix")
+    p.add_argument("--threads", type=int, default=None,
+                   help="gzip compression threads (default: one per core the process may use; the file is the same)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=run)
@@ -85,6 +87,8 @@ def run(args) -> int:
     from ..posterior import Posterior
     from ..run_outputs import join_runs, open_run
 
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     t0 = time.perf_counter()
     sources = [Path(p) for p in args.posterior]
     posts = [open_run(src) if src.is_dir() else Posterior.load(src) for src in sources]  # a folder: chunk by chunk
@@ -102,7 +106,7 @@ def run(args) -> int:
     try:
         out = write_dustmap(args.out, post, l, b, nside=args.nside, grid=grid, n_samples=args.n_samples,
                             attrs={"posterior_source": ", ".join(map(str, sources)), "catalog_source": str(args.catalog)},
-                            on_stars=None if bar is None else bar.update)
+                            on_stars=None if bar is None else bar.update, threads=args.threads)
     finally:
         if bar is not None:
             bar.close()
