@@ -130,10 +130,25 @@ def test_sharded_grid_run_and_its_dust_map_equal_the_whole_catalogues(emu, table
     for name, posts in {"whole": ["whole"], "shards": ["a", "c", "b"]}.items():
         h5 = tmp_path / f"{name}.h5"
         assert main(["dustmap", "--posterior", *[str(tmp_path / p) for p in posts], "--catalog", str(path),
-                     "--out", str(h5), "--nside", "2", "--no-progress", "--json"]) == 0
+                     "--out", str(h5), "--nside", "2", "--summary", str(tmp_path / f"{name}.parquet"),
+                     "--no-progress", "--json"]) == 0
         rep = json.loads(capsys.readouterr().out)
         assert rep["n_stars"] == 12 and rep["n_posteriors"] == len(posts) and len(rep["config_hashes"]) == 1
         maps[name] = read_dustmap(h5)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole.parquet"),
+                                  pd.read_parquet(tmp_path / "shards.parquet"))
+    # positions from another table (ids, l, b only, rows reversed): the shards' rows do not hold
+    # their stars there, so the whole table is read and matched by id
+    pos = table[:12]["l", "b"][::-1]
+    pos["id"] = np.arange(12)[::-1]
+    pos.write(tmp_path / "pos.parquet")
+    assert main(["dustmap", "--posterior", *[str(tmp_path / p) for p in "acb"], "--catalog",
+                 str(tmp_path / "pos.parquet"), "--out", str(tmp_path / "pos.h5"), "--nside", "2", "--no-progress",
+                 "--json"]) == 0
+    capsys.readouterr()
+    _, c = read_dustmap(tmp_path / "pos.h5")
+    for p in c:
+        np.testing.assert_array_equal(c[p]["l"], maps["whole"][1][p]["l"])
     (_, a), (attrs, b) = maps["whole"], maps["shards"]
     assert a.keys() == b.keys() and len(a) > 1
     for p in a:

@@ -37,8 +37,8 @@ def register(sub) -> None:
 
 
 def _positions(pos, star_id):
-    """(l, b) of the posterior's stars, matched by id (compared as strings) to the catalogue's
-    :class:`~dds_infer.sky_positions.SkyPositions`."""
+    """(l, b) of the posterior's stars, matched by id to the catalogue's
+    :class:`~dds_infer.sky_positions.SkyPositions` (:func:`~dds_infer.sky_positions.match_rows`)."""
     import numpy as np
 
     from ..sky_positions import match_rows
@@ -53,9 +53,10 @@ def _positions(pos, star_id):
 
 
 def _source_positions(args, post, whole):
-    """(l, b) of one posterior's stars: from the catalogue rows its run recorded (a shard), else from
-    the whole catalogue (``whole``: a one-item cache, read at most once). Only the id and position
-    columns are read (:func:`dds_infer.sky_positions.read_positions`)."""
+    """(l, b) of one posterior's stars: from the catalogue rows its run recorded (a shard), else (or
+    when its stars are not all there: a catalogue other than the run's, e.g. positions alone in
+    another order) from the whole catalogue (``whole``: a one-item cache, read at most once). Only
+    the id and position columns are read (:func:`dds_infer.sky_positions.read_positions`)."""
     import json
     from pathlib import Path
 
@@ -70,7 +71,10 @@ def _source_positions(args, post, whole):
     cmap = None if args.columns is None else json.loads(Path(args.columns).read_text())
     rows = (getattr(post, "attrs", None) or {}).get("catalog_rows")
     if rows is not None:
-        return _positions(read_positions(path, cmap, rows=tuple(rows)), post.star_id)
+        try:
+            return _positions(read_positions(path, cmap, rows=tuple(rows)), post.star_id)
+        except (ValueError, CatalogError):  # (CatalogError: rows beyond a shorter file) the whole file
+            pass
     if not whole:
         whole.append(read_positions(path, cmap))
     return _positions(whole[0], post.star_id)
@@ -105,7 +109,8 @@ def run(args) -> int:
         bar = tqdm(total=int(post.n_stars), unit="star", desc="dust-map images")
     try:
         out = write_dustmap(args.out, post, l, b, nside=args.nside, grid=grid, n_samples=args.n_samples,
-                            attrs={"posterior_source": ", ".join(map(str, sources)), "catalog_source": str(args.catalog)},
+                            attrs={"posterior_source": ", ".join(map(str, sources)),
+                                   "catalog_source": str(args.catalog)},
                             on_stars=None if bar is None else bar.update, threads=args.threads)
     finally:
         if bar is not None:
