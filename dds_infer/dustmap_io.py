@@ -63,6 +63,7 @@ FORMAT, FORMAT_VERSION = "dds_infer.dustmap", 2
 SAMPLE_COLUMNS = ("teff", "logg", "feh", "mu", "E")
 _STAR_DATASETS = ("star_id", "l", "b", "pdf", "coverage", "samples", "sample_weights")
 _QUANTILE_SUFFIXES = ("_median", "_q16", "_q84")
+GZIP_LEVEL = 4  # (h5py's default)
 _CHUNK = 64  # stars per image computation (bounds memory: 64 x 120 x 500 float64 = 31 MB)
 
 
@@ -169,9 +170,18 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
     clash = sorted(set(attrs) & set(root) | ({"diagnostic_columns"} & set(attrs)))
     if clash:
         raise ValueError(f"attrs {clash} clash with reserved root attributes")
+    gzip = compression == "gzip"
+    packing = {"compression": compression, **({"compression_opts": GZIP_LEVEL} if gzip else {})}
+    dtype = np.dtype(dtype)
     path = Path(path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f, RowChunkWriter(threads) as put_rows:
+            def rows_out(dset, first, rows):  # the one-row-per-chunk datasets (pdf, samples, weights)
+                if gzip:
+                    put_rows.put(dset, first, rows, GZIP_LEVEL)
+                else:
+                    put_rows.write(dset, first, rows)
+
             f.attrs.update({k: _jsonable(v) for k, v in {**root, **attrs}.items()})
             f["mu_centers"], f["E_centers"] = grid.mu_centers, grid.E_centers
             table = np.zeros(len(pixels), dtype=[("pixel", "<i8"), ("n_stars", "<i8")])
@@ -185,7 +195,7 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                 g.attrs.update(nside=nside, pixel=int(p), l_center=float(lc), b_center=float(bc))
                 g.create_dataset("star_id", data=sid[rows], dtype=h5py.string_dtype("utf-8"))
                 g["l"], g["b"] = l[rows], b[rows]
-                g.create_dataset("pdf", (n, n_mu, n_E), dtype=dtype, chunks=(1, n_mu, n_E), compression=compression)
+                g.create_dataset("pdf", (n, n_mu, n_E), dtype=dtype, chunks=(1, n_mu, n_E), **packing)
             start, keep = 0, None
             for part, summ in _parts(posterior):
                 diag = _diagnostics(summ)
@@ -201,10 +211,10 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                         g = groups[int(p)]
                         g.create_dataset("coverage", (n,), dtype=np.float64)
                         g.create_dataset("samples", (n, keep.size, len(SAMPLE_COLUMNS)), dtype=dtype,
-                                         chunks=(1, keep.size, len(SAMPLE_COLUMNS)), compression=compression
+                                         chunks=(1, keep.size, len(SAMPLE_COLUMNS)), **packing
                                          ).attrs["columns"] = list(SAMPLE_COLUMNS)
                         g.create_dataset("sample_weights", (n, keep.size), dtype=np.float64,
-                                         chunks=(1, keep.size), compression=compression)
+                                         chunks=(1, keep.size), **packing)
                         g.create_dataset("diagnostics", (n,), dtype=diag_dtype)
                 elif w_all.shape[1] != total:
                     raise ValueError(f"posterior pieces differ in draws per star ({w_all.shape[1]} vs {total})")
@@ -227,13 +237,13 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                     pdf = g["pdf"]
                     for k in range(0, r.size, _CHUNK):
                         rr = r[k:k + _CHUNK]
-                        put_rows.put(pdf, int(slot[start + rr[0]]), _images64(pixel_of[rr], w_norm[rr], grid))
-                    g["coverage"][dst] = coverage[r]
-                    put_rows.put(g["samples"], dst.start, np.stack([flat[c][0][r][:, keep] for c in SAMPLE_COLUMNS],
-                                                                   axis=-1))
+                        rows_out(pdf, int(slot[start + rr[0]]), _images64(pixel_of[rr], w_norm[rr], grid).astype(dtype))
+                    put_rows.write(g["coverage"], dst.start, coverage[r])
+                    rows_out(g["samples"], dst.start, np.stack([flat[c][0][r][:, keep] for c in SAMPLE_COLUMNS],
+                                                               axis=-1).astype(dtype))
                     sw = np.ascontiguousarray(w_all[r][:, keep])  # C order: sums independent of layout
-                    put_rows.put(g["sample_weights"], dst.start, sw / sw.sum(axis=1, keepdims=True))
-                    g["diagnostics"][dst] = table[r]
+                    rows_out(g["sample_weights"], dst.start, sw / sw.sum(axis=1, keepdims=True))
+                    put_rows.write(g["diagnostics"], dst.start, table[r])
                 start = stop
                 if on_stars is not None:
                     on_stars(part.n_stars)

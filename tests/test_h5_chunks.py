@@ -27,16 +27,23 @@ def test_rows_read_back_as_hdf5_writes_them(tmp_path, threads, batch_bytes):
         lvl9 = f.create_dataset("lvl9", a.shape, dtype="f4", chunks=(1, 12, 50), compression="gzip",
                                 compression_opts=9)
         plain = f.create_dataset("plain", a.shape, dtype="f8", chunks=(4, 12, 50))
+        table = f.create_dataset("table", (6,), dtype=[("flag", "<i8"), ("r_hat", "<f8")])
+        rows = np.array([(3, 1.5), (4, np.nan)], dtype=table.dtype)
         with RowChunkWriter(threads, batch_bytes=batch_bytes) as w:
-            w.put(mine, 0, a[:20])
-            w.put(mine, 20, a[20:].astype(np.float64))  # converted to the dataset's type
-            w.put(lvl9, 0, a)
-            w.put(plain, 5, a[5:9])  # not one row per chunk: the ordinary write
+            w.put(mine, 0, a[:20], 4)
+            w.put(mine, 20, a[20:], 4)
+            w.put(lvl9, 0, a, 9)
+            w.write(plain, 5, a[5:9].astype(np.float64))  # not one row per chunk: HDF5 writes it
+            w.write(table, 2, rows)  # a compound table
     with h5py.File(tmp_path / "f.h5", "r") as f:
         np.testing.assert_array_equal(f["mine"][...], a)
         np.testing.assert_array_equal(f["lvl9"][...], a)
         np.testing.assert_array_equal(f["plain"][5:9], a[5:9])
         assert not f["plain"][:5].any()
+        back = f["table"][2:4]
+        np.testing.assert_array_equal(back["flag"], rows["flag"])
+        np.testing.assert_array_equal(back["r_hat"], rows["r_hat"])  # (NaN where NaN)
+        assert not f["table"][:2]["flag"].any() and not f["table"][4:]["flag"].any()
         # the same deflate stream as HDF5's filter at the dataset's level
         for i in (0, 17, 36):
             assert f["mine"].id.read_direct_chunk((i, 0, 0)) == f["ref"].id.read_direct_chunk((i, 0, 0))
@@ -49,12 +56,12 @@ def test_nothing_queued_is_written_after_an_error(tmp_path):
         d = f.create_dataset("d", a.shape, dtype="f4", chunks=(1, 12, 50), compression="gzip")
         with pytest.raises(RuntimeError, match="stop"):
             with RowChunkWriter(2) as w:
-                w.put(d, 0, a)
+                w.put(d, 0, a, 4)
                 raise RuntimeError("stop")
         assert d.id.get_num_chunks() == 0
 
 
-def test_dust_map_files_do_not_depend_on_the_thread_count(tmp_path):
+def test_dust_map_files_do_not_depend_on_the_thread_count_or_compression(tmp_path):
     import sys
     from pathlib import Path
 
@@ -65,10 +72,12 @@ def test_dust_map_files_do_not_depend_on_the_thread_count(tmp_path):
 
     post, (l, b) = _posterior(n=9), _sky(n=9)
     maps = []
-    for threads in (1, 2):
-        write_dustmap(tmp_path / f"{threads}.h5", post, l, b, nside=2, threads=threads)
-        maps.append(read_dustmap(tmp_path / f"{threads}.h5")[1])
-    assert maps[0].keys() == maps[1].keys()
-    for p in maps[0]:
-        for k, v in maps[0][p].items():
-            np.testing.assert_array_equal(np.asarray(v), np.asarray(maps[1][p][k]), err_msg=f"{p} {k}")
+    for threads, compression in ((1, "gzip"), (2, "gzip"), (2, None), (2, "lzf")):
+        out = tmp_path / f"{threads}_{compression}.h5"
+        write_dustmap(out, post, l, b, nside=2, threads=threads, compression=compression)
+        maps.append(read_dustmap(out)[1])
+    for other in maps[1:]:
+        assert maps[0].keys() == other.keys()
+        for p in maps[0]:
+            for k, v in maps[0][p].items():
+                np.testing.assert_array_equal(np.asarray(v), np.asarray(other[p][k]), err_msg=f"{p} {k}")
