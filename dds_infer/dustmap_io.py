@@ -37,9 +37,9 @@ pixel group; :func:`read_pixel` and :func:`read_dustmap` read both. One table in
 datasets per pixel matters when a catalogue's chunks scatter over the sky: each chunk then touches
 ~1,000 pixels, and every dataset created or written costs ~0.1 ms of HDF5 overhead (with the
 boxed images below, 20,480 all-sky stars: 171.7 -> 80.8 s; bench/RESULTS.md, session 28).
-The gzip chunks (one per star and dataset) are compressed on one thread per core
-(:class:`dds_infer.h5_chunks.RowChunkWriter`; the same bytes: 82.4 -> 72.2 s there, 32.1 ->
-22.2 s at nside 2; session 29).
+The gzip chunks (one per star and dataset) are compressed on one thread per core, and the small
+rows written through h5py's low-level API (:class:`dds_infer.h5_chunks.RowChunkWriter`; the same
+arrays: 82.9 -> 51.2 s there, 31.3 -> 22.7 s at nside 2; session 29).
 """
 
 from __future__ import annotations
