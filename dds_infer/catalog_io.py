@@ -108,63 +108,45 @@ def _load(source, fmt, read_kwargs, rows=None) -> tuple[Table, str, tuple | None
     """The table, a name for it in messages, and the file rows (start, stop) it holds when
     ``rows`` = (start, stop|None) asked for a shard (:mod:`dds_infer.catalog_rows`), else None;
     a table with no rows is refused."""
-    if rows is not None:
-        table, name, span = _read_shard(source, fmt, read_kwargs, rows)
-    else:
-        (table, name), span = _read_any(source, fmt, read_kwargs), None
+    table, name, span = _read_any(source, fmt, read_kwargs, rows)
     if len(table) == 0:
         raise CatalogError(f"{name} has no rows (columns: {', '.join(table.colnames[:30])}"
                            f"{', ...' if len(table.colnames) > 30 else ''})")
     return table, name, span
 
 
-def _in_memory(source) -> tuple[Table, str] | None:
+def _read_any(source, fmt, read_kwargs, rows=None) -> tuple[Table, str, tuple | None]:
     if isinstance(source, Table):
-        return source, "<astropy Table>"
-    pd = sys.modules.get("pandas")  # a DataFrame implies pandas is imported
-    if pd is not None and isinstance(source, pd.DataFrame):
-        return Table.from_pandas(source), "<pandas DataFrame>"
-    return None
-
-
-def _read_shard(source, fmt, read_kwargs, rows) -> tuple[Table, str, tuple]:
-    mem = _in_memory(source)
-    if mem is not None:
-        start, stop = check_rows(rows, len(mem[0]), mem[1])
-        return mem[0][start:stop], mem[1], (start, stop)
+        table, name = source, "<astropy Table>"
+    elif (pd := sys.modules.get("pandas")) is not None and isinstance(source, pd.DataFrame):
+        table, name = Table.from_pandas(source), "<pandas DataFrame>"  # (a DataFrame implies pandas is imported)
+    else:
+        table = None
+    if table is not None:
+        if rows is None:
+            return table, name, None
+        start, stop = check_rows(rows, len(table), name)
+        return table[start:stop], name, (start, stop)
     path = Path(source)
     if not path.exists():
         raise CatalogError(f"table file not found: {str(path)!r}")
     form = _format_for(path, fmt)
     try:
-        table, start, stop = read_table_rows(path, form, rows, read_kwargs)
-    except CatalogError:
+        if rows is not None:  # only these rows of the file
+            table, start, stop = read_table_rows(path, form, rows, read_kwargs)
+            return table, f"{str(path)!r} rows {start}:{stop}", (start, stop)
+        if form == "parquet":  # (astropy's reader fails on an empty file with a string column)
+            import pyarrow.parquet as pq
+
+            try:
+                pf = pq.ParquetFile(path)
+            except Exception:  # not readable as Parquet: Table.read below says why
+                pf = None
+            if pf is not None and pf.metadata.num_rows == 0:
+                return Table(names=pf.schema_arrow.names), repr(str(path)), None
+        return Table.read(path, format=form, **read_kwargs), repr(str(path)), None
+    except CatalogError:  # (rows outside the file)
         raise
-    except Exception as exc:
-        raise CatalogError(f"{str(path)!r} could not be read as a {form} table: {type(exc).__name__}: {exc}"
-                           ) from exc
-    return table, f"{str(path)!r} rows {start}:{stop}", (start, stop)
-
-
-def _read_any(source, fmt, read_kwargs) -> tuple[Table, str]:
-    mem = _in_memory(source)
-    if mem is not None:
-        return mem
-    path = Path(source)
-    if not path.exists():
-        raise CatalogError(f"table file not found: {str(path)!r}")
-    form = _format_for(path, fmt)
-    if form == "parquet":  # (astropy's reader fails on an empty file with a string column)
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception:  # not readable as Parquet: Table.read below says why
-            pf = None
-        if pf is not None and pf.metadata.num_rows == 0:
-            return Table(names=pf.schema_arrow.names), repr(str(path))
-    try:
-        return Table.read(path, format=form, **read_kwargs), repr(str(path))
     except Exception as exc:  # a reader's own error, with the file and the format it was read as
         raise CatalogError(f"{str(path)!r} could not be read as a {form} table: {type(exc).__name__}: {exc}"
                            ) from exc

@@ -365,6 +365,6 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     if missing:  # only after stop_after_chunks
         return None
     attrs = {"config_hash": chash, "n_chunks": n_chunks}
-    if catalog_rows(catalog) is not None:
-        attrs["catalog_rows"] = catalog_rows(catalog)
+    if manifest["catalog"].get("rows") is not None:  # a shard: dustmap reads only these rows for positions
+        attrs["catalog_rows"] = manifest["catalog"]["rows"]
     return assemble_run(out_dir, [chunk_path(k) for k in range(n_chunks)], attrs=attrs, combine=combine)

@@ -2,7 +2,7 @@
 
 A dust-map file groups stars by sky pixel (:mod:`dds_infer.dustmap_io`), so ``dds-infer dustmap``
 needs each star's id and Galactic (l, b), not its photometry. :func:`read_positions` reads only
-those columns (Parquet and ECSV/CSV by name; FITS memory-mapped), of a shard's rows when asked
+those columns (Parquet by name; FITS memory-mapped; other formats read once), of a shard's rows when asked
 (:mod:`dds_infer.catalog_rows`), so the catalogue may also be a positions-only table, and the
 read costs ~3 columns of the catalogue instead of ~30.
 
@@ -26,9 +26,7 @@ from .catalog_checks import CatalogError
 from .catalog_io import _format_for, _load, _radec_to_lb, _values
 from .catalog_rows import global_ids
 
-__all__ = ["SkyPositions", "match_rows", "read_positions", "table_columns"]
-
-_BY_NAME = ("parquet", "ascii.csv", "ascii.ecsv", "ascii")  # readers that take include_names
+__all__ = ["SkyPositions", "match_rows", "read_positions"]
 
 
 @dataclass
@@ -40,17 +38,6 @@ class SkyPositions:
     l: np.ndarray
     b: np.ndarray
     rows: tuple | None = None
-
-
-def table_columns(path, form: str) -> list[str]:
-    """The column names of a table file, from its metadata where the format has it."""
-    if form == "parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.ParquetFile(path).schema_arrow.names)
-    from astropy.table import Table
-
-    return list(Table.read(path, format=form, **({"memmap": True} if form == "fits" else {})).colnames)
 
 
 def _wanted(column_map: Mapping | None, names) -> dict:
@@ -83,10 +70,14 @@ def read_positions(path, column_map: Mapping | None = None, *, rows=None, format
     if not path.exists():
         raise FileNotFoundError(f"catalogue {path} not found")
     form = _format_for(path, format)
-    want = _wanted(column_map, table_columns(path, form))
-    cols = [c for c in want.values() if c is not None]
-    kw = {"include_names": cols} if form in _BY_NAME else {"memmap": True} if form == "fits" else {}
-    table, source, span = _load(path, form, kw, rows)
+    if form == "parquet":  # only the wanted columns are decoded
+        import pyarrow.parquet as pq
+
+        want = _wanted(column_map, pq.ParquetFile(path).schema_arrow.names)
+        table, source, span = _load(path, form, {"include_names": [c for c in want.values() if c is not None]}, rows)
+    else:  # read once (FITS memory-mapped: only the columns used below are touched)
+        table, source, span = _load(path, form, {"memmap": True} if form == "fits" else {}, rows)
+        want = _wanted(column_map, table.colnames)
     problems: list[str] = []
     if "l" in want:
         l, b = (_values(table, want[k], k, problems, u.deg) for k in ("l", "b"))

@@ -62,10 +62,11 @@ def row_range(args) -> tuple | None:
         return parse_rows(rows)
     if shard is not None:
         k, n_shards = parse_shard(shard)
-        start, stop = shard_rows(k, n_shards, catalog_n_rows(args.catalog, args.columns))
+        n_rows = catalog_n_rows(args.catalog, args.columns)
+        start, stop = shard_rows(k, n_shards, n_rows)
         if stop <= start:
-            raise ValueError(f"--shard {shard}: the catalogue's {catalog_n_rows(args.catalog, args.columns)} rows "
-                             f"leave shard {k} of {n_shards} empty (use fewer shards)")
+            raise ValueError(f"--shard {shard}: the catalogue's {n_rows} rows leave shard {k} of {n_shards} empty "
+                             "(use fewer shards)")
         return start, stop
     return None
 

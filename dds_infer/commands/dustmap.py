@@ -52,23 +52,14 @@ def _positions(pos, star_id):
     return pos.l[rows], pos.b[rows]
 
 
-def _source_positions(args, post, whole):
+def _source_positions(path, cmap, post, whole):
     """(l, b) of one posterior's stars: from the catalogue rows its run recorded (a shard), else (or
     when its stars are not all there: a catalogue other than the run's, e.g. positions alone in
     another order) from the whole catalogue (``whole``: a one-item cache, read at most once). Only
     the id and position columns are read (:func:`dds_infer.sky_positions.read_positions`)."""
-    import json
-    from pathlib import Path
-
     from ..catalog import CatalogError
     from ..sky_positions import read_positions
-    from ._common import is_green2020_h5
 
-    path = Path(args.catalog)
-    if path.exists() and args.columns is None and is_green2020_h5(path):
-        raise CatalogError("the catalogue has no sky positions (the Green2020 test-data file has none): give a table "
-                           "with l, b columns (or ra, dec mapped through --columns)")
-    cmap = None if args.columns is None else json.loads(Path(args.columns).read_text())
     rows = (getattr(post, "attrs", None) or {}).get("catalog_rows")
     if rows is not None:
         try:
@@ -81,6 +72,7 @@ def _source_positions(args, post, whole):
 
 
 def run(args) -> int:
+    import json
     import time
     from pathlib import Path
 
@@ -89,15 +81,22 @@ def run(args) -> int:
     from ..cli import emit_json
     from ..dustmap_io import ImageGrid, list_pixels, stored_coverage, write_dustmap, write_summary_table
     from ..posterior import Posterior
+    from ..catalog import CatalogError
     from ..run_outputs import join_runs, open_run
+    from ._common import is_green2020_h5
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     t0 = time.perf_counter()
+    cat_path = Path(args.catalog)
+    if cat_path.exists() and args.columns is None and is_green2020_h5(cat_path):
+        raise CatalogError("the catalogue has no sky positions (the Green2020 test-data file has none): give a table "
+                           "with l, b columns (or ra, dec mapped through --columns)")
+    cmap = None if args.columns is None else json.loads(Path(args.columns).read_text())
     sources = [Path(p) for p in args.posterior]
     posts = [open_run(src) if src.is_dir() else Posterior.load(src) for src in sources]  # a folder: chunk by chunk
     whole = []
-    lb = [_source_positions(args, p, whole) for p in posts]
+    lb = [_source_positions(cat_path, cmap, p, whole) for p in posts]
     l, b = np.concatenate([x[0] for x in lb]), np.concatenate([x[1] for x in lb])
     post = posts[0] if len(posts) == 1 else join_runs(posts, sources)
     grid = ImageGrid(**{k: getattr(args, k) for k in ("mu_step", "E_step", "smooth_mu", "smooth_E")
