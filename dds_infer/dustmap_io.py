@@ -120,7 +120,7 @@ def _parts(posterior):
     """(Posterior, summary) pieces of ``posterior`` in star order: itself, or a
     :class:`~dds_infer.run_outputs.ChunkedPosterior`'s chunks one at a time."""
     if hasattr(posterior, "parts"):
-        yield from posterior.parts()
+        yield from posterior.parts(SAMPLE_COLUMNS)  # only the draws it bins and keeps
     else:
         yield posterior, posterior.summary()
 

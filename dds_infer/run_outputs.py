@@ -31,6 +31,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .posterior import Posterior, concat
+from .posterior_draws import read_draws
 
 __all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "ChunkWriter", "JoinedPosterior", "assemble_run",
            "join_runs", "open_run", "should_combine", "write_chunk", "write_chunk_summary", "chunk_summary_path"]
@@ -234,9 +235,11 @@ class ChunkedPosterior:
         for p in self.paths:
             yield Posterior.load(p)
 
-    def parts(self):
+    def parts(self, variables=None):
         """Yield (chunk :class:`Posterior`, its summary rows) in catalogue order: the rows are read
-        from ``summary.parquet`` (one row group per chunk) when it matches, else computed."""
+        from ``summary.parquet`` (one row group per chunk) when it matches, else computed.
+        variables: names of posterior variables; where the summary rows are read, each chunk is then
+        only those variables' draws (:func:`dds_infer.posterior_draws.read_draws`, ~7x faster)."""
         import pyarrow.parquet as pq
 
         groups = None
@@ -244,10 +247,12 @@ class ChunkedPosterior:
             f = pq.ParquetFile(self.summary_path)
             if f.num_row_groups == len(self.paths):
                 groups = f
-        for k, post in enumerate(self.chunks()):
+        for k, path in enumerate(self.paths):
             summ = None if groups is None else groups.read_row_group(k).to_pandas()
+            post = Posterior.load(path) if summ is None or variables is None else read_draws(path, variables)
             if summ is None or len(summ) != post.n_stars or not np.array_equal(
                     summ["star_id"].astype(str).to_numpy(), np.asarray(post.star_id).astype(str)):
+                post = post if isinstance(post, Posterior) else Posterior.load(path)
                 summ = post.summary(**self.summary_kw)
             yield post, summ
 
@@ -307,11 +312,12 @@ class JoinedPosterior:
     def __len__(self) -> int:
         return self.n_stars
 
-    def parts(self):
-        """(Posterior, summary rows) pieces of every run in turn."""
+    def parts(self, variables=None):
+        """(Posterior, summary rows) pieces of every run in turn (``variables``: as
+        :meth:`ChunkedPosterior.parts`)."""
         for post in self.posteriors:
             if hasattr(post, "parts"):
-                yield from post.parts()
+                yield from post.parts(variables)
             else:
                 yield post, post.summary()
 

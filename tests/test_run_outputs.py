@@ -227,3 +227,55 @@ def test_a_failed_background_write_is_raised_not_lost(monkeypatch, tmp_path):
             w.submit(post, tmp_path / "late.nc")
             raise KeyError("caller")
     np.testing.assert_array_equal(Posterior.load(tmp_path / "late.nc").samples["E"], post.samples["E"])
+
+
+@pytest.mark.parametrize("ids", [None, np.arange(100, 106)])
+def test_read_draws_gives_what_load_gives_for_the_variables_it_names(tmp_path, ids):
+    """posterior_draws.read_draws reads some variables straight from the file: the same draws,
+    star ids (strings or integers), chain weights, attrs and flat_draws as Posterior.load."""
+    from dds_infer.posterior_draws import PosteriorDraws, read_draws
+
+    post = _posterior(n=6, seed=7, ids=ids)
+    path = post.save(tmp_path / "p.nc")
+    full = Posterior.load(path)
+    part = read_draws(path, ("mu", "E", "teff"))
+    assert isinstance(part, PosteriorDraws) and set(part.samples) == {"mu", "E", "teff"}
+    assert part.n_stars == len(part) == 6 and part.star_id.dtype == full.star_id.dtype
+    np.testing.assert_array_equal(part.star_id, full.star_id)
+    np.testing.assert_array_equal(part.chain_weights, full.chain_weights)
+    assert part.attrs == full.attrs and part.attrs["config_hash"] == "abc"
+    for k in part.samples:
+        np.testing.assert_array_equal(part.samples[k], full.samples[k])
+        for x, y in zip(part.flat_draws(k), full.flat_draws(k)):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(KeyError, match="no posterior variable.*'nope'"):
+        read_draws(path, ("mu", "nope"))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_draws(tmp_path / "none.nc", ("mu",))
+
+
+def test_parts_with_variables_read_only_those_where_the_summary_is_stored(runs, tmp_path):
+    """ChunkedPosterior.parts(variables): the chunks' draws of those variables with the stored
+    summary rows; where the summary does not match the chunks, full posteriors and computed rows."""
+    from dds_infer.posterior_draws import PosteriorDraws
+
+    post, chunked, full, root = runs
+    back = run_outputs.open_run(root)
+    parts = list(back.parts(("mu", "E")))
+    assert all(isinstance(p, PosteriorDraws) and set(p.samples) == {"mu", "E"} for p, _ in parts)
+    np.testing.assert_array_equal(np.concatenate([p.samples["E"] for p, _ in parts]), post.samples["E"])
+    pd.testing.assert_frame_equal(pd.concat([s for _, s in parts], ignore_index=True), full.summary(),
+                                  check_dtype=False)
+    stale = dataclasses.replace(back, summary_path=tmp_path / "missing.parquet")  # no stored rows
+    parts = list(stale.parts(("mu", "E")))
+    assert all(isinstance(p, Posterior) for p, _ in parts)
+    pd.testing.assert_frame_equal(pd.concat([s for _, s in parts], ignore_index=True), full.summary(),
+                                  check_dtype=False)
+    wrong = tmp_path / "wrong.parquet"  # three row groups, but another chunk's ids in the first
+    tables = [pq.read_table(root / "summary.parquet").slice(a, b - a) for a, b in [(4, 8), (4, 8), (8, 10)]]
+    with pq.ParquetWriter(wrong, tables[0].schema) as w:
+        for t in tables:
+            w.write_table(t)
+    parts = list(dataclasses.replace(back, summary_path=wrong).parts(("mu",)))
+    assert isinstance(parts[0][0], Posterior) and isinstance(parts[1][0], PosteriorDraws)
+    assert list(parts[0][1]["star_id"].astype(str)) == list(map(str, post.star_id[:4]))
