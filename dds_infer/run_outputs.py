@@ -172,20 +172,24 @@ def _write_summary(paths, out: Path, summary_kw: dict) -> tuple[np.ndarray, list
     return np.concatenate(ids), shapes
 
 
-def _concat_chunks(paths, attrs: dict) -> Posterior:
-    """The chunks' posteriors in one, with the run's provenance ``attrs`` instead of a chunk's row range."""
-    full = concat([Posterior.load(p) for p in paths])
+def _concat_chunks(paths, attrs: dict, held: dict | None = None) -> Posterior:
+    """The chunks' posteriors in one, with the run's provenance ``attrs`` instead of a chunk's row range.
+    held: {path: Posterior} of chunks already in memory (as written), read from disk otherwise."""
+    held = held or {}
+    full = concat([held[p] if p in held else Posterior.load(p) for p in paths])
     full.attrs = {**{k: v for k, v in full.attrs.items() if k != "rows"}, **attrs}
     return full
 
 
 def assemble_run(out_dir, chunk_paths, *, attrs: dict, combine: str = "auto",
-                 summary_kw: dict | None = None) -> "Posterior | ChunkedPosterior":
+                 summary_kw: dict | None = None, held: dict | None = None) -> "Posterior | ChunkedPosterior":
     """Write ``summary.parquet``, ``outputs.json`` and (see :func:`should_combine`) the combined
     ``posterior.nc`` of a finished run whose chunks are ``chunk_paths`` in catalogue order.
 
-    attrs: provenance of the run, stored in ``outputs.json`` and in the combined file. Returns the
-    combined :class:`Posterior`, or a :class:`ChunkedPosterior` over the chunks.
+    attrs: provenance of the run, stored in ``outputs.json`` and in the combined file. held:
+    {chunk path: the Posterior written there} for chunks still in memory (the combined file then
+    does not read them back). Returns the combined :class:`Posterior`, or a
+    :class:`ChunkedPosterior` over the chunks.
     """
     out_dir = Path(out_dir)
     paths = [Path(p) for p in chunk_paths]
@@ -197,7 +201,7 @@ def assemble_run(out_dir, chunk_paths, *, attrs: dict, combine: str = "auto",
     combined = should_combine(combine, n_star_draws)
     full = None
     if combined:
-        full = _concat_chunks(paths, attrs)
+        full = _concat_chunks(paths, attrs, {Path(p): v for p, v in (held or {}).items()})
         full.save(out_dir / COMBINED)
     bounds = np.concatenate([[0], np.cumsum([n for n, _, _ in shapes])])
     _atomic_json(out_dir / OUTPUTS, {

@@ -41,7 +41,7 @@ from .engine import pad_batch, run_nuts_batch, star_keys
 from .inference import direct_log_density
 from .posterior import Posterior
 from .progress import chains_to_stars
-from .run_outputs import COMBINE_CHOICES, RUN_OUTPUTS, ChunkedPosterior, ChunkWriter, assemble_run
+from .run_outputs import COMBINE_CHOICES, RUN_OUTPUTS, ChunkedPosterior, ChunkWriter, assemble_run, should_combine
 
 __all__ = ["infer_catalog", "catalog_fingerprint", "run_config_hash", "ManifestMismatchError", "ENGINES",
            "DEFAULT_ENGINE", "default_batch_size", "chunk_size"]
@@ -340,6 +340,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
 
         bar = tqdm(total=n, initial=n - sum(min(chunk, n - k * chunk) for k in todo),
                    unit="star", desc="NUTS" if batch_fn is None else "grid")
+    held = {}  # chunks of a run that will be combined: kept, not read back from disk at the end
     with ChunkWriter() as writer:  # chunk k is written while chunk k + 1 is sampled
         for done, k in enumerate(todo):
             if stop_after_chunks is not None and done >= stop_after_chunks:
@@ -357,6 +358,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
             post = _with_fit_statistics(post, emulator, stars, config)
             post.attrs.update({"config_hash": chash, "rows": [int(rows[0]), int(rows[-1]) + 1]})
             writer.submit(post, chunk_path(k))
+            if should_combine(combine, n * post.n_chains * post.n_draws):
+                held[chunk_path(k)] = post
             if bar is not None:
                 bar.update(len(rows) - shown[0])
     if bar is not None:
@@ -367,4 +370,4 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     attrs = {"config_hash": chash, "n_chunks": n_chunks}
     if manifest["catalog"].get("rows") is not None:  # a shard: dustmap reads only these rows for positions
         attrs["catalog_rows"] = manifest["catalog"]["rows"]
-    return assemble_run(out_dir, [chunk_path(k) for k in range(n_chunks)], attrs=attrs, combine=combine)
+    return assemble_run(out_dir, [chunk_path(k) for k in range(n_chunks)], attrs=attrs, combine=combine, held=held)

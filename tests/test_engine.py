@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _posterior_checks import same_posterior  # noqa: E402
 from _toy_model import InferenceConfig, mock_catalog, star_data_from_catalog, star_model, toy_init_fn  # noqa: E402
 
 from dds_infer import init_emulator  # noqa: E402
@@ -161,6 +162,8 @@ def test_runner_resume_matches_uninterrupted_run(setup, base, tmp_path):
     assert resumed.samples["mu"].shape == (10, C, S)
     on_disk = Posterior.load(tmp_path / "b" / "posterior.nc")
     assert np.array_equal(on_disk.samples["teff"], full.samples["teff"])
+    same_posterior(full, Posterior.load(tmp_path / "a" / "posterior.nc"))  # combined from memory = the file
+    same_posterior(resumed, on_disk)  # chunk 0 read back, the rest from memory
     assert (tmp_path / "b" / "summary.parquet").is_file()
     with pytest.raises(ManifestMismatchError, match="different run"):
         infer_catalog(cat, emu, None, InferenceConfig(sigma_floor=0.03), tmp_path / "b", **kw)

@@ -3,6 +3,7 @@ stars drawn from the prior, determinism, the Posterior it returns, resumable run
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import jax
@@ -17,6 +18,9 @@ from dds_infer.engine import star_keys
 from dds_infer.inference import InferenceConfig, log_likelihood, star_data_from_catalog
 from dds_infer.priors import default_prior, log_prior
 from dds_infer.simulate import draw_from_prior, simulate_observations
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _posterior_checks import same_posterior  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "mock13-v1"
 VARS = ("teff", "logg", "feh", "mu", "E")
@@ -234,8 +238,15 @@ def test_runner_resume_and_posterior_roundtrip(emu, sbc_stars, tmp_path):
     post = infer(cat, emu, out, **kw)
     assert list(post.star_id) == list(cat.star_ids())  # every star exactly once, in order
     assert post.n_chains == 1 and post.n_draws == FAST.n_draws
-    full = infer(cat, emu, tmp_path / "again", **kw)  # uninterrupted run: identical draws
+    loads = []  # an uninterrupted run combines its chunks from memory, reading none back
+    real_load = Posterior.load
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Posterior, "load", classmethod(lambda cls, path: loads.append(path) or real_load(path)))
+        full = infer(cat, emu, tmp_path / "again", **kw)  # identical draws
+    assert loads == []
     np.testing.assert_array_equal(post.samples["mu"], full.samples["mu"])
+    same_posterior(full, Posterior.load(tmp_path / "again" / "posterior.nc"))  # as the file holds it
+    same_posterior(post, full)  # chunk 0 read back from disk, the rest held: the same
     s = post.summary()
     assert {"weight_ess", "log_evidence"} <= set(s.columns)
     np.testing.assert_array_equal(s["flag"] & 2, (s["weight_ess"] < 100) * 2)
