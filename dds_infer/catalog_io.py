@@ -287,6 +287,15 @@ def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet 
                                    require_reddening_prior=require_reddening_prior, **kw)
 
 
+def read_ids(path_or_table, column_map: Mapping | None = None, bands: BandSet = GREEN2020, *,
+             format: str | None = None, rows=None, **read_kwargs) -> np.ndarray | None:
+    """The id column of a table as :func:`read_table` takes it (``rows``: only those file rows),
+    unvalidated; None when the table has none (its stars' ids are then their rows)."""
+    table, _, _ = _load(path_or_table, format, read_kwargs, rows)
+    col = (default_column_map(bands, table.colnames) if column_map is None else column_map).get("id")
+    return None if col is None or col not in table.colnames else np.asarray(table[col])
+
+
 def read_columns(path_or_table, names, *, format: str | None = None, rows=None,
                  **read_kwargs) -> dict[str, np.ndarray]:
     """Extra float columns of a table by name (e.g. the Gaia inputs of
