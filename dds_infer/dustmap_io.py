@@ -52,7 +52,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_path
-from .h5_chunks import RowChunkWriter
+from .h5_chunks import DatasetMaker, RowChunkWriter
 from .dust_images import ImageGrid, _bins, _coverage, _images64, image_coverage, pdf_images  # noqa: F401 (re-exported)
 
 __all__ = ["ImageGrid", "pdf_images", "image_coverage", "healpix_index", "write_dustmap", "list_pixels",
@@ -187,15 +187,16 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
             table = np.zeros(len(pixels), dtype=[("pixel", "<i8"), ("n_stars", "<i8")])
             table["pixel"], table["n_stars"] = pixels, counts
             f["pixel_index"] = table
-            groups = {}
+            groups, made = {}, DatasetMaker()  # pixel -> its group; datasets of one kind made alike
             first = np.cumsum(counts) - counts
             for p, n, i0, lc, bc in zip(pixels, counts, first, l_c.to_value(u.deg), b_c.to_value(u.deg)):
                 rows = order[i0:i0 + n]  # this pixel's stars, ascending (stable sort): O(N) over all pixels
                 g = groups[int(p)] = f.create_group(f"pixel_{nside}_{p}")
                 g.attrs.update(nside=nside, pixel=int(p), l_center=float(lc), b_center=float(bc))
                 g.create_dataset("star_id", data=sid[rows], dtype=h5py.string_dtype("utf-8"))
-                g["l"], g["b"] = l[rows], b[rows]
-                g.create_dataset("pdf", (n, n_mu, n_E), dtype=dtype, chunks=(1, n_mu, n_E), **packing)
+                for name, v in (("l", l), ("b", b)):
+                    put_rows.write(made.create(g, name, (n,), kind="lb", dtype=np.float64), 0, v[rows])
+                made.create(g, "pdf", (n, n_mu, n_E), dtype=dtype, chunks=(1, n_mu, n_E), **packing)
             start, keep = 0, None
             for part, summ in _parts(posterior):
                 diag = _diagnostics(summ)
@@ -209,13 +210,13 @@ def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = 
                     diag_dtype = np.dtype([(c, v.dtype) for c, v in diag.items()])
                     for p, n in zip(pixels, counts):
                         g = groups[int(p)]
-                        g.create_dataset("coverage", (n,), dtype=np.float64)
-                        g.create_dataset("samples", (n, keep.size, len(SAMPLE_COLUMNS)), dtype=dtype,
-                                         chunks=(1, keep.size, len(SAMPLE_COLUMNS)), **packing
-                                         ).attrs["columns"] = list(SAMPLE_COLUMNS)
-                        g.create_dataset("sample_weights", (n, keep.size), dtype=np.float64,
-                                         chunks=(1, keep.size), **packing)
-                        g.create_dataset("diagnostics", (n,), dtype=diag_dtype)
+                        made.create(g, "coverage", (n,), dtype=np.float64)
+                        made.create(g, "samples", (n, keep.size, len(SAMPLE_COLUMNS)), dtype=dtype,
+                                    chunks=(1, keep.size, len(SAMPLE_COLUMNS)), **packing
+                                    ).attrs["columns"] = list(SAMPLE_COLUMNS)
+                        made.create(g, "sample_weights", (n, keep.size), dtype=np.float64, chunks=(1, keep.size),
+                                    **packing)
+                        made.create(g, "diagnostics", (n,), dtype=diag_dtype)
                 elif w_all.shape[1] != total:
                     raise ValueError(f"posterior pieces differ in draws per star ({w_all.shape[1]} vs {total})")
                 elif set(diag) != set(diag_dtype.names):

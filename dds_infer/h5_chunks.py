@@ -9,7 +9,8 @@ written at the dataset's gzip level, so the file reads back through the standard
 with identical arrays, in any HDF5 reader.
 
 Datasets that are not gzip-compressed, or whose chunk is not exactly one row, are written the
-ordinary way.
+ordinary way. :class:`DatasetMaker` creates many datasets of a few kinds (one of each per
+dust-map pixel) without h5py's per-call cost of building their type and creation properties.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["RowChunkWriter"]
+__all__ = ["RowChunkWriter", "DatasetMaker"]
 
 
 def _threads(threads: int | None) -> int:
@@ -98,3 +99,30 @@ class RowChunkWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(write_queued=exc_type is None)
+
+
+class DatasetMaker:
+    """Datasets of a few kinds, created many times over (a dust-map file has one of each kind per
+    HEALPix pixel: ~10⁴ pixels at nside 32). h5py's ``create_dataset`` builds the HDF5 type and
+    the creation property list anew on every call (0.1 ms, 0.35 ms for the ~45-field diagnostics
+    table). Here the first dataset of a kind is created by h5py; the later ones through the
+    low-level API with that dataset's type and creation property list, so each kind's datasets
+    have the same layout, filters and type as h5py would give them."""
+
+    def __init__(self):
+        self._kinds = {}  # kind -> (HDF5 type, dataset creation property list)
+
+    def create(self, group, name: str, shape, kind: str | None = None, **kwargs):
+        """``group.create_dataset(name, shape, **kwargs)``, the same ``kwargs`` (dtype, chunks,
+        compression) for every dataset of ``kind`` (default: ``name``)."""
+        import h5py
+
+        kind = name if kind is None else kind
+        made = self._kinds.get(kind)
+        if made is None:
+            dset = group.create_dataset(name, shape, **kwargs)
+            self._kinds[kind] = (dset.id.get_type(), dset.id.get_create_plist())
+            return dset
+        tid, dcpl = made
+        space = h5py.h5s.create_simple(tuple(int(n) for n in shape))
+        return h5py.Dataset(h5py.h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl, lcpl=group._lcpl))

@@ -81,3 +81,36 @@ def test_dust_map_files_do_not_depend_on_the_thread_count_or_compression(tmp_pat
         for p in maps[0]:
             for k, v in maps[0][p].items():
                 np.testing.assert_array_equal(np.asarray(v), np.asarray(other[p][k]), err_msg=f"{p} {k}")
+
+
+def test_dataset_maker_makes_what_h5py_makes(tmp_path):
+    """DatasetMaker: the second and later datasets of a kind, made through the low-level API, have
+    the type, shape, chunks, filters, fill value and layout of h5py's create_dataset with the same
+    arguments, and read and write the same."""
+    from dds_infer.h5_chunks import DatasetMaker
+
+    table = np.dtype([("flag", "<i8"), ("r_hat", "<f8"), ("n_modes", "<i4")])
+    kinds = {"pdf": dict(dtype="f4", chunks=(1, 12, 50), compression="gzip", compression_opts=4),
+             "diag": dict(dtype=table), "cov": dict(dtype=np.float64)}
+    shapes = {"pdf": lambda n: (n, 12, 50), "diag": lambda n: (n,), "cov": lambda n: (n,)}
+    made, written = DatasetMaker(), {}
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        for i, n in enumerate((3, 1, 7)):
+            g, ref = f.create_group(f"g{i}"), f.create_group(f"ref{i}")
+            for kind, kw in kinds.items():
+                a = made.create(g, kind, shapes[kind](n), **kw)
+                b = ref.create_dataset(kind, shapes[kind](n), **kw)
+                assert (a.dtype, a.shape, a.chunks, a.compression, a.compression_opts, a.shuffle, a.fillvalue) == \
+                       (b.dtype, b.shape, b.chunks, b.compression, b.compression_opts, b.shuffle, b.fillvalue), kind
+                assert a.id.get_create_plist().get_layout() == b.id.get_create_plist().get_layout()
+                data = np.zeros(a.shape, a.dtype)
+                if a.dtype.names:
+                    data["flag"], data["r_hat"] = np.arange(n), 1.0 + np.arange(n) / 100
+                else:
+                    data[...] = np.arange(data.size).reshape(data.shape)
+                a[...] = data
+                written[f"g{i}/{kind}"] = data
+                assert a.name == f"/g{i}/{kind}"
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        for name, data in written.items():
+            np.testing.assert_array_equal(f[name][()], data)
