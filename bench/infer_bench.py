@@ -48,7 +48,7 @@ at the mode nearest its start instead of NumPyro's identity (the default, as the
         [--init grid|uniform] [--init-mass laplace|identity] [--n-slots 64xdevices]
         [--engine batch --queue N [--queue-only]]
     python bench/infer_bench.py --method grid [--n-stars 300 --n-mock 300 --work-dir DIR] [--json]
-      (keys grid_stars_per_s, grid_setup_seconds, grid_agreement_frac, ...: see bench/grid_compare.py)
+      (keys grid_stars_per_s, grid_setup_seconds, grid_agreement_frac, ...: see bench/_grid_compare.py)
 """
 
 from __future__ import annotations
@@ -360,7 +360,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-warmup", type=int, default=500)
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--method", choices=("nuts", "grid"), default="nuts",
-                   help="grid: the grid path against NUTS (bench/grid_compare.py): agreement, coverage, speed")
+                   help="grid: the grid path against NUTS (bench/_grid_compare.py): agreement, coverage, speed")
     p.add_argument("--n-mock", type=int, default=300, help="--method grid: mock stars drawn from the prior")
     p.add_argument("--mock-model", default=str(REPO / "models" / "mock13-v1"))
     p.add_argument("--grid-batch", type=int, default=1000, help="--method grid: stars per grid batch (speed)")
@@ -380,7 +380,7 @@ def main(argv=None) -> int:
         p.error("--vs-batch N adds the batch engine to --engine queue")
     devices = start_devices(args)
     if args.method == "grid":
-        from grid_compare import run
+        from _grid_compare import run
 
         if args.n_stars == 200 and "--n-stars" not in (argv or sys.argv):
             args.n_stars = 300

@@ -27,11 +27,11 @@ COMMAND_MODULES = (
     "dds_infer.commands.los",
 )
 
-SPREAD_COMMANDS = ("infer", "calibrate-offsets", "demo")  # their inference spreads its stars over the CPU devices
+SPREAD_COMMANDS = ("infer", "calibrate-offsets", "demo", "los")  # spread stars (los: chains) over the CPU devices
 CPU_DEVICES_ARG = dict(type=int, default=None, metavar="N",
                        help="JAX CPU devices, one per core, over which inference spreads its stars (default for "
-                       "infer, calibrate-offsets and demo: the cores this process may use; otherwise and with 1: one device "
-                       "with XLA's own threading)")
+                       "infer, calibrate-offsets, demo and los (its chains): the cores this process may use; otherwise and "
+                       "with 1: one device with XLA's own threading)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -274,7 +274,10 @@ def _read_group(f, pixel) -> dict:
     nside = int(f.attrs["nside"])
     name = f"pixel_{nside}_{int(pixel)}"
     if name not in f:
-        raise KeyError(f"pixel {pixel} (nside {nside}) has no stars in this file")
+        n_pix, filled = 12 * nside ** 2, f["pixel_index"]["pixel"]
+        where = (f"is outside 0..{n_pix - 1}" if not 0 <= int(pixel) < n_pix else "has no stars in this file")
+        raise KeyError(f"pixel {pixel} (nside {nside}, nested) {where}; the file's {len(filled)} pixels with stars "
+                       f"include {filled[:5].tolist()} (dds_infer.dustmap_io.list_pixels)")
     g = f[name]
     out = {"star_id": np.array(g["star_id"].asstr()[()], dtype=str), "mu_centers": f["mu_centers"][()],
            "E_centers": f["E_centers"][()], "nside": nside, "pixel": int(g.attrs["pixel"])}

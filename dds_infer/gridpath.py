@@ -327,7 +327,7 @@ def grid_batch_on_devices(config: InferenceConfig, settings: GridSettings = Grid
     ``devices`` local devices (default all, :mod:`dds_infer.devices`) computing its share of the
     stars, in blocks of ``star_block`` stars ("auto": :data:`STAR_BLOCK` on a CPU with several
     devices, else the whole share at once; None: the whole share). The batch must be a multiple of
-    ``multiple`` (devices × block); what :func:`grid_batch_fn` runs and ``bench/grid_compare.py``
+    ``multiple`` (devices × block); what :func:`grid_batch_fn` runs and ``bench/_grid_compare.py``
     times."""
     from .devices import n_devices, shard_stars
 

@@ -1,6 +1,7 @@
 """Dust-map output: (mu, E) images, HEALPix grouping, HDF5 round trip, the dustmap CLI."""
 
 import json
+import re
 
 import astropy.units as u
 import numpy as np
@@ -95,6 +96,13 @@ def test_round_trip_every_array(tmp_path):
     rows = np.flatnonzero(pix == p0)
     np.testing.assert_array_equal(thin["samples"][..., 3], mu[rows][:, ::4])
     np.testing.assert_allclose(thin["sample_weights"].sum(axis=1), 1.0)
+    # a pixel outside the nside's range, and an empty one, are told apart
+    with pytest.raises(KeyError, match=rf"pixel {12 * NSIDE**2} \(nside {NSIDE}, nested\) is outside 0..{12 * NSIDE**2 - 1}"):
+        read_pixel(tmp_path / "thin.h5", 12 * NSIDE**2)
+    empty = sorted(set(range(12 * NSIDE**2)) - set(pix.tolist()))[0]
+    with pytest.raises(KeyError, match=f"pixel {empty} .* has no stars in this file; .* include "
+                       + re.escape(str([int(p) for p in np.unique(pix)[:5]]))):
+        read_pixel(tmp_path / "thin.h5", empty)
 
 
 def test_version_1_files_still_read_and_future_versions_are_refused(tmp_path):

@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, required=True, help="number of (selected) stars")
     p.add_argument("--out", required=True, help="output table (.parquet, .fits, .h5, .csv, ...)")
     p.add_argument("--truth", default="physical",
-                   help='"physical" (isochrones + synthetic photometry + F19 extinction; needs '
+                   help='"physical" (isochrones + synthetic photometry + G23 extinction; needs '
                         'pip install "dds_infer[mock]") or a model bundle directory (emulator as truth)')
     p.add_argument("--population", choices=("isochrone", "domain"), default=None,
                    help="stellar types: isochrone population, or the emulator's training density "
