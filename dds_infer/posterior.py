@@ -131,8 +131,20 @@ def weighted_quantiles(x, q, chain_weights=None) -> np.ndarray:
     return out
 
 
+class StarRows:
+    """``n_stars`` and ``len()`` from ``star_id``: what every per-star container here shares
+    (:class:`Posterior`, :class:`~dds_infer.run_outputs.ChunkedPosterior`, ...)."""
+
+    @property
+    def n_stars(self) -> int:
+        return int(self.star_id.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_stars
+
+
 @dataclass
-class Posterior:
+class Posterior(StarRows):
     """Draws (N, C, S) of :data:`VARIABLES` and sampler statistics for N stars.
 
     sample_stats: per draw (N, C, S): potential_energy, diverging, num_steps.
@@ -193,11 +205,7 @@ class Posterior:
             chain_weights=weights, n_modes=n_modes, mode_flag=mflag, in_domain_frac=in_dom,
             attrs=dict(attrs or {}))
 
-    # --- shape --------------------------------------------------------
-    @property
-    def n_stars(self) -> int:
-        return int(self.star_id.shape[0])
-
+    # --- shape (n_stars, len: StarRows) --------------------------------
     @property
     def n_chains(self) -> int:
         return int(self.samples["mu"].shape[1])
@@ -205,9 +213,6 @@ class Posterior:
     @property
     def n_draws(self) -> int:
         return int(self.samples["mu"].shape[2])
-
-    def __len__(self) -> int:
-        return self.n_stars
 
     # --- arviz --------------------------------------------------------
     def to_inference_data(self):

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .posterior import Posterior
+from .posterior import Posterior, StarRows
 
 __all__ = ["PosteriorDraws", "read_draws"]
 
@@ -26,7 +26,7 @@ _PACKING = ("scale_factor", "add_offset")  # CF packing, which this reader does 
 
 
 @dataclass(frozen=True)
-class PosteriorDraws:
+class PosteriorDraws(StarRows):
     """Draws (star, chain, draw) of some variables of a :class:`~dds_infer.posterior.Posterior`,
     with its star ids, chain weights and attributes; ``flat_draws`` as the Posterior's."""
 
@@ -34,13 +34,6 @@ class PosteriorDraws:
     samples: dict
     chain_weights: np.ndarray
     attrs: dict = field(default_factory=dict)
-
-    @property
-    def n_stars(self) -> int:
-        return int(self.star_id.shape[0])
-
-    def __len__(self) -> int:
-        return self.n_stars
 
     flat_draws = Posterior.flat_draws  # uses only samples, chain_weights and n_stars
 

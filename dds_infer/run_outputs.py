@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .posterior import Posterior, concat
+from .posterior import Posterior, StarRows, concat
 from .posterior_draws import read_draws
 
 __all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "ChunkWriter", "JoinedPosterior", "assemble_run",
@@ -216,7 +216,7 @@ def assemble_run(out_dir, chunk_paths, *, attrs: dict, combine: str = "auto",
 
 
 @dataclass
-class ChunkedPosterior:
+class ChunkedPosterior(StarRows):
     """A run's posterior kept in its chunk files: the :class:`Posterior` interface a catalogue
     consumer needs (``n_stars``, ``star_id``, ``attrs``, ``summary()``) without the draws in
     memory, and the draws chunk by chunk (:meth:`chunks`) or all at once (:meth:`load`)."""
@@ -226,13 +226,6 @@ class ChunkedPosterior:
     attrs: dict = field(default_factory=dict)
     summary_path: Path | None = None
     summary_kw: dict = field(default_factory=dict)
-
-    @property
-    def n_stars(self) -> int:
-        return int(self.star_id.shape[0])
-
-    def __len__(self) -> int:
-        return self.n_stars
 
     def chunks(self):
         """Yield each chunk's :class:`Posterior` in catalogue order (one in memory at a time)."""
@@ -300,7 +293,7 @@ def open_run(out_dir) -> "Posterior | ChunkedPosterior":
 
 
 @dataclass
-class JoinedPosterior:
+class JoinedPosterior(StarRows):
     """Several runs' posteriors (e.g. the shards of a catalogue) read as one, in the given order:
     the interface of :class:`ChunkedPosterior` (``n_stars``, ``star_id``, ``attrs``, ``parts()``,
     ``summary()``), one chunk in memory at a time. ``attrs["runs"]``: each run's source and attrs."""
@@ -308,13 +301,6 @@ class JoinedPosterior:
     posteriors: list
     star_id: np.ndarray
     attrs: dict = field(default_factory=dict)
-
-    @property
-    def n_stars(self) -> int:
-        return int(self.star_id.shape[0])
-
-    def __len__(self) -> int:
-        return self.n_stars
 
     def parts(self, variables=None):
         """(Posterior, summary rows) pieces of every run in turn (``variables``: as
