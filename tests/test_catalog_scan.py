@@ -69,6 +69,8 @@ def test_a_valid_catalogue_gives_the_whole_files_counts(tmp_path, capsys):
     assert out["report"]["n_no_parallax"] == 2 and sum(out["report"]["n_missing"].values()) > 0
     rc, out = _check(tmp_path, capsys, path, "--shard", "1/4", "--block-rows", 4)  # rows 10:20, in blocks 10:16:20
     assert rc == 0 and out["rows"] == [10, 20] and out["n_blocks"] == 2 and out["report"]["n_stars"] == 10
+    assert main(["check", "--catalog", str(path), "--rows", "30:50", "--no-progress"]) == 2  # beyond the file
+    assert "rows 30:50 are not within the 40 rows" in capsys.readouterr().err
     main(["check", "--catalog", str(path), "--no-progress"])  # the text report
     text = capsys.readouterr().out
     assert "no problems found" in text and f"{N} stars, 13 bands" in text

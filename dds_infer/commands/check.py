@@ -48,6 +48,7 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
+    from ..catalog_rows import check_rows
     from ..catalog_scan import DEFAULT_BLOCK_ROWS, scan_catalog
     from ..cli import emit_json
     from ._common import catalog_n_rows, is_green2020_h5, read_catalog, row_range
@@ -58,10 +59,8 @@ def run(args) -> int:
         raise FileNotFoundError(f"catalogue {path} not found")
     cmap = None if args.columns is None else json.loads(Path(args.columns).read_text())
     n_rows = catalog_n_rows(path, cmap)
-    rows = row_range(args)
-    start, stop = (0, n_rows) if rows is None else (rows[0], n_rows if rows[1] is None else min(rows[1], n_rows))
-    if not 0 <= start < stop:
-        raise ValueError(f"rows {start}:{stop} are not within the {n_rows} rows of {path}")
+    rows = row_range(args)  # (a range beyond the file is an error naming its length, as for infer)
+    start, stop = (0, n_rows) if rows is None else check_rows(rows, n_rows, repr(str(path)))
     green = cmap is None and is_green2020_h5(path)
 
     def read_block(r):
