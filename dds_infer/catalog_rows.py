@@ -28,9 +28,10 @@ from astropy.table import Table
 
 from .catalog_checks import CatalogError
 
-__all__ = ["parse_rows", "shard_rows", "count_rows", "read_table_rows", "check_rows"]
+__all__ = ["parse_rows", "shard_rows", "count_rows", "read_table_rows", "check_rows", "shard_read_notes"]
 
 PARQUET_BATCH = 65_536  # rows decoded at a time when a shard starts inside a Parquet row group
+LARGE_ROW_GROUP = 2_000_000  # rows: above this a shard holds much more than its own rows in memory
 
 
 def parse_rows(text: str) -> tuple[int, int | None]:
@@ -132,3 +133,23 @@ def read_table_rows(path, form: str, rows, read_kwargs: dict) -> tuple[Table, in
 def global_ids(start: int, stop: int) -> np.ndarray:
     """Star ids of a shard of a table without an id column: its file rows."""
     return np.arange(start, stop, dtype=np.int64)
+
+
+def shard_read_notes(path, form: str, n_rows: int) -> list[str]:
+    """What reading a shard of this file will cost beyond its own rows, as advice (empty: nothing):
+    a format read whole for every shard, or Parquet row groups so large that a shard decodes far
+    more rows than it runs (a shard decodes every row group it overlaps)."""
+    if form == "parquet":
+        import pyarrow.parquet as pq
+
+        md = pq.ParquetFile(path).metadata
+        largest = max((md.row_group(g).num_rows for g in range(md.num_row_groups)), default=0)
+        if largest > LARGE_ROW_GROUP:
+            return [f"row groups of up to {largest} rows: every shard decodes each row group it overlaps whole "
+                    f"(~1 kB per row); rewrite with smaller ones, e.g. pyarrow.parquet.write_table(..., "
+                    f"row_group_size=1_000_000)"]
+        return []
+    if form == "fits" or n_rows <= LARGE_ROW_GROUP:
+        return []
+    return [f"format {form!r} is read whole for every shard ({n_rows} rows): convert the catalogue to Parquet "
+            "(read by row group) or FITS (memory-mapped) before running it in shards"]

@@ -135,3 +135,23 @@ def test_the_green2020_file_checks_in_blocks(anchor_dir, capsys):
     whole = read_green2020_h5(path, rows=(100, 2100)).meta["validation"]
     assert rc == 0 and out["n_blocks"] == 3 and out["report"]["n_stars"] == 2000
     assert out["report"]["n_observed"] == whole["n_observed"] and out["report"]["n_no_parallax"] == whole["n_no_parallax"]
+
+
+def test_check_says_what_a_shard_of_the_file_will_read(tmp_path, capsys, monkeypatch):
+    """shard_notes: Parquet row groups far larger than a shard would be decoded whole by every
+    shard; a format read whole for every shard. (The limit lowered here to the test's size.)"""
+    from dds_infer import catalog_rows
+
+    t = _table(None)
+    monkeypatch.setattr(catalog_rows, "LARGE_ROW_GROUP", 10)
+    small = _parquet(t, tmp_path / "small.parquet", row_group_size=8)
+    large = _parquet(t, tmp_path / "large.parquet", row_group_size=40)
+    write_astropy_table(t, tmp_path / "cat.ecsv")
+    write_astropy_table(t, tmp_path / "cat.fits")
+    notes = {p.name: _check(tmp_path, capsys, p)[1]["shard_notes"]
+             for p in (small, large, tmp_path / "cat.ecsv", tmp_path / "cat.fits")}
+    assert notes["small.parquet"] == [] and notes["cat.fits"] == []
+    assert len(notes["large.parquet"]) == 1 and "row groups of up to 40 rows" in notes["large.parquet"][0]
+    assert len(notes["cat.ecsv"]) == 1 and "read whole for every shard" in notes["cat.ecsv"][0]
+    monkeypatch.setattr(catalog_rows, "LARGE_ROW_GROUP", 2_000_000)
+    assert _check(tmp_path, capsys, large)[1]["shard_notes"] == []

@@ -48,7 +48,8 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from ..catalog_rows import check_rows
+    from ..catalog_io import _format_for
+    from ..catalog_rows import check_rows, shard_read_notes
     from ..catalog_scan import DEFAULT_BLOCK_ROWS, scan_catalog
     from ..cli import emit_json
     from ._common import catalog_n_rows, is_green2020_h5, read_catalog, row_range
@@ -84,7 +85,8 @@ def run(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    out = {"catalog": str(path), **res.to_dict(), "seconds": time.perf_counter() - t0}
+    notes = [] if green else shard_read_notes(path, _format_for(path, None), n_rows)
+    out = {"catalog": str(path), **res.to_dict(), "shard_notes": notes, "seconds": time.perf_counter() - t0}
     if args.json:
         emit_json(out)
     else:
@@ -92,6 +94,7 @@ def run(args) -> int:
               + (f", {res.n_blocks_read} read" if res.stopped_early else "") + f", {out['seconds']:.1f} s")
         if res.report is not None:
             print(res.report.summary() if res.valid else "counts of the valid blocks:\n" + res.report.summary())
+        print("\n".join(f"note (shards): {m}" for m in notes) if notes else "", end="\n" if notes else "")
         if res.valid:
             print("no problems found")
         else:
