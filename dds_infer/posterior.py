@@ -205,6 +205,17 @@ class Posterior(StarRows):
             chain_weights=weights, n_modes=n_modes, mode_flag=mflag, in_domain_frac=in_dom,
             attrs=dict(attrs or {}))
 
+    def take(self, idx) -> "Posterior":
+        """The stars ``idx`` (indices or a boolean mask), every per-star array subset alike."""
+        from dataclasses import replace
+
+        pick = lambda d: {k: np.asarray(v)[idx] for k, v in d.items()}  # noqa: E731
+        return replace(self, star_id=np.asarray(self.star_id)[idx], samples=pick(self.samples),
+                       sample_stats=pick(self.sample_stats), chain_stats=pick(self.chain_stats),
+                       star_stats=pick(self.star_stats), chain_weights=np.asarray(self.chain_weights)[idx],
+                       n_modes=np.asarray(self.n_modes)[idx], mode_flag=np.asarray(self.mode_flag)[idx],
+                       in_domain_frac=np.asarray(self.in_domain_frac)[idx])
+
     # --- shape (n_stars, len: StarRows) --------------------------------
     @property
     def n_chains(self) -> int:

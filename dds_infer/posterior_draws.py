@@ -37,6 +37,11 @@ class PosteriorDraws(StarRows):
 
     flat_draws = Posterior.flat_draws  # uses only samples, chain_weights and n_stars
 
+    def take(self, idx) -> "PosteriorDraws":
+        """The stars ``idx`` (indices or a boolean mask)."""
+        return PosteriorDraws(star_id=self.star_id[idx], samples={k: v[idx] for k, v in self.samples.items()},
+                              chain_weights=self.chain_weights[idx], attrs=self.attrs)
+
 
 def read_draws(path, variables) -> PosteriorDraws:
     """The draws of ``variables`` (names in the file's posterior group) of a posterior file

@@ -232,11 +232,13 @@ class ChunkedPosterior(StarRows):
         for p in self.paths:
             yield Posterior.load(p)
 
-    def parts(self, variables=None):
+    def parts(self, variables=None, select=None):
         """Yield (chunk :class:`Posterior`, its summary rows) in catalogue order: the rows are read
         from ``summary.parquet`` (one row group per chunk) when it matches, else computed.
         variables: names of posterior variables; where the summary rows are read, each chunk is then
-        only those variables' draws (:func:`dds_infer.posterior_draws.read_draws`, ~7x faster)."""
+        only those variables' draws (:func:`dds_infer.posterior_draws.read_draws`, ~7x faster).
+        select: boolean mask over the run's stars: only those stars, and chunks without any of them
+        are not read (where the summary gives the chunks' sizes)."""
         import pyarrow.parquet as pq
 
         groups = None
@@ -244,13 +246,25 @@ class ChunkedPosterior(StarRows):
             f = pq.ParquetFile(self.summary_path)
             if f.num_row_groups == len(self.paths):
                 groups = f
+        at = 0  # the chunk's first star in the run
         for k, path in enumerate(self.paths):
+            if select is not None and groups is not None:
+                n = groups.metadata.row_group(k).num_rows
+                at, rows = at + n, np.flatnonzero(select[at:at + n])
+                if rows.size == 0:
+                    continue
             summ = None if groups is None else groups.read_row_group(k).to_pandas()
             post = Posterior.load(path) if summ is None or variables is None else read_draws(path, variables)
             if summ is None or len(summ) != post.n_stars or not np.array_equal(
                     summ["star_id"].astype(str).to_numpy(), np.asarray(post.star_id).astype(str)):
                 post = post if isinstance(post, Posterior) else Posterior.load(path)
                 summ = post.summary(**self.summary_kw)
+            if select is not None:
+                if groups is None:
+                    at, rows = at + post.n_stars, np.flatnonzero(select[at:at + post.n_stars])
+                if rows.size == 0:
+                    continue
+                post, summ = post.take(rows), summ.iloc[rows].reset_index(drop=True)
             yield post, summ
 
     def summary(self, **summary_kw):
@@ -302,14 +316,19 @@ class JoinedPosterior(StarRows):
     star_id: np.ndarray
     attrs: dict = field(default_factory=dict)
 
-    def parts(self, variables=None):
-        """(Posterior, summary rows) pieces of every run in turn (``variables``: as
+    def parts(self, variables=None, select=None):
+        """(Posterior, summary rows) pieces of every run in turn (``variables``, ``select``: as
         :meth:`ChunkedPosterior.parts`)."""
+        at = 0
         for post in self.posteriors:
+            sel = None if select is None else select[at:at + post.n_stars]
+            at += post.n_stars
             if hasattr(post, "parts"):
-                yield from post.parts(variables)
-            else:
+                yield from post.parts(variables, sel)
+            elif sel is None:
                 yield post, post.summary()
+            elif sel.any():
+                yield post.take(sel), post.summary().iloc[np.flatnonzero(sel)].reset_index(drop=True)
 
     def summary(self, **summary_kw):
         import pandas as pd

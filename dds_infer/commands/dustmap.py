@@ -29,6 +29,11 @@ def register(sub) -> None:
     p.add_argument("--smooth-mu", type=float, default=None, help="Gaussian sigma in mu pixels (default 1)")
     p.add_argument("--smooth-E", type=float, default=None, help="Gaussian sigma in E pixels (default 1)")
     p.add_argument("--summary", default=None, help="also write a Parquet summary with l, b and healpix")
+    p.add_argument("--split-nside", type=int, default=None, metavar="S",
+                   help="write one file per nested HEALPix pixel at this coarser nside into the folder --out "
+                   "(dustmap_S_PIXEL.h5 and index.json): files that exist are skipped, so a rerun resumes")
+    p.add_argument("--region", default=None, metavar="K/N",
+                   help="with --split-nside: write only every N-th region from the K-th (e.g. a job array's task)")
     p.add_argument("--threads", type=int, default=None,
                    help="gzip compression threads (default: one per core the process may use; the file is the same)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -101,6 +106,10 @@ def run(args) -> int:
     post = posts[0] if len(posts) == 1 else join_runs(posts, sources)
     grid = ImageGrid(**{k: getattr(args, k) for k in ("mu_step", "E_step", "smooth_mu", "smooth_E")
                         if getattr(args, k) is not None})
+    if args.split_nside is not None:
+        return _run_regions(args, post, l, b, grid, posts, sources, t0)
+    if args.region is not None:
+        raise ValueError("--region needs --split-nside")
     bar = None
     if not args.no_progress:  # a run folder is read and binned chunk by chunk: minutes at 10^5+ stars
         from tqdm.auto import tqdm
@@ -131,4 +140,53 @@ def run(args) -> int:
         print(f"warning: the {len(posts)} posteriors come from {len(figures['config_hashes'])} different run "
               "settings (config_hash); a dust map usually wants one")
     print(f"dust-map input: {out}" + (f"\nsummary: {args.summary}" if args.summary else ""))
+    return 0
+
+
+def _run_regions(args, post, l, b, grid, posts, sources, t0) -> int:
+    """--split-nside: one file per coarse region (dds_infer.dustmap_regions), resumable."""
+    import time
+
+    import numpy as np
+
+    from ..catalog_rows import parse_shard
+    from ..cli import emit_json
+    from ..dustmap_io import list_pixels, stored_coverage, write_summary_table
+    from ..dustmap_regions import write_dustmap_regions
+
+    if args.summary and args.region is not None:
+        raise ValueError("--summary covers the whole catalogue: write it without --region")
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(post.n_stars), unit="star", desc="dust-map regions")
+    try:
+        res = write_dustmap_regions(args.out, post, l, b, split_nside=args.split_nside, nside=args.nside,
+                                    region=None if args.region is None else parse_shard(args.region),
+                                    grid=grid, n_samples=args.n_samples, threads=args.threads,
+                                    attrs={"posterior_source": ", ".join(map(str, sources)),
+                                           "catalog_source": str(args.catalog)},
+                                    on_stars=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.summary:
+        write_summary_table(args.summary, post, l, b, nside=args.nside)
+    files = res["written"] + res["skipped"]
+    cov = np.concatenate([stored_coverage(f) for f in files] or [np.zeros(0)])
+    figures = {"n_stars": int(post.n_stars), "n_stars_here": res["n_stars_here"], "nside": int(args.nside),
+               "split_nside": int(args.split_nside), "n_regions": res["n_regions"], "regions_here": res["regions_here"],
+               "n_written": len(res["written"]), "n_skipped": len(res["skipped"]),
+               "n_pixels_here": int(sum(len(list_pixels(f)) for f in files)), "n_posteriors": len(posts),
+               "config_hashes": sorted({str((getattr(p, "attrs", None) or {}).get("config_hash")) for p in posts}),
+               "out": str(args.out), "seconds": time.perf_counter() - t0,
+               "mean_coverage": float(np.mean(cov)) if cov.size else float("nan")}
+    if args.json:
+        emit_json(figures)
+        return 0
+    print(f"regions: {figures['n_written']} written, {figures['n_skipped']} already there, of "
+          f"{figures['regions_here']} here ({figures['n_regions']} in all, nside {figures['split_nside']}); "
+          f"{figures['n_stars_here']} stars in {figures['n_pixels_here']} pixels (nside {figures['nside']}), "
+          f"{figures['seconds']:.1f} s\ndust-map input: {args.out}/dustmap_{args.split_nside}_*.h5")
     return 0
