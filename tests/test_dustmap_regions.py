@@ -124,3 +124,20 @@ def test_an_in_memory_posterior_and_the_cli(run, tmp_path, capsys):
     assert again["n_written"] == 0 and again["n_skipped"] == out["n_written"]
     assert main(base + ["--out", str(tmp_path / "x.h5"), "--region", "0/2"]) == 2
     assert "--region needs --split-nside" in capsys.readouterr().err
+
+
+def test_the_shards_of_a_catalogue_joined(run, tmp_path):
+    """Two runs (shards) joined: each region's stars taken from the run that holds them."""
+    post, chunked, l, b, whole = run
+    runs = []
+    for name, paths in (("a", chunked.paths[:1]), ("b", chunked.paths[1:])):
+        (tmp_path / name).mkdir()
+        runs.append(run_outputs.assemble_run(tmp_path / name, paths, attrs={"config_hash": "h"}, combine="never"))
+    joined = run_outputs.join_runs(runs, ["a", "b"])
+    res = write_dustmap_regions(tmp_path / "out", joined, l, b, split_nside=SPLIT, nside=NSIDE, grid=GRID, n_samples=40)
+    n = 0
+    for f in res["written"]:
+        for p in list_pixels(f):
+            _same_pixel(read_pixel(f, p), read_pixel(whole, p))
+            n += 1
+    assert n == len(list_pixels(whole))
