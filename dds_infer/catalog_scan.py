@@ -185,7 +185,14 @@ def scan_catalog(read_block: Callable, start: int, stop: int, *, block_rows: int
                                "problems in consecutive blocks (columns, not rows); fix them and check again")
     n_dup, groups = _duplicates(keys, firsts)
     if n_dup:
-        shown = "; ".join(f"file rows {g.tolist()}" for g in groups)
+        def id_text(row):  # the repeated id itself, read back from one of its rows (a few small reads)
+            try:
+                ids = None if read_ids is None else read_ids((int(row), int(row) + 1))
+            except (CatalogError, ValueError, KeyError):
+                ids = None
+            return "" if ids is None or len(ids) != 1 else f" (id {str(ids[0])!r})"
+
+        shown = "; ".join(f"file rows {g.tolist()}{id_text(g[0])}" for g in groups)
         result.problems.append(f"[id] {n_dup} id(s) given to rows of different blocks (outputs are keyed by id; "
                                f"shards would collide when joined): {shown}" + (" ..." if n_dup > len(groups) else ""))
     result.n_duplicate_ids = n_dup

@@ -94,6 +94,7 @@ def test_problems_of_every_block_and_ids_repeated_across_blocks(tmp_path, capsys
     text = "\n".join(out["problems"])
     assert "[gaia_g]" in text and "rows [3]" in text and "[parallax_err]" in text and "rows [25]" in text
     assert "file rows [2, 30]" in text and "rows [9, 12]" in text and "file rows [9, 12]" not in text
+    assert f"file rows [2, 30] (id {str(t['id'][2])!r})" in text  # the repeated id, read back
     def named_rows(msgs):
         return {int(r) for m in msgs for part in re.findall(r"rows \[([\d, ]+)\]", m) for r in part.split(",")}
 
