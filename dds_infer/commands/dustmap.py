@@ -156,14 +156,20 @@ def _run_regions(args, post, l, b, grid, posts, sources, t0) -> int:
 
     if args.summary and args.region is not None:
         raise ValueError("--summary covers the whole catalogue: write it without --region")
+    region = None if args.region is None else parse_shard(args.region)
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(post.n_stars), unit="star", desc="dust-map regions")
+        from ..dustmap_io import healpix_index
+        from ..dustmap_regions import region_of
+
+        cell = region_of(healpix_index(l, b, args.nside), args.nside, args.split_nside)
+        here = np.unique(cell) if region is None else np.unique(cell)[region[0]::region[1]]
+        bar = tqdm(total=int(np.isin(cell, here).sum()), unit="star", desc="dust-map regions")
     try:
         res = write_dustmap_regions(args.out, post, l, b, split_nside=args.split_nside, nside=args.nside,
-                                    region=None if args.region is None else parse_shard(args.region),
+                                    region=region,
                                     grid=grid, n_samples=args.n_samples, threads=args.threads,
                                     attrs={"posterior_source": ", ".join(map(str, sources)),
                                            "catalog_source": str(args.catalog)},
