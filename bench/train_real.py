@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     emu, hist = train(cat, cfg, split=split)
     seconds = time.perf_counter() - t0
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp()) / "bundle"
+    tmp = None if args.out else tempfile.TemporaryDirectory(prefix="train_real_")  # removed at the end
+    out = Path(args.out) if args.out else Path(tmp.name) / "bundle"
     save_training_bundle(emu, hist, out, catalog_path=a / "green2020_test_data_small.h5")
 
     test = cat.subset(hist["split"]["test"])
@@ -94,9 +95,11 @@ def main(argv=None) -> int:
         "R_mean_published": dict(zip(bands, map(float, R_pub))),
         "R_rel_diff": dict(zip(bands, map(float, (R_new - R_pub) / R_pub))),
         "final_outlier_frac_train": hist["iterations"][-1]["outlier_frac_train"],
-        "bundle": str(out),
+        "bundle": str(out) if args.out else None,  # (--out keeps it)
         "seconds": seconds,
     }
+    if tmp is not None:
+        tmp.cleanup()
     report(out_json, args.json)
     return 0
 
