@@ -28,7 +28,8 @@ from astropy.table import Table
 
 from .catalog_checks import CatalogError
 
-__all__ = ["parse_rows", "shard_rows", "count_rows", "read_table_rows", "check_rows", "shard_read_notes"]
+__all__ = ["parse_rows", "shard_rows", "count_rows", "read_table_rows", "check_rows", "shard_read_notes",
+           "parquet_row_groups"]
 
 PARQUET_BATCH = 65_536  # rows decoded at a time when a shard starts inside a Parquet row group
 LARGE_ROW_GROUP = 2_000_000  # rows: above this a shard holds much more than its own rows in memory
@@ -89,6 +90,15 @@ def check_rows(rows, n_rows: int, name: str) -> tuple[int, int]:
     return start, stop
 
 
+def parquet_row_groups(path) -> np.ndarray:
+    """(n_groups + 1,) file rows where a Parquet file's row groups start, and its row count
+    (``path``: a file, or an open ``pyarrow.parquet.ParquetFile``)."""
+    import pyarrow.parquet as pq
+
+    md = (path if isinstance(path, pq.ParquetFile) else pq.ParquetFile(path)).metadata
+    return np.concatenate([[0], np.cumsum([md.row_group(g).num_rows for g in range(md.num_row_groups)])]).astype(np.int64)
+
+
 def _parquet_rows(path: Path, start: int, stop: int, read_kwargs: dict) -> Table:
     """Rows [start, stop) of a Parquet file, decoding only the row groups they fall in, as an
     astropy Table with the file's column units and metadata (read back by astropy's own reader)."""
@@ -96,9 +106,8 @@ def _parquet_rows(path: Path, start: int, stop: int, read_kwargs: dict) -> Table
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    md = pf.metadata
-    bounds = np.concatenate([[0], np.cumsum([md.row_group(g).num_rows for g in range(md.num_row_groups)])])
-    groups = [g for g in range(md.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
+    bounds = parquet_row_groups(pf)
+    groups = [g for g in range(bounds.size - 1) if bounds[g] < stop and bounds[g + 1] > start]
     names = read_kwargs.get("include_names")  # decode only these columns (astropy's reader selects them too)
     schema = pf.schema_arrow if names is None else pa.schema(
         [pf.schema_arrow.field(c) for c in names], metadata=pf.schema_arrow.metadata)
@@ -140,10 +149,7 @@ def shard_read_notes(path, form: str, n_rows: int) -> list[str]:
     a format read whole for every shard, or Parquet row groups so large that a shard decodes far
     more rows than it runs (a shard decodes every row group it overlaps)."""
     if form == "parquet":
-        import pyarrow.parquet as pq
-
-        md = pq.ParquetFile(path).metadata
-        largest = max((md.row_group(g).num_rows for g in range(md.num_row_groups)), default=0)
+        largest = int(np.diff(parquet_row_groups(path)).max(initial=0))
         if largest > LARGE_ROW_GROUP:
             return [f"row groups of up to {largest} rows: every shard decodes each row group it overlaps whole "
                     f"(~1 kB per row); rewrite with smaller ones, e.g. pyarrow.parquet.write_table(..., "

@@ -156,6 +156,7 @@ def scan_catalog(read_block: Callable, start: int, stop: int, *, block_rows: int
             except CatalogError as err:
                 cat, problems = None, list(err.problems)
         result.n_blocks_read += 1
+        repeated = bool(problems) and previous is not None and set(problems) == previous  # (columns, not rows)
         for m in problems:
             seen.setdefault(m, []).append(i)
         if cat is not None:
@@ -164,7 +165,7 @@ def scan_catalog(read_block: Callable, start: int, stop: int, *, block_rows: int
             if (cat.meta.get("column_map") or {}).get("id") is not None:  # (else the ids are file rows)
                 keys.append(_id_keys(cat.star_ids()))
                 firsts.append(a)
-        elif read_ids is not None and not (previous is not None and set(problems) == previous):
+        elif read_ids is not None and not repeated:
             try:
                 ids = read_ids((a, b))
             except (CatalogError, ValueError, KeyError):
@@ -174,7 +175,7 @@ def scan_catalog(read_block: Callable, start: int, stop: int, *, block_rows: int
                 firsts.append(a)
         if on_rows is not None:
             on_rows(b - a)
-        if problems and previous is not None and set(problems) == previous and i + 1 < len(blocks):
+        if repeated and i + 1 < len(blocks):
             result.stopped_early = True  # the same problems again, none about rows: every block has them
             break
         previous = set(problems) if problems else None

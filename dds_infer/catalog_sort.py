@@ -71,7 +71,7 @@ def sky_sort(src, dst, *, nside: int = 32, column_map=None, bucket_rows: int = D
     import pyarrow.parquet as pq
 
     from .catalog_io import _format_for
-    from .dustmap_io import _check_nside, healpix_index
+    from .dustmap_io import _check_nside, healpix_index, region_of
     from .sky_positions import _wanted, read_positions
 
     src, dst = Path(src), Path(dst)
@@ -87,7 +87,7 @@ def sky_sort(src, dst, *, nside: int = 32, column_map=None, bucket_rows: int = D
     pos = read_positions(src, column_map)
     pix = healpix_index(pos.l, pos.b, nside)
     bnside = _bucket_nside(n, nside, int(bucket_rows))
-    bucket = pix >> (2 * (nside.bit_length() - bnside.bit_length()))
+    bucket = region_of(pix, nside, bnside)
     schema = _with_id_meta(pf.schema_arrow) if added_id else pf.schema_arrow
     with tempfile.TemporaryDirectory(prefix="dds_sort_", dir=dst.parent) as tmp, atomic_path(dst) as out:
         writers, at = {}, 0

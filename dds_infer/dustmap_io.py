@@ -60,7 +60,7 @@ from .h5_chunks import DatasetMaker, RowChunkWriter
 from .dust_images import ImageGrid, _bins, _coverage, _images64, image_coverage, pdf_images  # noqa: F401 (re-exported)
 
 __all__ = ["ImageGrid", "pdf_images", "image_coverage", "healpix_index", "write_dustmap", "list_pixels",
-           "read_pixel", "read_dustmap", "stored_coverage", "write_summary_table", "SAMPLE_COLUMNS", "FORMAT",
+           "read_pixel", "read_dustmap", "stored_coverage", "region_of", "write_summary_table", "SAMPLE_COLUMNS", "FORMAT",
            "FORMAT_VERSION"]
 
 FORMAT, FORMAT_VERSION = "dds_infer.dustmap", 2
@@ -100,6 +100,15 @@ def healpix_index(l_deg, b_deg, nside) -> np.ndarray:
     return np.asarray(lonlat_to_healpix(l * u.deg, b * u.deg, n, order="nested"), dtype=np.int64)
 
 
+def region_of(pixel, nside: int, split_nside: int) -> np.ndarray:
+    """Nested HEALPix pixel at ``split_nside`` holding each nested ``pixel`` at ``nside`` (a nested
+    pixel's children at twice the nside are 4p ... 4p + 3)."""
+    nside, split = _check_nside(nside), _check_nside(split_nside)
+    if split > nside:
+        raise ValueError(f"split_nside ({split}) must not exceed nside ({nside})")
+    return np.asarray(pixel, dtype=np.int64) >> (2 * (nside.bit_length() - split.bit_length()))
+
+
 def _diagnostics(summary) -> dict:
     """Numeric per-star columns of Posterior.summary() (no quantiles) plus mu/E quantiles."""
     from pandas.api.types import is_numeric_dtype
@@ -123,10 +132,9 @@ def _jsonable(v):
 def _parts(posterior):
     """(Posterior, summary) pieces of ``posterior`` in star order: itself, or a
     :class:`~dds_infer.run_outputs.ChunkedPosterior`'s chunks one at a time."""
-    if hasattr(posterior, "parts"):
-        yield from posterior.parts(SAMPLE_COLUMNS)  # only the draws it bins and keeps
-    else:
-        yield posterior, posterior.summary()
+    from .run_outputs import posterior_parts
+
+    yield from posterior_parts(posterior, SAMPLE_COLUMNS)  # (of a run's chunks, only the draws it bins)
 
 
 def write_dustmap(path, posterior, l_deg, b_deg, *, nside=32, grid: ImageGrid = ImageGrid(),

@@ -27,8 +27,9 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_path
-from .dustmap_io import _check_nside, healpix_index, write_dustmap
+from .dustmap_io import _check_nside, healpix_index, region_of, write_dustmap
 from .posterior import StarRows
+from .run_outputs import posterior_parts
 
 __all__ = ["SelectedPosterior", "region_of", "write_dustmap_regions", "INDEX"]
 
@@ -51,20 +52,13 @@ class SelectedPosterior(StarRows):
         self.star_id = np.asarray(self.base.star_id)[self.select]
         self.attrs = dict(getattr(self.base, "attrs", None) or {})
 
-    def parts(self, variables=None):
-        if hasattr(self.base, "parts"):
-            yield from self.base.parts(variables, select=self.select)
-        elif self.select.any():
-            idx = np.flatnonzero(self.select)
-            yield self.base.take(idx), self.base.summary().iloc[idx].reset_index(drop=True)
-
-
-def region_of(pixel, nside: int, split_nside: int) -> np.ndarray:
-    """Nested HEALPix pixel at ``split_nside`` holding each nested ``pixel`` at ``nside``."""
-    nside, split = _check_nside(nside), _check_nside(split_nside)
-    if split > nside:
-        raise ValueError(f"split_nside ({split}) must not exceed nside ({nside})")
-    return np.asarray(pixel, dtype=np.int64) >> (2 * (nside.bit_length() - split.bit_length()))
+    def parts(self, variables=None, select=None):
+        """``select``: a mask over this selection's stars (a selection of the selection)."""
+        sel = self.select
+        if select is not None:
+            sel = sel.copy()
+            sel[sel] = np.asarray(select, dtype=bool)
+        yield from posterior_parts(self.base, variables, sel)
 
 
 def _settings(nside, split, grid, n_samples, attrs) -> str:
@@ -75,11 +69,13 @@ def _settings(nside, split, grid, n_samples, attrs) -> str:
 
 
 def write_dustmap_regions(out_dir, posterior, l_deg, b_deg, *, split_nside: int, nside: int = 32,
-                          region: tuple[int, int] | None = None, attrs=None, on_stars=None, **write_kw) -> dict:
+                          region: tuple[int, int] | None = None, attrs=None, on_start=None, on_stars=None,
+                          **write_kw) -> dict:
     """Write ``out_dir/dustmap_{split_nside}_{pixel}.h5`` for each region of this process (all, or
     ``region=(k, n)``: every n-th from the k-th) whose file does not exist yet (see the module
     docstring). ``write_kw``: grid, n_samples, dtype, compression, threads (as write_dustmap).
-    on_stars(n): called with the stars written or skipped. Returns counts and the files of this
+    on_start(n): called first with the stars of this process's regions; on_stars(n): with the
+    stars of each region written or skipped (e.g. a progress bar's total and ``update``). Returns counts and the files of this
     process: ``n_regions`` (all), ``regions_here``, ``written``, ``skipped``."""
     from .dustmap_io import ImageGrid
 
@@ -95,6 +91,9 @@ def write_dustmap_regions(out_dir, posterior, l_deg, b_deg, *, split_nside: int,
         if not 0 <= k < n:
             raise ValueError(f"region must be K/N with 0 <= K < N, got {k}/{n}")
     here = cells if region is None else cells[k::n]
+    n_here = int(np.isin(cell, here).sum())
+    if on_start is not None:
+        on_start(n_here)
     attrs = dict(attrs or {})
     settings = _settings(nside, split, write_kw.get("grid", ImageGrid()), write_kw.get("n_samples"),
                          {**attrs, "posterior": getattr(posterior, "attrs", None)})
@@ -122,4 +121,4 @@ def write_dustmap_regions(out_dir, posterior, l_deg, b_deg, *, split_nside: int,
         if on_stars is not None:
             on_stars(int(mask.sum()))
     return {"n_regions": int(cells.size), "regions_here": int(here.size), "written": written, "skipped": skipped,
-            "n_stars_here": int(np.isin(cell, here).sum())}
+            "n_stars_here": n_here}

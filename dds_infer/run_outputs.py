@@ -34,7 +34,7 @@ from .posterior import Posterior, StarRows, concat
 from .posterior_draws import read_draws
 
 __all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "ChunkWriter", "JoinedPosterior", "assemble_run",
-           "join_runs", "open_run", "should_combine", "write_chunk", "write_chunk_summary", "chunk_summary_path"]
+           "join_runs", "open_run", "posterior_parts", "should_combine", "write_chunk", "write_chunk_summary", "chunk_summary_path"]
 
 COMBINE_MAX_DRAWS = 2 * 10**7  # star x chain x draw: 10,000 stars at 4 x 500 draws
 COMBINE_CHOICES = ("auto", "always", "never")
@@ -321,19 +321,26 @@ class JoinedPosterior(StarRows):
         :meth:`ChunkedPosterior.parts`)."""
         at = 0
         for post in self.posteriors:
-            sel = None if select is None else select[at:at + post.n_stars]
+            yield from posterior_parts(post, variables, None if select is None else select[at:at + post.n_stars])
             at += post.n_stars
-            if hasattr(post, "parts"):
-                yield from post.parts(variables, sel)
-            elif sel is None:
-                yield post, post.summary()
-            elif sel.any():
-                yield post.take(sel), post.summary().iloc[np.flatnonzero(sel)].reset_index(drop=True)
 
     def summary(self, **summary_kw):
         import pandas as pd
 
         return pd.concat([p.summary(**summary_kw) for p in self.posteriors], ignore_index=True)
+
+
+def posterior_parts(post, variables=None, select=None):
+    """(Posterior, summary rows) pieces of any posterior: a run's (:meth:`ChunkedPosterior.parts`,
+    :meth:`JoinedPosterior.parts`, chunk by chunk) or an in-memory :class:`Posterior` as one piece;
+    ``select`` (boolean mask over its stars): only those stars (no piece when none)."""
+    if hasattr(post, "parts"):
+        yield from post.parts(variables, select)
+    elif select is None:
+        yield post, post.summary()
+    elif np.any(select):
+        idx = np.flatnonzero(select)
+        yield post.take(idx), post.summary().iloc[idx].reset_index(drop=True)
 
 
 def join_runs(posteriors, sources) -> "JoinedPosterior":

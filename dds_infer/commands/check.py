@@ -29,27 +29,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _row_group_edges(path):
-    """File rows where a Parquet file's row groups start (None for other formats)."""
-    import numpy as np
-
-    from ..catalog_io import _format_for
-
-    if _format_for(path, None) != "parquet":
-        return None
-    import pyarrow.parquet as pq
-
-    md = pq.ParquetFile(path).metadata
-    return np.cumsum([md.row_group(g).num_rows for g in range(md.num_row_groups)])[:-1]
-
-
 def run(args) -> int:
     import json
     import time
     from pathlib import Path
 
     from ..catalog_io import _format_for
-    from ..catalog_rows import check_rows, shard_read_notes
+    from ..catalog_rows import check_rows, parquet_row_groups, shard_read_notes
     from ..catalog_scan import DEFAULT_BLOCK_ROWS, scan_catalog
     from ..cli import emit_json
     from ._common import catalog_n_rows, is_green2020_h5, read_catalog, row_range
@@ -63,6 +49,7 @@ def run(args) -> int:
     rows = row_range(args)  # (a range beyond the file is an error naming its length, as for infer)
     start, stop = (0, n_rows) if rows is None else check_rows(rows, n_rows, repr(str(path)))
     green = cmap is None and is_green2020_h5(path)
+    form = None if green else _format_for(path, None)
 
     def read_block(r):
         return read_catalog(path, cmap, rows=r, require_labels=args.require_labels,
@@ -80,12 +67,12 @@ def run(args) -> int:
         bar = tqdm(total=stop - start, unit="row", desc="check")
     try:
         res = scan_catalog(read_block, start, stop, block_rows=args.block_rows or DEFAULT_BLOCK_ROWS,
-                           edges=None if green else _row_group_edges(path), read_ids=read_ids,
+                           edges=parquet_row_groups(path) if form == "parquet" else None, read_ids=read_ids,
                            on_rows=None if bar is None else bar.update)
     finally:
         if bar is not None:
             bar.close()
-    notes = [] if green else shard_read_notes(path, _format_for(path, None), n_rows)
+    notes = [] if green else shard_read_notes(path, form, n_rows)
     out = {"catalog": str(path), **res.to_dict(), "shard_notes": notes, "seconds": time.perf_counter() - t0}
     if args.json:
         emit_json(out)

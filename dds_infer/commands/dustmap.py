@@ -161,19 +161,20 @@ def _run_regions(args, post, l, b, grid, posts, sources, t0) -> int:
     if not args.no_progress:
         from tqdm.auto import tqdm
 
-        from ..dustmap_io import healpix_index
-        from ..dustmap_regions import region_of
+        bar = tqdm(total=None, unit="star", desc="dust-map regions")  # (its total: on_start)
 
-        cell = region_of(healpix_index(l, b, args.nside), args.nside, args.split_nside)
-        here = np.unique(cell) if region is None else np.unique(cell)[region[0]::region[1]]
-        bar = tqdm(total=int(np.isin(cell, here).sum()), unit="star", desc="dust-map regions")
+    def on_start(n_here):
+        if bar is not None:
+            bar.total = n_here
+            bar.refresh()
+
     try:
         res = write_dustmap_regions(args.out, post, l, b, split_nside=args.split_nside, nside=args.nside,
                                     region=region,
                                     grid=grid, n_samples=args.n_samples, threads=args.threads,
                                     attrs={"posterior_source": ", ".join(map(str, sources)),
                                            "catalog_source": str(args.catalog)},
-                                    on_stars=None if bar is None else bar.update)
+                                    on_start=on_start, on_stars=None if bar is None else bar.update)
     finally:
         if bar is not None:
             bar.close()
