@@ -24,6 +24,8 @@ MAG_RANGE = (-10.0, 40.0)
 # Parallax-unit heuristic (see _check_parallax).
 ARCSEC_MEDIAN_PLX = 0.01
 ARCSEC_MEDIAN_ERR = 1e-3
+UAS_MEDIAN_PLX = 10.0
+UAS_MEDIAN_ERR = 10.0
 
 
 class CatalogError(ValueError):
@@ -119,6 +121,11 @@ def _check_parallax(problems, plx, err, ids, first=0):
     is impossible for any astrometric survey (Gaia's best is ~0.01-0.02 mas),
     but typical in arcsec (1e-5 - 5e-4 as); requiring both medians to be tiny
     keeps single odd stars and genuinely distant samples from triggering it.
+
+    The other way, micro-arcseconds: median |parallax| > 10 AND median parallax_err > 10. In mas
+    that is a sample within ~100 pc measured 10-1000x worse than Gaia (0.01-1.3 mas for
+    G = 10-21); in µas it is any Gaia sample (errors 10-1300 µas, parallaxes of stars at
+    0.1-10 kpc 100-10,000 µas).
     """
     has = np.isfinite(plx)
     bad = has & ~(np.isfinite(err) & (err > 0))
@@ -132,7 +139,12 @@ def _check_parallax(problems, plx, err, ids, first=0):
         problems.append(
             f"[parallax] parallax looks like arcsec, expected mas (median |parallax| = "
             f"{np.median(np.abs(plx[ok])):.3g}, median parallax_err = {np.median(err[ok]):.3g}); "
-            "multiply by 1000 or pass parallax_unit='arcsec'")
+            "multiply by 1000 or pass parallax_unit='arcsec' (CLI: --parallax-unit arcsec)")
+    if ok.any() and (np.median(np.abs(plx[ok])) > UAS_MEDIAN_PLX and np.median(err[ok]) > UAS_MEDIAN_ERR):
+        problems.append(
+            f"[parallax] parallax looks like micro-arcsec, expected mas (median |parallax| = "
+            f"{np.median(np.abs(plx[ok])):.3g}, median parallax_err = {np.median(err[ok]):.3g}); "
+            "divide by 1000 or pass parallax_unit='uas' (CLI: --parallax-unit uas)")
 
 
 def _check_labels(problems, warnings, cat, n, require, ids, first=0) -> int | None:

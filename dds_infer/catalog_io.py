@@ -16,6 +16,7 @@ reported at once.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,7 +52,7 @@ _FORMATS = {
     ".vot": "votable", ".votable": "votable", ".xml": "votable",
     ".txt": "ascii", ".dat": "ascii",
 }
-_PARALLAX_UNITS = {"mas": u.mas, "arcsec": u.arcsec, "as": u.arcsec}
+_PARALLAX_UNITS = {"mas": u.mas, "arcsec": u.arcsec, "as": u.arcsec, "uas": u.uas, "µas": u.uas}
 
 
 def _format_for(path: Path, fmt: str | None) -> str:
@@ -108,7 +109,9 @@ def _load(source, fmt, read_kwargs, rows=None) -> tuple[Table, str, tuple | None
     """The table, a name for it in messages, and the file rows (start, stop) it holds when
     ``rows`` = (start, stop|None) asked for a shard (:mod:`dds_infer.catalog_rows`), else None;
     a table with no rows is refused."""
-    table, name, span = _read_any(source, fmt, read_kwargs, rows)
+    with warnings.catch_warnings():  # (a string column written by pandas has no declared length: harmless)
+        warnings.filterwarnings("ignore", message=r"No table::len::")
+        table, name, span = _read_any(source, fmt, read_kwargs, rows)
     if len(table) == 0:
         raise CatalogError(f"{name} has no rows (columns: {', '.join(table.colnames[:30])}"
                            f"{', ...' if len(table.colnames) > 30 else ''})")
@@ -185,7 +188,7 @@ def _parallax_unit(parallax_unit) -> u.UnitBase:
         unit.to(u.mas)
         return unit
     except (ValueError, TypeError, u.UnitConversionError):
-        raise CatalogError(f"parallax_unit={parallax_unit!r} is not an angle unit; use 'mas' or 'arcsec'") from None
+        raise CatalogError(f"parallax_unit={parallax_unit!r} is not an angle unit; use 'mas', 'arcsec', 'uas' or another astropy angle unit") from None
 
 
 def read_table(path_or_table, column_map: Mapping | None = None, bands: BandSet = GREEN2020, *,

@@ -488,6 +488,14 @@ def test_parallax_units():
     cat = read_table(t, MAP)  # astropy units win over the default parallax_unit
     np.testing.assert_allclose(cat.parallax_err, df.parallax_error, rtol=1e-12)
     assert cat.meta["parallax_unit"] == "mas"
+    df_uas = df.assign(parallax=df.parallax * 1000, parallax_error=df.parallax_error * 1000)
+    with pytest.raises(CatalogError, match=r"parallax looks like micro-arcsec.*--parallax-unit uas"):
+        read_table(df_uas, MAP)
+    cat = read_table(df_uas, MAP, parallax_unit="uas")
+    np.testing.assert_allclose(cat.parallax, df.parallax, rtol=1e-12)
+    # mas with errors of a poor survey, or far stars with Gaia's faint-end errors: not flagged
+    read_table(df.assign(parallax_error=20.0), MAP)
+    read_table(df.assign(parallax=df.parallax * 0.05, parallax_error=1.3), MAP)
 
 
 def test_labels_from_errors_and_cov_columns():

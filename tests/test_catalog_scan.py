@@ -156,3 +156,18 @@ def test_check_says_what_a_shard_of_the_file_will_read(tmp_path, capsys, monkeyp
     assert len(notes["cat.ecsv"]) == 1 and "read whole for every shard" in notes["cat.ecsv"][0]
     monkeypatch.setattr(catalog_rows, "LARGE_ROW_GROUP", 2_000_000)
     assert _check(tmp_path, capsys, large)[1]["shard_notes"] == []
+
+
+def test_parallax_unit_flag(tmp_path, capsys):
+    t = _table(None)
+    for c in ("parallax", "parallax_err"):  # unitless, in arcsec
+        t[c] = np.asarray(t[c]) / 1000
+        t[c].unit = None
+    path = _parquet(t, tmp_path / "as.parquet")
+    rc, out = _check(tmp_path, capsys, path)
+    assert rc == 1 and any("looks like arcsec" in p and "--parallax-unit arcsec" in p for p in out["problems"])
+    rc, out = _check(tmp_path, capsys, path, "--parallax-unit", "arcsec")
+    assert rc == 0 and out["report"]["n_no_parallax"] == 2
+    with pytest.raises(SystemExit) as exc:  # not an angle: a usage error
+        main(["check", "--catalog", str(path), "--parallax-unit", "furlong"])
+    assert exc.value.code == 2 and "not an angle unit" in capsys.readouterr().err

@@ -22,10 +22,11 @@ def is_green2020_h5(path: Path) -> bool:
         return isinstance(d, h5py.Dataset) and d.dtype.names is not None and "atm_param" in d.dtype.names
 
 
-def read_catalog(path, column_map=None, **kw) -> StarCatalog:
+def read_catalog(path, column_map=None, *, parallax_unit="mas", **kw) -> StarCatalog:
     """Read a catalogue: Green2020 HDF5 layout, else any table via ``read_table``.
 
-    column_map: dict, or path to a JSON file holding one (see ``read_table``).
+    column_map: dict, or path to a JSON file holding one (see ``read_table``). ``parallax_unit``:
+    of unitless parallax columns (the Green2020 layout is in mas; another unit is an error there).
     """
     path = Path(path)
     if not path.exists():
@@ -33,8 +34,11 @@ def read_catalog(path, column_map=None, **kw) -> StarCatalog:
     if isinstance(column_map, (str, Path)):
         column_map = json.loads(Path(column_map).read_text())
     if column_map is None and is_green2020_h5(path):
+        if str(parallax_unit).lower() != "mas":
+            raise ValueError(f"{path} has the Green2020 HDF5 layout, whose parallaxes are in mas; "
+                             f"parallax unit {parallax_unit!r} does not apply")
         return read_green2020_h5(path, **kw)
-    return read_table(path, column_map, **kw)
+    return read_table(path, column_map, parallax_unit=parallax_unit, **kw)
 
 
 def catalog_n_rows(path, column_map=None) -> int:

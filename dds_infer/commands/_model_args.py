@@ -9,10 +9,31 @@ from dataclasses import dataclass
 from ..parallax_zp import L21_COLUMNS
 
 
+def _angle_unit(text: str) -> str:
+    import argparse
+
+    from ..catalog import CatalogError
+    from ..catalog_io import _parallax_unit
+
+    try:
+        _parallax_unit(text)
+    except CatalogError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_columns_args(p) -> None:
+    """``--columns`` and ``--parallax-unit``: how a generic table's columns are read."""
+    p.add_argument("--columns", default=None, help="JSON file with the column map for generic tables")
+    p.add_argument("--parallax-unit", default="mas", metavar="UNIT", type=_angle_unit,
+                   help="unit of parallax columns that carry none in the table: mas (default), arcsec, uas, or "
+                   "any astropy angle unit (columns with a unit are converted from it)")
+
+
 def add_model_args(p) -> None:
     p.add_argument("--model", required=True, help="emulator bundle directory")
     p.add_argument("--catalog", required=True, help="catalogue (Green2020 HDF5 or a table)")
-    p.add_argument("--columns", default=None, help="JSON file with the column map for generic tables")
+    add_columns_args(p)
     p.add_argument("--prior", default="galactic", help="prior kind passed to priors.default_prior")
     p.add_argument("--zp", default="dr2",
                    help="parallax zero-point: dr2 (-0.029 mas), dr3 (-0.017 mas), none, a value in mas, or "
@@ -65,7 +86,8 @@ def build_model_inputs(args) -> ModelInputs:
 
     emu = read_model(args.model)
     rows = row_range(args)  # a shard of a catalogue too large for memory (infer --rows/--shard)
-    cat = read_catalog(args.catalog, args.columns, require_labels=False, **({} if rows is None else {"rows": rows}))
+    cat = read_catalog(args.catalog, args.columns, parallax_unit=args.parallax_unit, require_labels=False,
+                       **({} if rows is None else {"rows": rows}))
     if args.catalog_err_floor is not None:
         cat.meta["mag_err_floor"] = float(args.catalog_err_floor)
     zp, zp_report = zero_point(args, cat)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ._model_args import add_columns_args
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -15,7 +17,7 @@ def register(sub) -> None:
         "its columns could not be read.",
     )
     p.add_argument("--catalog", required=True, help="catalogue file (Green2020 HDF5 or a table: Parquet, FITS, ...)")
-    p.add_argument("--columns", default=None, help="JSON file with the column map for generic tables")
+    add_columns_args(p)
     p.add_argument("--rows", default=None, metavar="START:STOP", help="check only these file rows (as infer --rows)")
     p.add_argument("--shard", default=None, metavar="K/N", help="check only shard K of N (as infer --shard)")
     p.add_argument("--block-rows", type=int, default=None,
@@ -52,7 +54,8 @@ def run(args) -> int:
     form = None if green else _format_for(path, None)
 
     def read_block(r):
-        return read_catalog(path, cmap, rows=r, require_labels=args.require_labels,
+        return read_catalog(path, cmap, rows=r, parallax_unit=args.parallax_unit,
+                            require_labels=args.require_labels,
                             require_reddening_prior=args.require_reddening_prior)
 
     def read_ids(r):  # a block that fails: its ids still count against the other blocks'

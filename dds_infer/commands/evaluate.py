@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._model_args import add_columns_args
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -14,7 +16,7 @@ def register(sub) -> None:
     )
     p.add_argument("--model", required=True, help="emulator bundle directory")
     p.add_argument("--catalog", required=True, help="catalogue (Green2020 HDF5 or a table)")
-    p.add_argument("--columns", default=None, help="JSON file with the column map for generic tables")
+    add_columns_args(p)
     p.add_argument("--reddening", choices=("prior", "fit"), default="prior",
                    help="use the catalogue's prior reddening, or re-fit it per star (Eqs. 8-9)")
     p.add_argument("--min-parallax-snr", type=float, default=5.0,
@@ -61,7 +63,7 @@ def run(args) -> int:
     from ._common import read_catalog, read_model
 
     emu = read_model(args.model)
-    cat = read_catalog(args.catalog, args.columns, require_labels=True, require_reddening_prior=True)
+    cat = read_catalog(args.catalog, args.columns, parallax_unit=args.parallax_unit, require_labels=True, require_reddening_prior=True)
     rows = None
     if args.split_part is not None:
         split_file = args.split or Path(args.model) / "extras" / "split.npz"

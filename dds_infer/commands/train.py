@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._model_args import add_columns_args
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -12,7 +14,7 @@ def register(sub) -> None:
         "A checkpoint is written after every iteration (default <out>.ckpt/); --resume continues it.",
     )
     p.add_argument("--catalog", required=True, help="catalogue (Green2020 HDF5 or a table)")
-    p.add_argument("--columns", default=None, help="JSON file with the column map for generic tables")
+    add_columns_args(p)
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--iterations", type=int, default=20, help="outer iterations (covariance/E refresh)")
     p.add_argument("--epochs", type=int, default=25, help="epochs per iteration")
@@ -80,7 +82,7 @@ def run(args) -> int:
     if not hidden or min(hidden) <= 0:
         raise ValueError(f"--hidden needs positive widths, got {args.hidden!r}")
     split = None if args.split is None else read_split(args.split)
-    cat = read_catalog(args.catalog, args.columns, require_labels=True, require_reddening_prior=True)
+    cat = read_catalog(args.catalog, args.columns, parallax_unit=args.parallax_unit, require_labels=True, require_reddening_prior=True)
     ckpt = args.checkpoint_dir or f"{str(args.out).rstrip('/')}.ckpt"
     cfg = replace(TrainConfig(), iterations=args.iterations, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, seed=args.seed, hidden=hidden, l2_hidden=args.l2_hidden,
