@@ -216,6 +216,21 @@ class Posterior(StarRows):
                        n_modes=np.asarray(self.n_modes)[idx], mode_flag=np.asarray(self.mode_flag)[idx],
                        in_domain_frac=np.asarray(self.in_domain_frac)[idx])
 
+    def with_draws_rounded(self, keep_bits: int) -> "Posterior":
+        """The same posterior with every float32 value per draw (the variables' draws and the
+        per-draw ``potential_energy``) bit-rounded to ``keep_bits`` mantissa bits
+        (:func:`dds_infer.draw_precision.bit_round`; relative error ≤ 2^-(keep_bits+1)), recorded
+        in ``attrs["keep_bits"]``: a third smaller chunk files at 12 bits."""
+        from dataclasses import replace
+
+        from .draw_precision import bit_round
+
+        def rounded(d):
+            return {k: bit_round(v, keep_bits) if np.asarray(v).dtype == np.float32 else v for k, v in d.items()}
+
+        return replace(self, samples=rounded(self.samples), sample_stats=rounded(self.sample_stats),
+                       attrs={**self.attrs, "keep_bits": int(keep_bits)})
+
     # --- shape (n_stars, len: StarRows) --------------------------------
     @property
     def n_chains(self) -> int:

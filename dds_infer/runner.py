@@ -234,7 +234,7 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                   overwrite: bool = False, stop_after_chunks: int | None = None, engine: str = DEFAULT_ENGINE,
                   n_slots: int | None = None, init_mass: str = "identity",
                   warmup_max_tree_depth: int | None = None, devices: int | None = None,
-                  combine: str = "auto") -> Posterior | ChunkedPosterior | None:
+                  combine: str = "auto", keep_bits: int | None = None) -> Posterior | ChunkedPosterior | None:
     """NUTS posteriors for every star of ``catalog``, chunk by chunk, resumable.
 
     model, star_data_fn: the single-star NumPyro model ``model(star, emulator, prior, config)``
@@ -269,6 +269,10 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
     combine: write the combined ``out_dir/posterior.nc`` "always", "never", or ("auto", default)
         when the run has at most :data:`dds_infer.run_outputs.COMBINE_MAX_DRAWS` star-draws (10,000
         stars at 4 x 500); not in the fingerprint.
+    keep_bits: store the draws bit-rounded to this many float32 mantissa bits (1..23;
+        :mod:`dds_infer.draw_precision`; relative error ≤ 2^-(keep_bits+1)); the summary and fit
+        statistics are computed from the stored draws. None (default): exact float32. In the
+        fingerprint when set.
     Returns the combined :class:`Posterior`, or a :class:`~dds_infer.run_outputs.ChunkedPosterior`
     over the chunk files when not combined (same ``n_stars``, ``star_id``, ``summary()``; draws
     chunk by chunk); writes ``out_dir/summary.parquet`` (streamed chunk by chunk) and
@@ -299,6 +303,10 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
         settings["init_mass"] = init_mass
     if warmup_max_tree_depth is not None and int(warmup_max_tree_depth) != int(max_tree_depth):  # (idem)
         settings["warmup_max_tree_depth"] = int(warmup_max_tree_depth)
+    if keep_bits is not None:  # (idem)
+        from .draw_precision import check_keep_bits
+
+        settings["keep_bits"] = keep_bits = check_keep_bits(keep_bits)
     n = catalog.n_stars
     chunk = batch_size if batch_fn is not None else chunk_size(n, batch_size)  # (grid: padded to min(batch_size, n))
     if batch_fn is None and chunk != min(batch_size, n):  # (absent where the chunks are as before the
@@ -355,6 +363,8 @@ def infer_catalog(catalog, emulator, prior, config, out_dir, *, batch_size: int 
                 live = ({"on_finished": chains_to_stars(bar, shown, len(rows), num_chains)}
                         if bar is not None and engine == "queue" else {})
                 post = _sample_chunk(sample, stars, keys, ids[rows], emulator, init_fn, combine_fn, size, n_dev, live)
+            if keep_bits is not None:  # (the summary and fit statistics then describe the stored draws)
+                post = post.with_draws_rounded(keep_bits)
             post = _with_fit_statistics(post, emulator, stars, config)
             post.attrs.update({"config_hash": chash, "rows": [int(rows[0]), int(rows[-1]) + 1]})
             writer.submit(post, chunk_path(k))
