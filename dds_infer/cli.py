@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "dds_infer.commands.sort_sky",
     "dds_infer.commands.infer",
     "dds_infer.commands.calibrate_offsets",
+    "dds_infer.commands.status",
     "dds_infer.commands.dustmap",
     "dds_infer.commands.los",
 )

@@ -1,0 +1,88 @@
+"""Where a catalogue's runs stand (dds_infer.run_status, dds-infer status): finished, partial and
+absent shards of a job array, the rows no run covers, overlapping runs, and the finished stars'
+diagnostics summed from their chunks."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dds_infer.run_status import RunStatus, coverage, run_status, star_figures
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_gridpath import FAST, emu, sbc_stars  # noqa: E402,F401  (module fixtures)
+
+
+def _status(path, rows, state="finished"):
+    return RunStatus(path, state, n_stars=rows[1] - rows[0], rows=list(rows), n_chunks=1,
+                     chunks_done=int(state == "finished"), stars_done=(rows[1] - rows[0]) * (state == "finished"))
+
+
+def test_coverage_finds_gaps_overlaps_and_the_shards_to_resubmit():
+    runs = [_status("a", (0, 25)), _status("b", (25, 50), "partial"), _status("c", (40, 60)),
+            _status("whole", (0, 100)), _status("d", (75, 100))]
+    cov = coverage(runs, n_rows=120, n_shards=4)  # shards 0:30, 30:60, 60:90, 90:120: none of these runs
+    assert cov["uncovered"] == [[100, 120]]
+    assert sorted(map(tuple, (o["rows"] for o in cov["overlaps"]))) == [(0, 25), (25, 50), (40, 60), (75, 100)]  # each against the
+    # earlier run that reaches furthest (c: 'whole')
+    assert cov["missing_shards"] == [0, 1, 2, 3] and len(cov["other_runs"]) == 5
+    cov = coverage([_status("s0", (0, 30)), _status("s1", (30, 60), "partial"), _status("s3", (90, 120))],
+                   n_rows=120, n_shards=4)
+    assert cov["missing_shards"] == [2] and cov["unfinished_shards"] == [1] and cov["other_runs"] == []
+    assert cov["uncovered"] == [[60, 90]] and cov["overlaps"] == [] and cov["rows_finished"] == 60
+    with pytest.raises(ValueError, match="row count"):
+        coverage([], n_shards=4)
+
+
+def test_a_job_array_of_shards_from_absent_to_complete(emu, sbc_stars, tmp_path, capsys):  # noqa: F811
+    from dds_infer.catalog_io import catalog_to_table, read_table, write_astropy_table
+    from dds_infer.cli import main
+    from dds_infer.gridpath import grid_batch_fn
+    from dds_infer.inference import star_data_from_catalog, star_model
+    from dds_infer.posterior import Posterior
+    from dds_infer.runner import infer_catalog
+
+    cat, _, prior, config = sbc_stars
+    path = write_astropy_table(catalog_to_table(cat.subset(np.arange(10))), tmp_path / "cat.parquet")
+    fn = grid_batch_fn(emu, prior, config, FAST, pad_to=2)  # one program for every shard (as infer --method grid)
+    runs = [tmp_path / f"run{k}" for k in range(3)]  # shards 0:3, 3:6, 6:10 of 10 rows
+
+    def shard(k, **more):
+        return infer_catalog(read_table(path, rows=[(0, 3), (3, 6), (6, 10)][k]), emu, prior, config, runs[k],
+                             batch_size=2, seed=1, model=star_model, star_data_fn=star_data_from_catalog,
+                             batch_fn=fn, progress=False, **more)
+
+    shard(0)
+    assert shard(1, stop_after_chunks=1) is None  # interrupted after its first chunk of 2 stars
+    st = [run_status(r) for r in runs]
+    assert [s.state for s in st] == ["finished", "partial", "not started"]
+    assert (st[1].chunks_done, st[1].n_chunks, st[1].stars_done, st[1].rows) == (1, 2, 2, [3, 6])
+    assert st[0].method == "grid" and st[0].config_hash == st[1].config_hash
+
+    fig = star_figures(st)  # the finished run's 3 stars and the partial run's first 2
+    done = [runs[0] / "chunks" / "chunk_00000.nc", runs[0] / "chunks" / "chunk_00001.nc",
+            runs[1] / "chunks" / "chunk_00000.nc"]
+    summ = [Posterior.load(p).summary() for p in done]  # from the draws, not the summary files
+    flags, ess = (np.concatenate([s[c] for s in summ]) for c in ("flag", "ess_bulk_min"))
+    assert fig["n_stars"] == 5 and fig["n_flagged"] == np.count_nonzero(flags)
+    assert fig["flag_counts"]["any"] == fig["n_flagged"]
+    assert fig["median_ess"] == pytest.approx(np.nanmedian(ess), rel=1e-6)
+    assert fig["frac_rhat_lt_1_01"] is None  # the grid path has no chains to compare
+
+    rc = main(["status", "--posterior", *map(str, runs), "--catalog", str(path), "--shards", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and not out["complete"] and out["coverage"]["missing_shards"] == [2]
+    assert out["coverage"]["unfinished_shards"] == [1] and out["coverage"]["uncovered"] == [[6, 10]]
+    assert out["stars_finished"] == 5 and out["runs_by_state"] == {
+        "finished": 1, "partial": 1, "not started": 1, "not a run": 0}
+    main(["status", "--posterior", *map(str, runs), "--catalog", str(path), "--shards", "3"])
+    assert "(re)submit 1-2" in capsys.readouterr().out
+
+    shard(1), shard(2)  # the job array resubmitted: the partial run resumes
+    rc = main(["status", "--posterior", *map(str, runs), "--catalog", str(path), "--shards", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["complete"] and out["stars_finished"] == 10 and len(out["config_hashes"]) == 1
+    assert run_status(tmp_path).state == "not a run"
+    assert main(["status", "--posterior", str(runs[0]), str(tmp_path), "--no-figures"]) == 1
