@@ -22,7 +22,7 @@ import numpy as np
 
 from .catalog_rows import shard_rows
 from .posterior import flag_counts
-from .run_outputs import OUTPUTS, chunk_summary_path
+from .run_outputs import OUTPUTS, SUMMARY, chunk_summary_path
 from .runner import MANIFEST, chunk_size
 
 __all__ = ["RunStatus", "run_status", "coverage", "star_figures", "STATES"]
@@ -137,7 +137,8 @@ def coverage(statuses, n_rows: int | None = None, n_shards: int | None = None) -
 
 
 def star_figures(statuses) -> dict:
-    """Per-star diagnostics over the finished chunks of the runs, from their summary rows: as
+    """Per-star diagnostics over the finished chunks of the runs, from their summary rows (a
+    finished run's ``summary.parquet``, a partial run's chunk summaries): as
     ``dds-infer infer --json`` (``n_stars``, ``n_flagged``, ``flag_counts``, ``median_ess``, and
     ``frac_rhat_lt_1_01`` over NUTS runs' stars; None where no star is finished)."""
     import pyarrow.parquet as pq
@@ -145,16 +146,17 @@ def star_figures(statuses) -> dict:
     from .run_outputs import _chunk_summary
 
     flags, ess, rhat = [], [], []
+    cols = ["flag", "ess_bulk_min", "r_hat_max"]
     for s in statuses:
         if s.n_chunks is None:
             continue
-        for k in range(s.n_chunks):
-            chunk = Path(s.path) / "chunks" / f"chunk_{k:05d}.nc"
-            if not chunk.is_file():
-                continue
-            sp = chunk_summary_path(chunk)
-            cols = ["flag", "ess_bulk_min", "r_hat_max"]
-            t = pq.read_table(sp, columns=cols) if sp.is_file() else _chunk_summary(chunk, {})[0].select(cols)
+        if s.state == "finished" and (Path(s.path) / SUMMARY).is_file():  # one file for the run
+            tables = [pq.read_table(Path(s.path) / SUMMARY, columns=cols)]
+        else:  # the chunks written so far
+            chunks = [Path(s.path) / "chunks" / f"chunk_{k:05d}.nc" for k in range(s.n_chunks)]
+            tables = [pq.read_table(chunk_summary_path(c), columns=cols) if chunk_summary_path(c).is_file()
+                      else _chunk_summary(c, {})[0].select(cols) for c in chunks if c.is_file()]
+        for t in tables:
             flags.append(t.column("flag").to_numpy())
             ess.append(t.column("ess_bulk_min").to_numpy().astype(np.float32))
             if s.method == "nuts":
