@@ -216,6 +216,13 @@ class Posterior(StarRows):
                        n_modes=np.asarray(self.n_modes)[idx], mode_flag=np.asarray(self.mode_flag)[idx],
                        in_domain_frac=np.asarray(self.in_domain_frac)[idx])
 
+    def stars(self, ids) -> "Posterior":
+        """The stars ``ids`` (star ids, in that order), as :meth:`ChunkedPosterior.stars
+        <dds_infer.run_outputs.ChunkedPosterior.stars>`: a KeyError names ids not here."""
+        from .run_outputs import stars_of
+
+        return stars_of(self, ids)
+
     def with_draws_rounded(self, keep_bits: int) -> "Posterior":
         """The same posterior with every float32 value per draw (the variables' draws and the
         per-draw ``potential_energy``) bit-rounded to ``keep_bits`` mantissa bits

@@ -34,7 +34,7 @@ from .posterior import Posterior, StarRows, concat
 from .posterior_draws import read_draws
 
 __all__ = ["COMBINE_MAX_DRAWS", "COMBINE_CHOICES", "ChunkedPosterior", "ChunkWriter", "JoinedPosterior", "assemble_run",
-           "join_runs", "open_run", "posterior_parts", "should_combine", "write_chunk", "write_chunk_summary", "chunk_summary_path"]
+           "join_runs", "open_run", "posterior_parts", "should_combine", "stars_of", "write_chunk", "write_chunk_summary", "chunk_summary_path"]
 
 COMBINE_MAX_DRAWS = 2 * 10**7  # star x chain x draw: 10,000 stars at 4 x 500 draws
 COMBINE_CHOICES = ("auto", "always", "never")
@@ -280,6 +280,10 @@ class ChunkedPosterior(StarRows):
         """Every chunk concatenated into one in-memory :class:`Posterior` (mind the size)."""
         return _concat_chunks(self.paths, self.attrs)
 
+    def stars(self, ids) -> Posterior:
+        """The stars ``ids`` in one :class:`Posterior`, reading only their chunks (:func:`stars_of`)."""
+        return stars_of(self, ids)
+
 
 def open_run(out_dir) -> "Posterior | ChunkedPosterior":
     """The posterior of a finished ``dds-infer infer`` output folder: a :class:`ChunkedPosterior`
@@ -329,6 +333,10 @@ class JoinedPosterior(StarRows):
 
         return pd.concat([p.summary(**summary_kw) for p in self.posteriors], ignore_index=True)
 
+    def stars(self, ids) -> Posterior:
+        """The stars ``ids`` in one :class:`Posterior`, reading only their chunks (:func:`stars_of`)."""
+        return stars_of(self, ids)
+
 
 def posterior_parts(post, variables=None, select=None):
     """(Posterior, summary rows) pieces of any posterior: a run's (:meth:`ChunkedPosterior.parts`,
@@ -341,6 +349,24 @@ def posterior_parts(post, variables=None, select=None):
     elif np.any(select):
         idx = np.flatnonzero(select)
         yield post.take(idx), post.summary().iloc[idx].reset_index(drop=True)
+
+
+def stars_of(post, ids) -> Posterior:
+    """The posterior of the stars ``ids`` (in that order) of any posterior: in memory, a run's chunks
+    or joined runs, whose chunks without any of them are not read. Ids match as the run stores
+    them, or as text when one side is numbers and the other text; an id not in ``post`` is a
+    KeyError naming it."""
+    want, have = np.atleast_1d(np.asarray(ids)), np.asarray(post.star_id)
+    if want.dtype.kind != have.dtype.kind:
+        want, have = want.astype(str), have.astype(str)
+    missing = want[~np.isin(want, have)]
+    if missing.size:
+        raise KeyError(f"{missing.size} of {want.size} star id(s) are not in this posterior: {missing[:10].tolist()}")
+    found = concat([p for p, _ in posterior_parts(post, None, np.isin(have, want))])
+    got = np.asarray(found.star_id)
+    got = got.astype(str) if got.dtype.kind != want.dtype.kind else got
+    order = np.argsort(got, kind="stable")
+    return found.take(order[np.searchsorted(got, want, sorter=order)])
 
 
 def join_runs(posteriors, sources) -> "JoinedPosterior":

@@ -279,3 +279,25 @@ def test_parts_with_variables_read_only_those_where_the_summary_is_stored(runs, 
     parts = list(dataclasses.replace(back, summary_path=wrong).parts(("mu",)))
     assert isinstance(parts[0][0], Posterior) and isinstance(parts[1][0], PosteriorDraws)
     assert list(parts[0][1]["star_id"].astype(str)) == list(map(str, post.star_id[:4]))
+
+
+def test_stars_by_id_read_only_their_chunks(runs, monkeypatch):
+    post, chunked, full, root = runs
+    ids = np.asarray(post.star_id)
+    want = [ids[9], ids[2], ids[3]]  # chunks 2 and 0, not in catalogue order
+    loads = []
+    real_load = Posterior.load
+    monkeypatch.setattr(Posterior, "load", classmethod(lambda cls, p: loads.append(Path(p).name) or real_load(p)))
+    got = run_outputs.open_run(root).stars(want)
+    assert sorted(set(loads)) == ["chunk_00000.nc", "chunk_00002.nc"]  # chunk 1 holds none of them
+    assert list(got.star_id) == want
+    for k in post.samples:  # each star's draws as in the whole posterior, in the order asked for
+        np.testing.assert_array_equal(got.samples[k], post.samples[k][[9, 2, 3]])
+    np.testing.assert_array_equal(got.chain_weights, post.chain_weights[[9, 2, 3]])
+    assert list(full.stars(want).star_id) == want and list(full.stars(ids[4]).star_id) == [ids[4]]
+    joined = run_outputs.join_runs([full.take(np.arange(5)), full.take(np.arange(5, 10))], ["a", "b"])
+    got = joined.stars(want)  # shards of one catalogue, read as one
+    assert list(got.star_id) == want
+    np.testing.assert_array_equal(got.samples["mu"], post.samples["mu"][[9, 2, 3]])
+    with pytest.raises(KeyError, match=r"1 of 2 star id\(s\) are not in this posterior: \['nope'\]"):
+        chunked.stars(["nope", ids[0]])
