@@ -23,7 +23,7 @@ import numpy as np
 from .catalog_rows import shard_rows
 from .posterior import flag_counts
 from .run_outputs import OUTPUTS, SUMMARY, chunk_summary_path
-from .runner import MANIFEST, chunk_size
+from .runner import MANIFEST
 
 __all__ = ["RunStatus", "run_status", "coverage", "star_figures", "STATES"]
 
@@ -53,11 +53,14 @@ class RunStatus:
 
 
 def _chunk_layout(n: int, settings: dict) -> int:
-    """Stars per chunk of a run of ``n`` stars with these recorded settings (as the runner splits it)."""
+    """Stars per chunk of a run of ``n`` stars with these recorded settings, as
+    :func:`dds_infer.runner.infer_catalog` splits it: the grid path in chunks of ``batch_size``;
+    NUTS in balanced chunks (:func:`~dds_infer.runner.chunk_size`), recorded as ``chunk`` where they
+    differ from min(batch_size, n) (and runs from before the balancing used that)."""
     batch = int(settings["batch_size"])
-    if settings.get("batch_fn"):  # the grid path: chunks of batch_size stars
+    if settings.get("batch_fn"):
         return batch
-    return int(settings.get("chunk", chunk_size(n, batch)))
+    return max(int(settings.get("chunk", min(batch, n))), 1)
 
 
 def run_status(path) -> RunStatus:

@@ -36,6 +36,35 @@ def test_coverage_finds_gaps_overlaps_and_the_shards_to_resubmit():
         coverage([], n_shards=4)
 
 
+def _fake_run(root, n, settings, done):
+    """A run folder as the runner leaves it: its manifest and the chunk files ``done``."""
+    (root / "chunks").mkdir(parents=True)
+    (root / "manifest.json").write_text(json.dumps({"config_hash": "h", "catalog": {"n_stars": n},
+                                                    "description": {"settings": settings}}))
+    for k in done:
+        (root / "chunks" / f"chunk_{k:05d}.nc").write_bytes(b"")
+    return run_status(root)
+
+
+def test_chunk_layouts_of_nuts_and_grid_runs(tmp_path):
+    from dds_infer.runner import chunk_size
+
+    # NUTS, balanced chunks recorded: 300 stars at batch 256 -> 2 chunks of 150
+    s = _fake_run(tmp_path / "a", 300, {"batch_size": 256, "chunk": chunk_size(300, 256), "batch_fn": None}, [1])
+    assert (s.state, s.n_chunks, s.chunks_done, s.stars_done, s.method) == ("partial", 2, 1, 150, "nuts")
+    # NUTS from before the balancing (no "chunk"): chunks of batch_size, the last one short
+    s = _fake_run(tmp_path / "b", 300, {"batch_size": 256, "batch_fn": None}, [1])
+    assert (s.n_chunks, s.stars_done) == (2, 44)
+    # the grid path: chunks of batch_size
+    s = _fake_run(tmp_path / "c", 2500, {"batch_size": 1024, "batch_fn": "grid_batch_fn(...)"}, [0, 1, 2])
+    assert (s.state, s.n_chunks, s.stars_done, s.method) == ("partial", 3, 2500, "grid")  # no outputs.json yet
+    (tmp_path / "c" / "outputs.json").write_text("{}")
+    assert run_status(tmp_path / "c").state == "finished"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "manifest.json").write_text("{not json")
+    assert run_status(tmp_path / "d").state == "not a run"
+
+
 def test_a_job_array_of_shards_from_absent_to_complete(emu, sbc_stars, tmp_path, capsys):  # noqa: F811
     from dds_infer.catalog_io import catalog_to_table, read_table, write_astropy_table
     from dds_infer.cli import main
