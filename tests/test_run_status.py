@@ -115,3 +115,19 @@ def test_a_job_array_of_shards_from_absent_to_complete(emu, sbc_stars, tmp_path,
     assert rc == 0 and out["complete"] and out["stars_finished"] == 10 and len(out["config_hashes"]) == 1
     assert run_status(tmp_path).state == "not a run"
     assert main(["status", "--posterior", str(runs[0]), str(tmp_path), "--no-figures"]) == 1
+
+
+def test_many_runs_list_the_unfinished_ones(tmp_path, capsys):
+    from dds_infer.cli import main
+
+    paths = []
+    for k in range(40):
+        settings = {"batch_size": 10, "batch_fn": "grid"}
+        _fake_run(tmp_path / f"r{k:02d}", 20, settings, [0, 1] if k != 7 else [0])
+        if k != 7:
+            (tmp_path / f"r{k:02d}" / "outputs.json").write_text("{}")
+        paths.append(str(tmp_path / f"r{k:02d}"))
+    assert main(["status", "--posterior", *paths, "--no-figures"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[:1]] == ["partial"] and "r07" in out[0]
+    assert "(1 of 40 runs listed" in out[1] and "39 finished, 1 partial" in out[2]

@@ -4,6 +4,8 @@ every run is finished and consistent."""
 
 from __future__ import annotations
 
+MAX_LISTED = 30  # runs listed one per line in the text report (beyond: only the unfinished ones)
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -75,10 +77,13 @@ def run(args) -> int:
     if args.json:
         emit_json(report)
         return 0 if complete else 1
-    for r in statuses:
+    shown = statuses if len(statuses) <= MAX_LISTED else [r for r in statuses if r.state != "finished"]
+    for r in shown[:MAX_LISTED]:
         what = (f"{r.chunks_done}/{r.n_chunks} chunks, {r.stars_done}/{r.n_stars} stars, rows {r.rows[0]}:{r.rows[1]}, "
                 f"{r.method}" if r.rows is not None else r.problem)
         print(f"{r.state:11s}  {r.path}  ({what})")
+    if len(shown) < len(statuses) or len(shown) > MAX_LISTED:
+        print(f"({min(len(shown), MAX_LISTED)} of {len(statuses)} runs listed: the unfinished ones first; --json lists all)")
     print(f"{len(statuses)} run(s): " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
           + f"; {report['stars_finished']} of {report['stars_in_runs']} stars finished")
     if len(hashes) > 1:
