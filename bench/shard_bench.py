@@ -38,6 +38,7 @@ def make_catalog(path: Path, n_rows: int, row_group_size: int, seed: int = 0) ->
 
     from dds_infer.passbands import GREEN2020
 
+    AB_SHIFT = {"unwise_w1": 2.699, "unwise_w2": 3.339}  # the model takes unWISE in AB (Vega + these)
     writer, step = None, max(row_group_size, 1 << 16)
     rng = np.random.default_rng(seed)
     for a in range(0, n_rows, step):
@@ -45,7 +46,7 @@ def make_catalog(path: Path, n_rows: int, row_group_size: int, seed: int = 0) ->
         cols = {"source_id": np.arange(a, a + n, dtype=np.int64) * 7 + 11}
         g = rng.uniform(12, 20, n)
         for i, band in enumerate(GREEN2020.names):
-            mag = g - 0.2 * i + rng.normal(0, 0.1, n)
+            mag = g - 0.2 * i + AB_SHIFT.get(band, 0.0) + rng.normal(0, 0.1, n)
             mag[rng.random(n) < 0.1] = np.nan  # missing bands
             cols[f"mag_{band}"], cols[f"mag_err_{band}"] = mag, rng.uniform(0.01, 0.1, n)
         cols["parallax"], cols["parallax_err"] = rng.normal(0.5, 0.2, n), rng.uniform(0.02, 0.3, n)

@@ -575,3 +575,21 @@ def test_write_is_atomic_and_respects_overwrite(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.fits.gz"]  # no temporary left behind
     monkeypatch.undo()
     assert_same(make_catalog(seed=2), read_table(write_table(make_catalog(seed=2), path)))
+
+
+def test_unwise_given_in_vega_is_refused():
+    """The model takes unWISE in AB (Vega + 2.699 / 3.339 mag): W1, W2 in Vega sit on the Ks locus."""
+    rng = np.random.default_rng(3)
+    cat = make_catalog()
+    ks, w1, w2 = (GREEN2020.names.index(b) for b in ("2mass_ks", "unwise_w1", "unwise_w2"))
+    cat.mag[:, w1] = cat.mag[:, ks] + 2.65 + rng.normal(0, 0.05, N)  # AB, as the real test stars
+    cat.mag[:, w2] = cat.mag[:, ks] + 3.30 + rng.normal(0, 0.05, N)
+    cat.mag_err[:, w1] = cat.mag_err[:, w2] = 0.03
+    validate(cat)
+    cat.mag[:, w1] -= 2.699  # Vega
+    e = raises(cat, ["[unwise_w1] looks like Vega magnitudes", "add 2.699 mag"])
+    assert len(e.problems) == 1  # W2 still AB
+    cat.mag[:, w2] -= 3.339
+    assert len(raises(cat, "[unwise_w2] looks like Vega magnitudes").problems) == 2
+    cat.mag[9:, w1] = np.nan  # too few stars with both bands to tell: no verdict on W1
+    assert len(raises(cat).problems) == 1

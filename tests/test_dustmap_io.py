@@ -239,6 +239,7 @@ def test_bad_input_errors(tmp_path):
 def _catalog(ids, l, b, path, radec=False):
     n = len(ids)
     mag = np.full((n, len(GREEN2020.names)), 15.0)
+    mag[:, -2:] += (2.7, 3.3)  # unWISE in AB, as the model takes it (in Vega it would be refused)
     cat = StarCatalog.from_arrays(mag, np.full(mag.shape, 0.02), np.full(n, 1.0), np.full(n, 0.1), GREEN2020,
                                   ids=np.asarray(ids), l=l, b=b)
     t = write_table(cat, path)
