@@ -25,7 +25,7 @@ from .posterior import flag_counts
 from .run_outputs import OUTPUTS, SUMMARY, chunk_summary_path
 from .runner import MANIFEST
 
-__all__ = ["RunStatus", "run_status", "coverage", "star_figures", "STATES"]
+__all__ = ["RunStatus", "run_status", "coverage", "star_figures", "summary_columns", "STATES"]
 
 STATES = ("finished", "partial", "not started", "not a run")
 
@@ -139,35 +139,54 @@ def coverage(statuses, n_rows: int | None = None, n_shards: int | None = None) -
     return out
 
 
-def star_figures(statuses) -> dict:
-    """Per-star diagnostics over the finished chunks of the runs, from their summary rows (a
-    finished run's ``summary.parquet``, a partial run's chunk summaries): as
-    ``dds-infer infer --json`` (``n_stars``, ``n_flagged``, ``flag_counts``, ``median_ess``, and
-    ``frac_rhat_lt_1_01`` over NUTS runs' stars; None where no star is finished)."""
+def summary_columns(statuses, columns) -> "pd.DataFrame":
+    """The per-star summary ``columns`` of every finished chunk of the runs, in run order: a finished
+    run's ``summary.parquet``, a partial run's chunk summaries (computed from the draws where a
+    chunk has none). Only these columns are read."""
+    import pandas as pd
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .run_outputs import _chunk_summary
 
-    flags, ess, rhat = [], [], []
-    cols = ["flag", "ess_bulk_min", "r_hat_max"]
+    cols, frames = list(columns), []
+
+    def read(path):  # the columns the file has; the others (e.g. weight_ess of NUTS runs) are NaN
+        have = [c for c in cols if c in pq.ParquetFile(path).schema_arrow.names]
+        return pq.read_table(path, columns=have)
+
     for s in statuses:
         if s.n_chunks is None:
             continue
         if s.state == "finished" and (Path(s.path) / SUMMARY).is_file():  # one file for the run
-            tables = [pq.read_table(Path(s.path) / SUMMARY, columns=cols)]
-        else:  # the chunks written so far
-            chunks = [Path(s.path) / "chunks" / f"chunk_{k:05d}.nc" for k in range(s.n_chunks)]
-            tables = [pq.read_table(chunk_summary_path(c), columns=cols) if chunk_summary_path(c).is_file()
-                      else _chunk_summary(c, {})[0].select(cols) for c in chunks if c.is_file()]
-        for t in tables:
-            flags.append(t.column("flag").to_numpy())
-            ess.append(t.column("ess_bulk_min").to_numpy().astype(np.float32))
-            if s.method == "nuts":
-                rhat.append(t.column("r_hat_max").to_numpy())
-    if not flags:
+            frames.append(read(Path(s.path) / SUMMARY))
+            continue
+        for c in (Path(s.path) / "chunks" / f"chunk_{k:05d}.nc" for k in range(s.n_chunks)):
+            if c.is_file():
+                sp = chunk_summary_path(c)
+                if sp.is_file():
+                    frames.append(read(sp))
+                else:
+                    t = _chunk_summary(c, {})[0]
+                    frames.append(t.select([n for n in cols if n in t.column_names]))
+    frames = [t.to_pandas() for t in frames if isinstance(t, pa.Table)]
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    for c in cols:
+        if c not in out:
+            out[c] = np.full(len(out), np.nan)
+    return out[cols]
+
+
+def star_figures(statuses) -> dict:
+    """Per-star diagnostics over the finished chunks of the runs (:func:`summary_columns`): as
+    ``dds-infer infer --json`` (``n_stars``, ``n_flagged``, ``flag_counts``, ``median_ess``, and
+    ``frac_rhat_lt_1_01`` over NUTS runs' stars; None where no star is finished)."""
+    nuts = [s for s in statuses if s.method == "nuts"]
+    t = summary_columns(statuses, ["flag", "ess_bulk_min"])
+    if len(t) == 0:
         return {"n_stars": 0, "n_flagged": 0, "flag_counts": None, "median_ess": None, "frac_rhat_lt_1_01": None}
-    flag = np.concatenate(flags)
-    r = np.concatenate(rhat) if rhat else None
+    r = summary_columns(nuts, ["r_hat_max"])["r_hat_max"].to_numpy() if nuts else None
+    flag = t["flag"].to_numpy()
     return {"n_stars": int(flag.size), "n_flagged": int(np.count_nonzero(flag)), "flag_counts": flag_counts(flag),
-            "median_ess": float(np.nanmedian(np.concatenate(ess))),
-            "frac_rhat_lt_1_01": None if r is None else float(np.mean(r < 1.01))}
+            "median_ess": float(np.nanmedian(t["ess_bulk_min"].to_numpy(np.float64))),
+            "frac_rhat_lt_1_01": None if r is None or r.size == 0 else float(np.mean(r < 1.01))}

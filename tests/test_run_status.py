@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dds_infer.run_status import RunStatus, coverage, run_status, star_figures
+from dds_infer.run_status import RunStatus, coverage, run_status, star_figures, summary_columns
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_gridpath import FAST, emu, sbc_stars  # noqa: E402,F401  (module fixtures)
@@ -115,6 +115,33 @@ def test_a_job_array_of_shards_from_absent_to_complete(emu, sbc_stars, tmp_path,
     assert rc == 0 and out["complete"] and out["stars_finished"] == 10 and len(out["config_hashes"]) == 1
     assert run_status(tmp_path).state == "not a run"
     assert main(["status", "--posterior", str(runs[0]), str(tmp_path), "--no-figures"]) == 1
+    png = tmp_path / "overview.png"
+    assert main(["status", "--posterior", *map(str, runs), "--plot", str(png), "--no-figures"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    cols = summary_columns([run_status(r) for r in runs], ["flag", "weight_ess", "r_hat_max", "no_such_column"])
+    assert len(cols) == 10 and cols["weight_ess"].notna().all() and cols["no_such_column"].isna().all()
+
+
+def test_overview_of_nuts_and_grid_summaries():
+    from dds_infer.run_plots import OVERVIEW_COLUMNS, plot_run_overview
+
+    rng = np.random.default_rng(0)
+    n = 500
+    summ = {c: rng.normal(size=n) for c in OVERVIEW_COLUMNS}
+    summ.update(teff_median=rng.uniform(4000, 7000, n), logg_median=rng.uniform(1, 5, n),
+                mu_q16=rng.uniform(8, 12, n), E_q16=rng.uniform(0, 0.2, n),
+                distance_pc_median=rng.uniform(100, 5000, n), flag=rng.choice([0, 0, 0, 1, 8, 9], n))
+    summ["mu_q84"], summ["E_q84"] = summ["mu_q16"] + 0.3, summ["E_q16"] + 0.05
+    nuts = dict(summ, r_hat_max=1 + rng.exponential(0.004, n), weight_ess=np.full(n, np.nan))
+    grid = dict(summ, r_hat_max=np.full(n, np.nan), weight_ess=rng.uniform(50, 500, n))
+    for table, diag in ((nuts, "R-hat < 1.01"), (grid, "weight ESS")):
+        fig = plot_run_overview(table)
+        titles = [ax.get_title() for ax in fig.axes]
+        assert any(diag in t for t in titles), titles
+        flagged = int(np.count_nonzero(table["flag"]))
+        assert f"flagged: {flagged} of {n}" in titles
+        bars = [ax for ax in fig.axes if ax.get_title().startswith("flagged")][0].patches
+        assert [int(p.get_width()) for p in bars][:4] == [int(np.count_nonzero(table["flag"] & b)) for b in (1, 2, 4, 8)]
 
 
 def test_many_runs_list_the_unfinished_ones(tmp_path, capsys):

@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--shards", type=int, default=None, metavar="N",
                    help="the runs are shards K/N of --catalog (infer --shard K/N): list the shards to (re)submit")
     p.add_argument("--no-figures", action="store_true", help="skip reading the finished stars' summary rows")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also draw the finished stars' overview (dds_infer.run_plots: Kiel diagram, [Fe/H], E against "
+                   "distance, posterior widths, R-hat or weight ESS, flag reasons) into this file")
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     p.set_defaults(func=run)
 
@@ -64,6 +67,16 @@ def run(args) -> int:
         n_rows = catalog_n_rows(Path(args.catalog), cmap)
     cov = coverage(statuses, n_rows, args.shards)
     figures = None if args.no_figures else star_figures(statuses)
+    if args.plot is not None:
+        from ..atomic import atomic_path
+        from ..run_plots import OVERVIEW_COLUMNS, plot_run_overview
+        from ..run_status import summary_columns
+
+        done = sum(r.stars_done for r in statuses)
+        fig = plot_run_overview(summary_columns(statuses, OVERVIEW_COLUMNS),
+                                title=f"{done} finished stars in {len(statuses)} run(s)")
+        with atomic_path(Path(args.plot)) as tmp:
+            fig.savefig(tmp, dpi=100, format=Path(args.plot).suffix.lstrip(".") or "png")
     counts = {s: sum(r.state == s for r in statuses) for s in ("finished", "partial", "not started", "not a run")}
     hashes = sorted({r.config_hash for r in statuses if r.config_hash})
     complete = (counts["finished"] == len(statuses) and not cov["overlaps"] and len(hashes) <= 1
@@ -72,7 +85,7 @@ def run(args) -> int:
     report = {"complete": complete, "n_runs": len(statuses), "runs_by_state": counts,
               "stars_finished": sum(r.stars_done for r in statuses),
               "stars_in_runs": sum(r.n_stars or 0 for r in statuses), "config_hashes": hashes,
-              "coverage": cov, "figures": figures, "runs": [r.to_dict() for r in statuses],
+              "coverage": cov, "figures": figures, "plot": args.plot, "runs": [r.to_dict() for r in statuses],
               "seconds": time.perf_counter() - t0}
     if args.json:
         emit_json(report)
