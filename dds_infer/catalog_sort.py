@@ -77,7 +77,7 @@ def sky_sort(src, dst, *, nside: int = 32, column_map=None, bucket_rows: int = D
     src, dst = Path(src), Path(dst)
     if _format_for(src, None) != "parquet" or _format_for(dst, None) != "parquet":
         raise ValueError(f"sort-sky reads and writes Parquet (got {src.name} -> {dst.name}); convert other "
-                         "formats first (e.g. astropy.table.Table.read(...).write('x.parquet'))")
+                         "formats first: dds-infer to-parquet (dds_infer.catalog_convert.to_parquet)")
     nside = _check_nside(nside)
     pf = pq.ParquetFile(src, pre_buffer=False)  # (pre-buffering kept ~2.7 GB of a 10^7-row file allocated)
     n = pf.metadata.num_rows

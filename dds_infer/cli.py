@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "dds_infer.commands.train",
     "dds_infer.commands.mock",
     "dds_infer.commands.check",
+    "dds_infer.commands.to_parquet",
     "dds_infer.commands.sort_sky",
     "dds_infer.commands.infer",
     "dds_infer.commands.calibrate_offsets",
