@@ -152,10 +152,10 @@ def shard_read_notes(path, form: str, n_rows: int) -> list[str]:
         largest = int(np.diff(parquet_row_groups(path)).max(initial=0))
         if largest > LARGE_ROW_GROUP:
             return [f"row groups of up to {largest} rows: every shard decodes each row group it overlaps whole "
-                    f"(~1 kB per row); rewrite with smaller ones, e.g. pyarrow.parquet.write_table(..., "
-                    f"row_group_size=1_000_000)"]
+                    f"(~1 kB per row); rewrite with smaller ones: dds-infer to-parquet --catalog IN --out "
+                    f"OUT.parquet (row groups of 262,144 rows)"]
         return []
     if form == "fits" or n_rows <= LARGE_ROW_GROUP:
         return []
     return [f"format {form!r} is read whole for every shard ({n_rows} rows): convert the catalogue to Parquet "
-            "(read by row group) or FITS (memory-mapped) before running it in shards"]
+            "(read by row group; dds-infer to-parquet) or FITS (memory-mapped) before running it in shards"]
