@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -90,3 +91,19 @@ def parse_selection_limit(text: str):
         return float(text)
     except ValueError:
         raise ValueError(f"--selection-limit must be a magnitude, 'auto', 'bundle' or 'none', got {text!r}") from None
+
+
+@contextmanager
+def progress_bar(args, total, desc: str, unit: str = "row"):
+    """A tqdm bar on stderr (None with ``--no-progress``), closed on the way out; ``total`` may be a
+    callable, called only when the bar is shown, and None (unknown)."""
+    if getattr(args, "no_progress", False):
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total() if callable(total) else total, unit=unit, desc=desc)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -32,23 +32,15 @@ def run(args) -> int:
 
     from ..catalog_sort import DEFAULT_BUCKET_ROWS, sky_sort
     from ..cli import emit_json
-    from ._common import catalog_n_rows
+    from ._common import catalog_n_rows, progress_bar
 
     t0 = time.perf_counter()
     if not Path(args.catalog).exists():
         raise FileNotFoundError(f"catalogue {args.catalog} not found")
     cmap = None if args.columns is None else json.loads(Path(args.columns).read_text())
-    bar = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=2 * catalog_n_rows(args.catalog, cmap), unit="row", desc="sort (bucket, write)")
-    try:
+    with progress_bar(args, lambda: 2 * catalog_n_rows(args.catalog, cmap), "sort (bucket, write)") as bar:
         res = sky_sort(args.catalog, args.out, nside=args.nside, column_map=cmap,
                        bucket_rows=args.bucket_rows or DEFAULT_BUCKET_ROWS, on_rows=None if bar is None else bar.update)
-    finally:
-        if bar is not None:
-            bar.close()
     res["seconds"] = time.perf_counter() - t0
     if args.json:
         emit_json(res)

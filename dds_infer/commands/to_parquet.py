@@ -29,25 +29,19 @@ def run(args) -> int:
 
     from ..catalog_convert import DEFAULT_BLOCK_ROWS, DEFAULT_ROW_GROUP_ROWS, to_parquet
     from ..cli import emit_json
-    from ._common import catalog_n_rows
+    from ._common import catalog_n_rows, progress_bar
+
+    def total():
+        try:
+            return catalog_n_rows(Path(args.catalog))
+        except Exception:  # (not counted: the bar counts the rows as they are written)
+            return None
 
     t0 = time.perf_counter()
-    bar = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-
-        try:
-            total = catalog_n_rows(Path(args.catalog))
-        except Exception:  # (counted as the rows are written instead)
-            total = None
-        bar = tqdm(total=total, unit="row", desc="to-parquet")
-    try:
+    with progress_bar(args, total, "to-parquet") as bar:
         res = to_parquet(args.catalog, args.out, row_group_rows=args.row_group_rows or DEFAULT_ROW_GROUP_ROWS,
                          block_rows=args.block_rows or DEFAULT_BLOCK_ROWS,
                          on_rows=None if bar is None else bar.update)
-    finally:
-        if bar is not None:
-            bar.close()
     res = {**res, "out": str(args.out), "seconds": time.perf_counter() - t0}
     if args.json:
         emit_json(res)
