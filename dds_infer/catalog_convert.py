@@ -32,9 +32,8 @@ def _astropy_source(path: Path, form: str):
     """(astropy Table, read whole?) of a non-Parquet table file: FITS memory-mapped, else whole."""
     from astropy.table import Table
 
-    from .catalog_io import read_green2020_h5
+    from .catalog_io import is_green2020_h5, read_green2020_h5
     from .catalog_write import catalog_to_table
-    from .commands._common import is_green2020_h5
 
     if is_green2020_h5(path):
         return catalog_to_table(read_green2020_h5(path, require_labels=False, require_reddening_prior=False)), True

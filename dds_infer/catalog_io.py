@@ -69,6 +69,16 @@ def _format_for(path: Path, fmt: str | None) -> str:
 GREEN2020_ERR_FLOOR = 0.02  # mag, included in the Green et al. (2021) release's mag_err
 
 
+def is_green2020_h5(path) -> bool:
+    """True for the Green2020 test-data HDF5 layout (structured ``data`` with ``atm_param``)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".h5", ".hdf5", ".hdf"):
+        return False
+    with h5py.File(path, "r") as f:
+        d = f.get("data")
+        return isinstance(d, h5py.Dataset) and d.dtype.names is not None and "atm_param" in d.dtype.names
+
+
 def read_green2020_h5(path, *, require_labels: bool = True,
                       require_reddening_prior: bool = True, rows=None) -> StarCatalog:
     """Read the Green et al. (2021) test-data HDF5 (dataset ``data``).

@@ -181,11 +181,14 @@ def star_figures(statuses) -> dict:
     """Per-star diagnostics over the finished chunks of the runs (:func:`summary_columns`): as
     ``dds-infer infer --json`` (``n_stars``, ``n_flagged``, ``flag_counts``, ``median_ess``, and
     ``frac_rhat_lt_1_01`` over NUTS runs' stars; None where no star is finished)."""
-    nuts = [s for s in statuses if s.method == "nuts"]
-    t = summary_columns(statuses, ["flag", "ess_bulk_min"])
+    import pandas as pd
+
+    parts = [(s.method == "nuts", summary_columns([s], ["flag", "ess_bulk_min", "r_hat_max"])) for s in statuses]
+    t = pd.concat([p for _, p in parts], ignore_index=True) if parts else pd.DataFrame()
     if len(t) == 0:
         return {"n_stars": 0, "n_flagged": 0, "flag_counts": None, "median_ess": None, "frac_rhat_lt_1_01": None}
-    r = summary_columns(nuts, ["r_hat_max"])["r_hat_max"].to_numpy() if nuts else None
+    nuts = np.concatenate([np.full(len(p), is_nuts) for is_nuts, p in parts])  # (the grid path has no R-hat)
+    r = t["r_hat_max"].to_numpy(np.float64)[nuts] if nuts.any() else None
     flag = t["flag"].to_numpy()
     return {"n_stars": int(flag.size), "n_flagged": int(np.count_nonzero(flag)), "flag_counts": flag_counts(flag),
             "median_ess": float(np.nanmedian(t["ess_bulk_min"].to_numpy(np.float64))),

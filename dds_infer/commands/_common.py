@@ -10,17 +10,8 @@ import h5py
 
 from ..bundle import load_bundle
 from ..catalog import StarCatalog
-from ..catalog_io import read_green2020_h5, read_table
+from ..catalog_io import is_green2020_h5, read_green2020_h5, read_table  # noqa: F401  (is_green2020_h5: here for the commands)
 from ..emulator import Emulator
-
-
-def is_green2020_h5(path: Path) -> bool:
-    """True for the Green2020 test-data HDF5 layout (structured ``data`` with ``atm_param``)."""
-    if path.suffix.lower() not in (".h5", ".hdf5", ".hdf"):
-        return False
-    with h5py.File(path, "r") as f:
-        d = f.get("data")
-        return isinstance(d, h5py.Dataset) and d.dtype.names is not None and "atm_param" in d.dtype.names
 
 
 def read_catalog(path, column_map=None, *, parallax_unit="mas", **kw) -> StarCatalog:
